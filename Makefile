@@ -1,0 +1,40 @@
+# Two entry points (README): `make dev` runs the whole system locally, `make test` runs every test.
+SHELL := /bin/bash
+export AWS_REGION ?= us-east-1
+export AWS_ACCESS_KEY_ID ?= test
+export AWS_SECRET_ACCESS_KEY ?= test
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: dev test tools lint fmt unit build release sam-build
+
+## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
+dev: tools
+	cargo run -p local --bin local -- dev
+
+## Everything CI checks: lint, unit tests, emulator tests.
+test: tools lint
+	cargo test --workspace --no-fail-fast
+
+## Python tools the tests and the local stack use (moto server, cfn-lint), installed when missing.
+tools:
+	@python3 -c 'import moto.server, flask, jsonpath_ng' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
+	@command -v cfn-lint >/dev/null 2>&1 || python3 -m pip install --quiet cfn-lint
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cfn-lint template.yaml
+
+fmt:
+	cargo fmt --all
+
+build:
+	cargo build --workspace
+
+## Release binaries as Lambda runs them (bootstrap per function), via cargo-lambda.
+release:
+	cargo lambda build --release --arm64
+
+## SAM build (needs cargo-lambda; CARGO_LAMBDA_COMPILER=cargo when zig is absent).
+sam-build:
+	sam build --beta-features

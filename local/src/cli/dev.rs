@@ -1,0 +1,276 @@
+//! `local dev`: the whole template on this machine until Ctrl-C / SIGTERM.
+//!
+//! Cheap checks come first (template, port, build, binaries) so bad input fails before an
+//! emulator is started. Shutdown order: stop accepting (gateway, pollers), let in-flight
+//! requests and batches finish, kill the function instances, then stop the emulator if this
+//! process started it (its guard is dropped last).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{Args, CliError, provision_options};
+use crate::gateway::{self, Gateway, RouteTable};
+use crate::poller::{self, Pollers, SqsBinding};
+use crate::provision::Stack;
+use crate::runtime::{FunctionSpec, Runtime, RuntimeOptions};
+use crate::template::Template;
+use crate::{emulator, provision};
+
+pub(super) async fn run(args: &Args) -> Result<(), CliError> {
+    let template = Template::load(&args.template)?;
+    let listener = match TcpListener::bind(("127.0.0.1", args.port)).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(CliError::PortInUse(args.port));
+        }
+        Err(e) => return Err(CliError::Listen(args.port, e)),
+    };
+    let root = workspace_root(&args.template);
+    if args.build {
+        build(&template, &root, args.release).await?;
+    }
+    let binaries = locate_binaries(&template, &root, args.release)?;
+
+    let endpoint = emulator::endpoint_from_env();
+    let guard = {
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || emulator::ensure(&endpoint))
+            .await
+            .map_err(|e| CliError::Config(format!("emulator start panicked: {e}")))??
+    };
+    let sdk = emulator::sdk_config(&endpoint).await;
+    let stack = provision::provision(&template, &sdk, &provision_options(args)).await?;
+    for w in &stack.warnings {
+        eprintln!("warning: {w}");
+    }
+
+    let specs = function_specs(&template, &stack, &binaries);
+    let runtime = Arc::new(Runtime::new(
+        specs,
+        &RuntimeOptions::new(&stack.region, &endpoint),
+    ));
+    let bindings = sqs_bindings(&template, &stack)?;
+    let routes = RouteTable::from_template(&template);
+    print_table(
+        &routes,
+        &bindings,
+        &stack,
+        &endpoint,
+        guard.started(),
+        args.port,
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let gateway = Gateway {
+        routes,
+        runtime: Arc::clone(&runtime),
+        account_id: stack.account_id.clone(),
+    };
+    let mut gateway_stop = stopped.clone();
+    let server = tokio::spawn(gateway::serve(listener, gateway, async move {
+        let _ = gateway_stop.wait_for(|s| *s).await;
+    }));
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let pollers = Pollers::start(bindings, &sqs, &runtime, stopped);
+    println!("ready");
+
+    wait_for_signal().await;
+    println!("shutting down: finishing in-flight requests and batches");
+    let _ = stop.send(true);
+    match server.await {
+        Ok(Err(e)) => eprintln!("gateway: {e}"),
+        Err(e) => eprintln!("gateway task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    pollers.wait().await;
+    runtime.shutdown();
+    // Instances die as their handles drop; give the kill a moment before the emulator goes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(guard);
+    println!("stopped");
+    Ok(())
+}
+
+/// The template's directory: where `cargo build` runs and `target/` lives.
+fn workspace_root(template: &Path) -> PathBuf {
+    let dir = template
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+async fn build(template: &Template, root: &Path, release: bool) -> Result<(), CliError> {
+    let mut cmd =
+        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.arg("build").current_dir(root);
+    if release {
+        cmd.arg("--release");
+    }
+    let mut bins: Vec<&str> = template
+        .functions
+        .values()
+        .map(|f| f.binary.as_str())
+        .collect();
+    bins.sort_unstable();
+    bins.dedup();
+    for bin in &bins {
+        cmd.args(["--bin", bin]);
+    }
+    let line = format!(
+        "cargo build{} --bin {}",
+        if release { " --release" } else { "" },
+        bins.join(" --bin ")
+    );
+    println!("building: {line}");
+    let status = cmd
+        .status()
+        .await
+        .map_err(|e| CliError::Build(format!("{line} ({e})")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(CliError::Build(line))
+    }
+}
+
+/// `CARGO_TARGET_DIR` (else `<root>/target`) / `debug` or `release` / binary, per function.
+fn locate_binaries(
+    template: &Template,
+    root: &Path,
+    release: bool,
+) -> Result<std::collections::BTreeMap<String, PathBuf>, CliError> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_relative() { root.join(t) } else { t })
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join(if release { "release" } else { "debug" });
+    template
+        .functions
+        .values()
+        .map(|f| {
+            let binary = dir.join(&f.binary);
+            if binary.is_file() {
+                Ok((f.logical_id.clone(), binary))
+            } else {
+                Err(CliError::MissingBinary {
+                    function: f.logical_id.clone(),
+                    binary,
+                    release: if release { " --release" } else { "" },
+                })
+            }
+        })
+        .collect()
+}
+
+fn function_specs(
+    template: &Template,
+    stack: &Stack,
+    binaries: &std::collections::BTreeMap<String, PathBuf>,
+) -> Vec<FunctionSpec> {
+    template
+        .functions
+        .values()
+        .filter_map(|f| {
+            let info = stack.function(&f.logical_id)?;
+            Some(FunctionSpec {
+                logical_id: f.logical_id.clone(),
+                name: info.name.clone(),
+                arn: info.arn.clone(),
+                binary: binaries.get(&f.logical_id)?.clone(),
+                handler: f.handler.clone(),
+                timeout: Duration::from_secs(f.timeout_secs),
+                memory_mb: f.memory_mb,
+                env: info.env.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Each SQS event of the template bound to its provisioned queue.
+fn sqs_bindings(template: &Template, stack: &Stack) -> Result<Vec<SqsBinding>, CliError> {
+    let retry_delay_secs = poller::retry_delay_from_env();
+    let mut out = Vec::new();
+    for f in template.functions.values() {
+        for src in &f.sqs_sources {
+            let bad = |why: String| {
+                CliError::Config(format!("{}: SQS event {}: {why}", f.logical_id, src.event))
+            };
+            let arn = stack
+                .resolve_string(&src.queue)
+                .map_err(|e| bad(format!("{e:?}")))?;
+            let (_, queue) = stack
+                .queue_by_arn(&arn)
+                .ok_or_else(|| bad(format!("queue {arn} is not a queue of the template")))?;
+            out.push(SqsBinding {
+                function: f.logical_id.clone(),
+                queue_url: queue.url.clone(),
+                queue_arn: queue.arn.clone(),
+                region: stack.region.clone(),
+                batch_size: src.batch_size,
+                max_batching_window: Duration::from_secs(u64::from(src.max_batching_window_secs)),
+                report_batch_item_failures: src.report_batch_item_failures,
+                retry_delay_secs,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn print_table(
+    routes: &RouteTable,
+    bindings: &[SqsBinding],
+    stack: &Stack,
+    endpoint: &str,
+    started: bool,
+    port: u16,
+) {
+    println!("HTTP API  http://127.0.0.1:{port}");
+    for r in routes.routes() {
+        println!("  {:<7} {:<40} -> {}", r.method, r.path, r.function);
+    }
+    println!("SQS event sources");
+    for b in bindings {
+        let Some((id, q)) = stack.queue_by_arn(&b.queue_arn) else {
+            continue;
+        };
+        let dlq = stack
+            .dlq(id)
+            .and_then(|d| stack.queue(d).map(|dq| format!("{d} ({})", dq.name)))
+            .unwrap_or_else(|| "none".into());
+        println!(
+            "  {id} ({}) -> {}  batch {}, window {}s, visibility {}s, DLQ {dlq}",
+            q.name,
+            b.function,
+            b.batch_size,
+            b.max_batching_window.as_secs(),
+            q.visibility_timeout_secs
+        );
+    }
+    println!(
+        "Emulator  {endpoint} ({})",
+        if started {
+            "started by local"
+        } else {
+            "already running"
+        }
+    );
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}

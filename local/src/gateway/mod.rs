@@ -1,0 +1,133 @@
+//! The local HTTP API: the template's `HttpApi` routes, each request invoking its function
+//! with a payload 2.0 event. Errors answer as API Gateway does: `404 {"message":"Not Found"}`
+//! for an unknown route, `413` beyond 10 MB, `502 {"message":"Internal Server Error"}` when the
+//! function fails or answers nonsense, `503 {"message":"Service Unavailable"}` when it times out.
+
+mod event;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+
+pub use event::{HttpResponse, response as convert_response};
+pub use routes::{Route, RouteMatch, RouteTable};
+
+use crate::runtime::{InvokeError, InvokeOutcome, Runtime};
+
+/// API Gateway's payload limit.
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// What the server needs: routes, the functions behind them, the account for the events.
+pub struct Gateway {
+    pub routes: RouteTable,
+    pub runtime: Arc<Runtime>,
+    pub account_id: String,
+}
+
+/// Serves `gateway` on `listener` until `shutdown` completes, then finishes open requests.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().fallback(handle).with_state(Arc::new(gateway));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let mut response = answer(&gw, peer, &request_id, req).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("apigw-requestid", v);
+    }
+    println!(
+        "[gateway] {} \"{method} {path}\" {} {:.1} ms",
+        peer.ip(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    response
+}
+
+async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+    }
+    let Some(matched) = gw.routes.find(parts.method.as_str(), parts.uri.path()) else {
+        return message(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+    };
+    let request = event::Request {
+        method: parts.method.as_str(),
+        raw_path: parts.uri.path(),
+        raw_query: parts.uri.query().unwrap_or_default(),
+        headers: &parts.headers,
+        body: &body,
+        source_ip: peer.ip().to_string(),
+        request_id,
+        account_id: &gw.account_id,
+        time: chrono::Utc::now(),
+    };
+    let event = event::build(&request, &matched);
+    let function = matched.route.function.clone();
+    match gw.runtime.invoke(&function, event).await {
+        Ok(InvokeOutcome::Response(result)) => match event::response(&result) {
+            Ok(r) => {
+                let mut out = Response::new(Body::from(r.body));
+                *out.status_mut() = r.status;
+                *out.headers_mut() = r.headers;
+                out
+            }
+            Err(e) => {
+                eprintln!("[gateway] {function} returned an invalid response: {e}");
+                message(StatusCode::BAD_GATEWAY, "Internal Server Error")
+            }
+        },
+        Ok(InvokeOutcome::FunctionError(_)) => {
+            message(StatusCode::BAD_GATEWAY, "Internal Server Error")
+        }
+        Err(InvokeError::TimedOut { .. } | InvokeError::ShuttingDown) => {
+            message(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+        }
+        Err(_) => message(StatusCode::BAD_GATEWAY, "Internal Server Error"),
+    }
+}
+
+/// API Gateway's own error shape.
+fn message(status: StatusCode, text: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        serde_json::json!({ "message": text }).to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,15 @@
+//! A "sam local without Docker": runs `template.yaml` on this machine.
+//!
+//! [`template`] reads the SAM template, [`emulator`] finds or starts the AWS emulator,
+//! [`provision`] creates the template's resources in it, [`runtime`] runs the functions'
+//! binaries behind the Lambda Runtime API, [`gateway`] serves the HTTP API routes and
+//! [`poller`] feeds SQS event sources to their functions. [`cli`] wires them together for the
+//! `local` binary.
+
+pub mod cli;
+pub mod emulator;
+pub mod gateway;
+pub mod poller;
+pub mod provision;
+pub mod runtime;
+pub mod template;

@@ -1,0 +1,276 @@
+//! SQS event sources: long-poll each queue, invoke its function with Lambda's SQS event,
+//! delete what succeeded, leave the rest to the queue's visibility timeout and redrive policy.
+//!
+//! Each source starts with one polling worker; a worker that receives a full batch starts
+//! another (up to [`MAX_WORKERS_PER_SOURCE`]), and an extra worker that receives nothing
+//! retires, so a backlog drains concurrently while an idle queue costs one long poll.
+//! On shutdown workers stop polling but finish the batch in hand.
+
+mod event;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName,
+};
+use tokio::sync::{mpsc, watch};
+
+pub use event::{failed_ids, sqs_event};
+
+use crate::runtime::Runtime;
+
+/// Concurrent pollers per event source at most.
+pub const MAX_WORKERS_PER_SOURCE: usize = 3;
+/// When set, failed messages become visible again after this many seconds instead of the
+/// queue's visibility timeout (tests use it not to wait 60 s per retry).
+pub const RETRY_DELAY_ENV: &str = "LOCAL_RETRY_DELAY_SECONDS";
+/// SQS's longest long poll.
+const MAX_WAIT_SECS: i32 = 20;
+
+/// One SQS event source, resolved against the provisioned stack.
+#[derive(Debug, Clone)]
+pub struct SqsBinding {
+    /// Logical id of the function to invoke.
+    pub function: String,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub region: String,
+    pub batch_size: u32,
+    pub max_batching_window: Duration,
+    pub report_batch_item_failures: bool,
+    /// `LOCAL_RETRY_DELAY_SECONDS`, if set.
+    pub retry_delay_secs: Option<i32>,
+}
+
+struct Source {
+    binding: SqsBinding,
+    sqs: aws_sdk_sqs::Client,
+    runtime: Arc<Runtime>,
+    workers: AtomicUsize,
+    shutdown: watch::Receiver<bool>,
+    /// Each worker holds a clone; [`Pollers::wait`] returns when all are dropped.
+    done: mpsc::Sender<()>,
+}
+
+/// The running pollers.
+pub struct Pollers {
+    done: mpsc::Receiver<()>,
+}
+
+impl Pollers {
+    /// Starts one worker per binding. Setting `shutdown` to `true` stops them.
+    pub fn start(
+        bindings: Vec<SqsBinding>,
+        sqs: &aws_sdk_sqs::Client,
+        runtime: &Arc<Runtime>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Pollers {
+        let (done_tx, done) = mpsc::channel(1);
+        for binding in bindings {
+            let source = Arc::new(Source {
+                binding,
+                sqs: sqs.clone(),
+                runtime: Arc::clone(runtime),
+                workers: AtomicUsize::new(1),
+                shutdown: shutdown.clone(),
+                done: done_tx.clone(),
+            });
+            tokio::spawn(worker(source, true));
+        }
+        Pollers { done }
+    }
+
+    /// Waits until every worker has stopped (after shutdown was signalled).
+    pub async fn wait(mut self) {
+        while self.done.recv().await.is_some() {}
+    }
+}
+
+/// The retry delay from `LOCAL_RETRY_DELAY_SECONDS`, if set to a number.
+pub fn retry_delay_from_env() -> Option<i32> {
+    std::env::var(RETRY_DELAY_ENV).ok()?.trim().parse().ok()
+}
+
+/// A polling loop. Boxed because workers spawn workers (a recursive future).
+fn worker(source: Arc<Source>, primary: bool) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(work(source, primary))
+}
+
+async fn work(source: Arc<Source>, primary: bool) {
+    let _done = source.done.clone();
+    let mut shutdown = source.shutdown.clone();
+    let b = &source.binding;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let batch = tokio::select! {
+            batch = receive_batch(&source) => batch,
+            _ = shutdown.changed() => break,
+        };
+        let messages = match batch {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("[poller] {}: ReceiveMessage failed: {e}", b.function);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
+        if messages.is_empty() {
+            if primary {
+                continue;
+            }
+            break;
+        }
+        let full = messages.len() >= b.batch_size.min(10) as usize;
+        if full && source.workers.load(Ordering::Acquire) < MAX_WORKERS_PER_SOURCE {
+            source.workers.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(worker(Arc::clone(&source), false));
+        }
+        process(&source, messages).await;
+    }
+    source.workers.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Receives up to `BatchSize` messages, waiting up to `MaximumBatchingWindowInSeconds` for
+/// more once the first arrive.
+async fn receive_batch(source: &Source) -> Result<Vec<Message>, String> {
+    let b = &source.binding;
+    let want = b.batch_size as usize;
+    let mut messages = receive(source, want, MAX_WAIT_SECS).await?;
+    let window_end = Instant::now() + b.max_batching_window;
+    while !messages.is_empty() && messages.len() < want {
+        let left = window_end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let wait = i32::try_from(left.as_secs().min(MAX_WAIT_SECS as u64)).unwrap_or(0);
+        let more = receive(source, want - messages.len(), wait).await?;
+        if more.is_empty() && wait == 0 {
+            break;
+        }
+        messages.extend(more);
+    }
+    Ok(messages)
+}
+
+async fn receive(source: &Source, max: usize, wait_secs: i32) -> Result<Vec<Message>, String> {
+    let out = source
+        .sqs
+        .receive_message()
+        .queue_url(&source.binding.queue_url)
+        .max_number_of_messages(max.clamp(1, 10) as i32)
+        .wait_time_seconds(wait_secs)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+    Ok(out.messages.unwrap_or_default())
+}
+
+/// Invokes the function with the batch and settles each message.
+async fn process(source: &Source, messages: Vec<Message>) {
+    let b = &source.binding;
+    let event = sqs_event(&messages, &b.queue_arn, &b.region);
+    let outcome = source.runtime.invoke(&b.function, event).await;
+    let ids: Vec<String> = messages
+        .iter()
+        .filter_map(|m| m.message_id().map(str::to_string))
+        .collect();
+    let failed = failed_ids(&outcome, &ids, b.report_batch_item_failures);
+    if !failed.is_empty() {
+        eprintln!(
+            "[poller] {}: {} of {} messages left in the queue for retry",
+            b.function,
+            failed.len(),
+            messages.len()
+        );
+    }
+    let (bad, good): (Vec<&Message>, Vec<&Message>) = messages
+        .iter()
+        .partition(|m| m.message_id().is_some_and(|id| failed.contains(id)));
+    delete(source, &good).await;
+    if let Some(delay) = b.retry_delay_secs {
+        make_visible(source, &bad, delay).await;
+    }
+}
+
+async fn delete(source: &Source, messages: &[&Message]) {
+    for chunk in messages.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .set_receipt_handle(m.receipt_handle().map(str::to_string))
+                    .build()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        let result = source
+            .sqs
+            .delete_message_batch()
+            .queue_url(&source.binding.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        report_batch_failure(
+            source,
+            "DeleteMessageBatch",
+            result.map(|o| o.failed().len()),
+        );
+    }
+}
+
+async fn make_visible(source: &Source, messages: &[&Message], delay: i32) {
+    for chunk in messages.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .set_receipt_handle(m.receipt_handle().map(str::to_string))
+                    .visibility_timeout(delay)
+                    .build()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        let result = source
+            .sqs
+            .change_message_visibility_batch()
+            .queue_url(&source.binding.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        report_batch_failure(
+            source,
+            "ChangeMessageVisibilityBatch",
+            result.map(|o| o.failed().len()),
+        );
+    }
+}
+
+fn report_batch_failure<E: std::error::Error>(source: &Source, op: &str, result: Result<usize, E>) {
+    match result {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "[poller] {}: {op}: {n} entries failed",
+            source.binding.function
+        ),
+        Err(e) => eprintln!(
+            "[poller] {}: {op} failed: {}",
+            source.binding.function,
+            aws_sdk_sqs::error::DisplayErrorContext(&e)
+        ),
+    }
+}

@@ -1,0 +1,161 @@
+//! One running instance of a function: its process, its Runtime API listener, its logs.
+//!
+//! An `Instance` is owned by exactly one invoker at a time (or sits idle in its pool), so no
+//! locking is needed around an invocation. Dropping it kills the process and stops its server.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::FunctionSpec;
+use super::api::{self, ApiState, Event, Invocation};
+
+pub(crate) struct Instance {
+    pub pid: Option<u32>,
+    pub spawned_at: Instant,
+    /// Set once the runtime first asked for an invocation (init finished).
+    pub initialized: bool,
+    pub invocations: mpsc::Sender<Invocation>,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    server: JoinHandle<()>,
+    /// Dropping it makes the watcher kill the process.
+    _kill: oneshot::Sender<()>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Instance {
+    /// Starts the function's process with its own Runtime API listener.
+    pub async fn spawn(
+        spec: &FunctionSpec,
+        base_env: &BTreeMap<String, String>,
+    ) -> std::io::Result<Instance> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api_addr = listener.local_addr()?;
+        let (invocations, invocations_rx) = mpsc::channel(1);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let state = Arc::new(ApiState {
+            invocations: Mutex::new(invocations_rx),
+            events: events_tx.clone(),
+            function_arn: spec.arn.clone(),
+        });
+        let app = api::router(state);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+
+        let task_root = spec
+            .binary
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let spawned_at = Instant::now();
+        let mut child = Command::new(&spec.binary)
+            .env_clear()
+            .envs(base_env)
+            .envs(&spec.env)
+            .env("AWS_LAMBDA_RUNTIME_API", api_addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", &spec.name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                spec.memory_mb.to_string(),
+            )
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", spec.name),
+            )
+            .env("_HANDLER", &spec.handler)
+            .env("LAMBDA_TASK_ROOT", task_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .inspect_err(|_| server.abort())?;
+        let pid = child.id();
+        if let Some(out) = child.stdout.take() {
+            forward_lines(out, spec.logical_id.clone(), false);
+        }
+        if let Some(err) = child.stderr.take() {
+            forward_lines(err, spec.logical_id.clone(), true);
+        }
+        let (kill, kill_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            let _ = events_tx.send(Event::Exited(status));
+        });
+        Ok(Instance {
+            pid,
+            spawned_at,
+            initialized: false,
+            invocations,
+            events,
+            server,
+            _kill: kill,
+        })
+    }
+
+    /// False when the process has exited since it was last used.
+    pub fn alive(&mut self) -> bool {
+        loop {
+            match self.events.try_recv() {
+                Ok(Event::Exited(_)) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return false;
+                }
+                Ok(_) => continue,
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Peak resident memory of the process, in MB (`VmHWM` of `/proc/<pid>/status`).
+    pub fn max_memory_mb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb.div_ceil(1024))
+    }
+
+    /// Time since spawn, for the init duration of a cold start.
+    pub fn since_spawn(&self) -> Duration {
+        self.spawned_at.elapsed()
+    }
+}
+
+/// Prints each line of a function's output prefixed with `[LogicalId]`.
+fn forward_lines(stream: impl AsyncRead + Unpin + Send + 'static, id: String, to_stderr: bool) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if to_stderr {
+                eprintln!("[{id}] {line}");
+            } else {
+                println!("[{id}] {line}");
+            }
+        }
+    });
+}

@@ -1,0 +1,437 @@
+//! Runs functions as their real binaries behind the Lambda Runtime API.
+//!
+//! Each function has a pool of instances (child processes). An invocation takes an idle warm
+//! instance, or starts one when all are busy and the pool is below its limit, or waits for a
+//! permit beyond it. An instance that times out or crashes is dropped (killed) and never
+//! reused; the next invocation starts a fresh one, as Lambda does.
+
+mod api;
+mod instance;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use api::{Event, Invocation};
+use instance::Instance;
+
+/// Default number of concurrent instances per function.
+pub const DEFAULT_MAX_INSTANCES: usize = 4;
+/// Environment variable overriding [`DEFAULT_MAX_INSTANCES`].
+pub const MAX_INSTANCES_ENV: &str = "LOCAL_MAX_INSTANCES";
+/// Lambda gives a runtime 10 s to initialise.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything needed to start instances of one function.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    /// Logical id in the template (log prefix, key for [`Runtime::invoke`]).
+    pub logical_id: String,
+    /// Physical name (`AWS_LAMBDA_FUNCTION_NAME`).
+    pub name: String,
+    /// ARN given to the runtime as the invoked function ARN.
+    pub arn: String,
+    /// The function's executable.
+    pub binary: PathBuf,
+    /// `_HANDLER`.
+    pub handler: String,
+    pub timeout: Duration,
+    pub memory_mb: u64,
+    /// Resolved template environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Settings shared by every function.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Instances per function at most; invocations beyond wait.
+    pub max_instances: usize,
+    /// `AWS_REGION` / `AWS_DEFAULT_REGION`.
+    pub region: String,
+    /// `AWS_ENDPOINT_URL` given to the functions.
+    pub endpoint: String,
+}
+
+impl RuntimeOptions {
+    /// Options with the instance limit from `LOCAL_MAX_INSTANCES` (default 4).
+    pub fn new(region: &str, endpoint: &str) -> Self {
+        let max_instances = std::env::var(MAX_INSTANCES_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_MAX_INSTANCES);
+        RuntimeOptions {
+            max_instances,
+            region: region.to_string(),
+            endpoint: endpoint.to_string(),
+        }
+    }
+}
+
+/// What a completed invocation returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvokeOutcome {
+    /// The runtime posted a response (a non-JSON body becomes a JSON string).
+    Response(Value),
+    /// The runtime posted an error for the invocation (`.../invocation/{id}/error`).
+    FunctionError(FunctionError),
+}
+
+/// An error reported by the function, as Lambda shapes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionError {
+    pub error_type: String,
+    pub error_message: String,
+}
+
+/// Why an invocation produced no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("no function {0} in the template")]
+    UnknownFunction(String),
+    #[error("the runner is shutting down")]
+    ShuttingDown,
+    #[error("{function}: cannot start {binary}: {source}")]
+    Spawn {
+        function: String,
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    /// The instance failed before asking for its first invocation.
+    #[error("{function}: init failed: {message}")]
+    InitFailed { function: String, message: String },
+    /// The instance exited during the invocation.
+    #[error("{function}: RequestId: {request_id} Error: Runtime exited with error: {status}")]
+    Crashed {
+        function: String,
+        request_id: String,
+        status: String,
+    },
+    #[error("{function}: RequestId: {request_id} Task timed out after {seconds}.00 seconds")]
+    TimedOut {
+        function: String,
+        request_id: String,
+        seconds: u64,
+    },
+}
+
+/// The pools of every function.
+pub struct Runtime {
+    pools: BTreeMap<String, Pool>,
+    base_env: BTreeMap<String, String>,
+    closed: AtomicBool,
+}
+
+struct Pool {
+    spec: FunctionSpec,
+    idle: Mutex<Vec<Instance>>,
+    permits: Semaphore,
+}
+
+impl Runtime {
+    /// Pools for `functions`; no process starts before its first invocation.
+    pub fn new(functions: Vec<FunctionSpec>, opts: &RuntimeOptions) -> Runtime {
+        Runtime {
+            pools: functions
+                .into_iter()
+                .map(|spec| {
+                    let pool = Pool {
+                        spec,
+                        idle: Mutex::new(Vec::new()),
+                        permits: Semaphore::new(opts.max_instances.max(1)),
+                    };
+                    (pool.spec.logical_id.clone(), pool)
+                })
+                .collect(),
+            base_env: base_env(opts),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Invokes function `function` (logical id) with `payload`, as Lambda's synchronous
+    /// `Invoke` does, printing `START`/`END`/`REPORT` lines.
+    pub async fn invoke(
+        &self,
+        function: &str,
+        payload: Value,
+    ) -> Result<InvokeOutcome, InvokeError> {
+        let pool = self
+            .pools
+            .get(function)
+            .ok_or_else(|| InvokeError::UnknownFunction(function.to_string()))?;
+        let _permit = pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| InvokeError::ShuttingDown)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let idle = pool.take_idle();
+        let mut instance = match idle {
+            Some(i) => i,
+            None => Instance::spawn(&pool.spec, &self.base_env)
+                .await
+                .map_err(|source| InvokeError::Spawn {
+                    function: function.to_string(),
+                    binary: pool.spec.binary.clone(),
+                    source,
+                })?,
+        };
+        let result = run(&pool.spec, &mut instance, &payload).await;
+        if result.is_ok() && !self.closed.load(Ordering::Acquire) {
+            pool.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(instance);
+        }
+        result
+    }
+
+    /// Stops accepting invocations and kills idle instances; busy ones are killed when their
+    /// invocation ends.
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        for pool in self.pools.values() {
+            pool.permits.close();
+            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// The function specs, by logical id.
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
+        self.pools.values().map(|p| &p.spec)
+    }
+}
+
+impl Pool {
+    fn take_idle(&self) -> Option<Instance> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut i) = idle.pop() {
+            if i.alive() {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+/// The environment every instance gets besides its template variables: `PATH`, region,
+/// endpoint and credentials (the runner's own when set, else the emulator's `test`/`test`).
+fn base_env(opts: &RuntimeOptions) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let inherit = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    env.insert(
+        "PATH".into(),
+        inherit("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+    );
+    env.insert("TZ".into(), ":UTC".into());
+    env.insert("AWS_REGION".into(), opts.region.clone());
+    env.insert("AWS_DEFAULT_REGION".into(), opts.region.clone());
+    env.insert("AWS_ENDPOINT_URL".into(), opts.endpoint.clone());
+    env.insert(
+        "AWS_ACCESS_KEY_ID".into(),
+        inherit("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
+    );
+    env.insert(
+        "AWS_SECRET_ACCESS_KEY".into(),
+        inherit("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "test".into()),
+    );
+    if let Some(token) = inherit("AWS_SESSION_TOKEN") {
+        env.insert("AWS_SESSION_TOKEN".into(), token);
+    }
+    env
+}
+
+/// One invocation on `instance`: waits for init on a cold start, hands over the payload,
+/// waits for the outcome until the function's timeout, prints the REPORT line.
+async fn run(
+    spec: &FunctionSpec,
+    instance: &mut Instance,
+    payload: &Value,
+) -> Result<InvokeOutcome, InvokeError> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let init_duration = if instance.initialized {
+        None
+    } else {
+        let init = wait_for_init(spec, instance).await;
+        if let Err(e) = &init {
+            println!(
+                "[{}] INIT_REPORT Init Duration: {:.2} ms Phase: init Status: error",
+                spec.logical_id,
+                ms(instance.since_spawn())
+            );
+            eprintln!("[{}] {e}", spec.logical_id);
+        }
+        Some(init?)
+    };
+    println!(
+        "[{}] START RequestId: {request_id} Version: $LATEST",
+        spec.logical_id
+    );
+    let started = Instant::now();
+    let deadline = started + spec.timeout;
+    let invocation = Invocation {
+        request_id: request_id.clone(),
+        deadline_ms: epoch_ms(SystemTime::now() + spec.timeout),
+        trace_id: trace_id(),
+        body: serde_json::to_vec(payload).unwrap_or_default(),
+    };
+    let crashed = |status: String| InvokeError::Crashed {
+        function: spec.logical_id.clone(),
+        request_id: request_id.clone(),
+        status,
+    };
+    let result = if instance.invocations.send(invocation).await.is_err() {
+        Err(crashed("the Runtime API is gone".into()))
+    } else {
+        loop {
+            match tokio::time::timeout_at(deadline.into(), instance.events.recv()).await {
+                Err(_) => {
+                    break Err(InvokeError::TimedOut {
+                        function: spec.logical_id.clone(),
+                        request_id: request_id.clone(),
+                        seconds: spec.timeout.as_secs(),
+                    });
+                }
+                Ok(None) => break Err(crashed("the instance is gone".into())),
+                Ok(Some(Event::Exited(status))) => break Err(crashed(status)),
+                Ok(Some(Event::Response {
+                    request_id: id,
+                    body,
+                })) if id == request_id => {
+                    break Ok(InvokeOutcome::Response(parse_body(&body)));
+                }
+                Ok(Some(Event::Error {
+                    request_id: id,
+                    body,
+                })) if id == request_id => {
+                    break Ok(InvokeOutcome::FunctionError(parse_error(&body)));
+                }
+                Ok(Some(_)) => continue,
+            }
+        }
+    };
+    let duration = started.elapsed();
+    if let Err(e) = &result {
+        eprintln!("[{}] {e}", spec.logical_id);
+    }
+    println!("[{}] END RequestId: {request_id}", spec.logical_id);
+    println!(
+        "[{}] {}",
+        spec.logical_id,
+        report_line(
+            &request_id,
+            duration,
+            spec.memory_mb,
+            instance.max_memory_mb(),
+            init_duration,
+            result.as_ref().err()
+        )
+    );
+    result
+}
+
+/// Waits for the instance's first `next` (end of init), its init error or its exit.
+async fn wait_for_init(
+    spec: &FunctionSpec,
+    instance: &mut Instance,
+) -> Result<Duration, InvokeError> {
+    let failed = |message: String| InvokeError::InitFailed {
+        function: spec.logical_id.clone(),
+        message,
+    };
+    let deadline = instance.spawned_at + INIT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), instance.events.recv()).await {
+            Err(_) => {
+                return Err(failed(format!(
+                    "no request for an invocation within {INIT_TIMEOUT:?}"
+                )));
+            }
+            Ok(Some(Event::Next)) => {
+                instance.initialized = true;
+                return Ok(instance.since_spawn());
+            }
+            Ok(Some(Event::InitError(body))) => {
+                let e = parse_error(&body);
+                return Err(failed(format!("{}: {}", e.error_type, e.error_message)));
+            }
+            Ok(Some(Event::Exited(status))) => {
+                return Err(failed(format!(
+                    "Runtime exited before init completed: {status}"
+                )));
+            }
+            Ok(None) => return Err(failed("the instance is gone".into())),
+            Ok(Some(_)) => continue,
+        }
+    }
+}
+
+/// Lambda's `REPORT` line.
+fn report_line(
+    request_id: &str,
+    duration: Duration,
+    memory_mb: u64,
+    max_memory_mb: Option<u64>,
+    init: Option<Duration>,
+    error: Option<&InvokeError>,
+) -> String {
+    let mut line = format!(
+        "REPORT RequestId: {request_id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {memory_mb} MB\tMax Memory Used: {} MB",
+        ms(duration),
+        duration.as_nanos().div_ceil(1_000_000).max(1),
+        max_memory_mb.unwrap_or(0),
+    );
+    if let Some(init) = init {
+        line.push_str(&format!("\tInit Duration: {:.2} ms", ms(init)));
+    }
+    match error {
+        Some(InvokeError::TimedOut { .. }) => line.push_str("\tStatus: timeout"),
+        Some(_) => line.push_str("\tStatus: error"),
+        None => {}
+    }
+    line
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An X-Ray style trace header (`Root=1-<epoch hex>-<24 hex>`), not sampled.
+fn trace_id() -> String {
+    let secs = epoch_ms(SystemTime::now()) / 1000;
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("Root=1-{secs:08x}-{};Sampled=0", &random[..24])
+}
+
+fn parse_body(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+/// Lambda's error document: `{"errorType": .., "errorMessage": ..}`.
+fn parse_error(body: &[u8]) -> FunctionError {
+    let v = parse_body(body);
+    let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    FunctionError {
+        error_type: field("errorType").unwrap_or_else(|| "Unhandled".into()),
+        error_message: field("errorMessage").unwrap_or_else(|| match &v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

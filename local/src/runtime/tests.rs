@@ -1,0 +1,287 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn spec(timeout_secs: u64, extra_env: &[(&str, &str)]) -> FunctionSpec {
+    let mut env: BTreeMap<String, String> = [("TABLE_NAME".to_string(), "t".to_string())].into();
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    FunctionSpec {
+        logical_id: "Fake".into(),
+        name: "cqrs-local-Fake".into(),
+        arn: "arn:aws:lambda:us-east-1:123456789012:function:cqrs-local-Fake".into(),
+        binary: concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fake_function.py"
+        )
+        .into(),
+        handler: "bootstrap".into(),
+        timeout: Duration::from_secs(timeout_secs),
+        memory_mb: 128,
+        env,
+    }
+}
+
+fn runtime(spec: FunctionSpec, max_instances: usize) -> Runtime {
+    let mut opts = RuntimeOptions::new("eu-west-1", "http://127.0.0.1:4566");
+    opts.max_instances = max_instances;
+    Runtime::new(vec![spec], &opts)
+}
+
+fn response(outcome: Result<InvokeOutcome, InvokeError>) -> Value {
+    match outcome {
+        Ok(InvokeOutcome::Response(v)) => v,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn passes_the_event_headers_and_environment() {
+    let rt = runtime(spec(5, &[]), 4);
+    let answer = response(rt.invoke("Fake", json!({"hello": "world"})).await);
+    assert_eq!(answer["event"], json!({"hello": "world"}));
+    let headers = &answer["headers"];
+    assert_eq!(
+        uuid::Uuid::parse_str(headers["lambda-runtime-aws-request-id"].as_str().unwrap())
+            .map(|_| ()),
+        Ok(())
+    );
+    assert_eq!(
+        headers["lambda-runtime-invoked-function-arn"],
+        "arn:aws:lambda:us-east-1:123456789012:function:cqrs-local-Fake"
+    );
+    assert!(
+        headers["lambda-runtime-trace-id"]
+            .as_str()
+            .unwrap()
+            .starts_with("Root=1-")
+    );
+    let deadline: u64 = headers["lambda-runtime-deadline-ms"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = epoch_ms(SystemTime::now());
+    assert!(
+        deadline > now && deadline <= now + 5_000,
+        "{deadline} vs {now}"
+    );
+    let env = &answer["env"];
+    for (key, expected) in [
+        ("TABLE_NAME", "t"),
+        ("AWS_LAMBDA_FUNCTION_NAME", "cqrs-local-Fake"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_DEFAULT_REGION", "eu-west-1"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ("_HANDLER", "bootstrap"),
+        (
+            "LAMBDA_TASK_ROOT",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+        ),
+    ] {
+        assert_eq!(env[key], expected, "{key}");
+    }
+    assert!(
+        env["AWS_LAMBDA_RUNTIME_API"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(env["AWS_ACCESS_KEY_ID"].is_string() && env["AWS_SECRET_ACCESS_KEY"].is_string());
+}
+
+#[tokio::test]
+async fn reuses_warm_instances_and_scales_out_when_busy() {
+    let rt = runtime(spec(5, &[]), 4);
+    let first = response(rt.invoke("Fake", json!({})).await)["pid"].clone();
+    let second = response(rt.invoke("Fake", json!({})).await)["pid"].clone();
+    assert_eq!(first, second, "a warm instance is reused");
+
+    let started = Instant::now();
+    let calls = (0..3).map(|_| rt.invoke("Fake", json!({"sleep": 0.6})));
+    let pids: std::collections::BTreeSet<String> = futures_join(calls)
+        .await
+        .into_iter()
+        .map(|r| response(r)["pid"].to_string())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        3,
+        "overlapping invocations run on separate instances"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1700),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn queues_beyond_the_instance_limit() {
+    let rt = runtime(spec(5, &[]), 1);
+    let calls = (0..2).map(|_| rt.invoke("Fake", json!({"sleep": 0.2})));
+    let pids: Vec<Value> = futures_join(calls)
+        .await
+        .into_iter()
+        .map(|r| response(r)["pid"].clone())
+        .collect();
+    assert_eq!(
+        pids[0], pids[1],
+        "one instance serves both, one after the other"
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_instance_and_the_next_call_gets_a_fresh_one() {
+    let rt = runtime(spec(1, &[]), 4);
+    let pid = response(rt.invoke("Fake", json!({})).await)["pid"].clone();
+    let started = Instant::now();
+    let err = rt.invoke("Fake", json!({"sleep": 3})).await.unwrap_err();
+    assert!(
+        matches!(err, InvokeError::TimedOut { seconds: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("Task timed out after 1.00 seconds"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(1800));
+    let next = response(rt.invoke("Fake", json!({})).await)["pid"].clone();
+    assert_ne!(pid, next);
+}
+
+#[tokio::test]
+async fn function_errors_and_crashes() {
+    let rt = runtime(spec(5, &[]), 4);
+    let outcome = rt
+        .invoke("Fake", json!({"fail": "bad input"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        InvokeOutcome::FunctionError(FunctionError {
+            error_type: "Boom".into(),
+            error_message: "bad input".into()
+        })
+    );
+    let err = rt.invoke("Fake", json!({"exit": 3})).await.unwrap_err();
+    assert!(matches!(err, InvokeError::Crashed { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Runtime exited with error: exit status: 3"),
+        "{err}"
+    );
+    assert_eq!(
+        response(rt.invoke("Fake", json!({"respond": "ok"})).await),
+        "ok"
+    );
+    assert!(matches!(
+        rt.invoke("Nope", json!({})).await,
+        Err(InvokeError::UnknownFunction(_))
+    ));
+}
+
+#[tokio::test]
+async fn init_failures_are_reported() {
+    let rt = runtime(spec(5, &[("FAKE_INIT_ERROR", "no config")]), 4);
+    let err = rt.invoke("Fake", json!({})).await.unwrap_err();
+    assert!(
+        err.to_string().contains("Runtime.InitError: no config"),
+        "{err}"
+    );
+    let rt = runtime(spec(5, &[("FAKE_EXIT_AT_INIT", "1")]), 4);
+    let err = rt.invoke("Fake", json!({})).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("exited before init completed: exit status: 7"),
+        "{err}"
+    );
+    let mut missing = spec(5, &[]);
+    missing.binary = "/nonexistent/bootstrap".into();
+    let err = runtime(missing, 4)
+        .invoke("Fake", json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, InvokeError::Spawn { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_invocations() {
+    let rt = runtime(spec(5, &[]), 4);
+    response(rt.invoke("Fake", json!({})).await);
+    rt.shutdown();
+    assert!(matches!(
+        rt.invoke("Fake", json!({})).await,
+        Err(InvokeError::ShuttingDown)
+    ));
+}
+
+#[test]
+fn report_lines_look_like_lambdas() {
+    let line = report_line(
+        "r1",
+        Duration::from_micros(12_345),
+        128,
+        Some(9),
+        Some(Duration::from_micros(2_500)),
+        None,
+    );
+    assert_eq!(
+        line,
+        "REPORT RequestId: r1\tDuration: 12.35 ms\tBilled Duration: 13 ms\tMemory Size: 128 MB\tMax Memory Used: 9 MB\tInit Duration: 2.50 ms"
+    );
+    let timeout = InvokeError::TimedOut {
+        function: "F".into(),
+        request_id: "r2".into(),
+        seconds: 3,
+    };
+    let line = report_line(
+        "r2",
+        Duration::from_secs(3),
+        256,
+        None,
+        None,
+        Some(&timeout),
+    );
+    assert!(
+        line.ends_with(
+            "Billed Duration: 3000 ms\tMemory Size: 256 MB\tMax Memory Used: 0 MB\tStatus: timeout"
+        ),
+        "{line}"
+    );
+}
+
+/// Runs futures concurrently on the current task (no extra dependency for `join_all`).
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("all ready")).collect()
+}

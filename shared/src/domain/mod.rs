@@ -1,0 +1,6 @@
+//! Domain types and rules. Nothing here knows about AWS: these are plain values and pure
+//! functions, unit-tested without any I/O.
+
+pub mod agents;
+pub mod conversations;
+pub mod ids;

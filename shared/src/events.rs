@@ -1,0 +1,116 @@
+//! What travels on the bus: an envelope (id, correlation id, time) around a typed message.
+//!
+//! Commands and domain events are one tagged enum shared by producers and consumers, so a
+//! renamed field or a new variant is a compile error on both sides, not a poison message. On
+//! EventBridge the envelope is the event's `detail`, `type` is its `detail-type` and
+//! [`Message::source`] its `source`: rules route on those two.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::agents::{
+    AgentMatched, AgentRegistered, AgentStateChanged, ChangeAgentState, RegisterAgent,
+};
+use crate::domain::conversations::ConversationClosed;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// Unique per command or event; consumers deduplicate on it. A republished event keeps its
+    /// id, so redelivery after a failed publish is still deduplicated downstream.
+    pub id: Uuid,
+    /// Follows one request through every command and event it causes.
+    pub correlation_id: String,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Message {
+    // commands
+    RegisterAgent(RegisterAgent),
+    ChangeAgentState(ChangeAgentState),
+    // events
+    AgentRegistered(AgentRegistered),
+    AgentStateChanged(AgentStateChanged),
+    AgentMatched(AgentMatched),
+    ConversationClosed(ConversationClosed),
+}
+
+impl Message {
+    /// The EventBridge `source`: commands come from `<service>.command`, events from the
+    /// service that owns them.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Message::RegisterAgent(_) | Message::ChangeAgentState(_) => "cqrs.agents.command",
+            Message::AgentRegistered(_)
+            | Message::AgentStateChanged(_)
+            | Message::AgentMatched(_) => "cqrs.agents",
+            Message::ConversationClosed(_) => "cqrs.conversations",
+        }
+    }
+
+    /// The EventBridge `detail-type`: the variant name, the same string as the `type` tag.
+    pub fn detail_type(&self) -> &'static str {
+        match self {
+            Message::RegisterAgent(_) => "RegisterAgent",
+            Message::ChangeAgentState(_) => "ChangeAgentState",
+            Message::AgentRegistered(_) => "AgentRegistered",
+            Message::AgentStateChanged(_) => "AgentStateChanged",
+            Message::AgentMatched(_) => "AgentMatched",
+            Message::ConversationClosed(_) => "ConversationClosed",
+        }
+    }
+}
+
+impl Envelope {
+    pub fn new(correlation_id: impl Into<String>, message: Message) -> Self {
+        Envelope {
+            id: Uuid::new_v4(),
+            correlation_id: correlation_id.into(),
+            occurred_at: Utc::now(),
+            message,
+        }
+    }
+
+    /// An event caused by `cause`, carrying its correlation id along.
+    pub fn caused_by(cause: &Envelope, message: Message) -> Self {
+        Envelope::new(cause.correlation_id.clone(), message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::agents::AgentState;
+
+    #[test]
+    fn envelope_round_trips_with_type_tag_matching_detail_type() {
+        let env = Envelope::new(
+            "corr-1",
+            Message::ChangeAgentState(ChangeAgentState {
+                agent_id: "a1".parse().unwrap(),
+                state: AgentState::Away,
+                version: 3,
+            }),
+        );
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(json["type"], env.message.detail_type());
+        assert_eq!(json["data"]["state"], "AWAY");
+        assert_eq!(json["correlationId"], "corr-1");
+        let back: Envelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn unknown_type_is_rejected() {
+        let json = serde_json::json!({
+            "id": Uuid::new_v4(), "correlationId": "c", "occurredAt": Utc::now(),
+            "type": "DropTables", "data": {}
+        });
+        assert!(serde_json::from_value::<Envelope>(json).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! HTTP edge helpers: strict JSON parsing with errors that name the field, problem+json
+//! responses, and the one place where [`Error`] becomes a response.
+
+use lambda_http::{Body, Request, RequestExt, Response, request::RequestContext};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::Error;
+
+/// Commands are small; anything bigger is refused before parsing (`413`).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Parses a JSON body: `415` unless the content type is JSON, `413` when too big, `400` when
+/// not JSON, `422` naming the field (as a JSON path such as `skills[2]`) when a value is
+/// missing, of the wrong type or invalid.
+pub fn parse_json<T: DeserializeOwned>(req: &Request) -> Result<T, Error> {
+    parse_command(req).map(|(_, typed)| typed)
+}
+
+/// Like [`parse_json`], also returning the body as JSON (to fingerprint it for idempotency).
+pub fn parse_command<T: DeserializeOwned>(req: &Request) -> Result<(Value, T), Error> {
+    let value = parse_body(req)?;
+    if !value.is_object() {
+        return Err(Error::invalid("body", "expected a JSON object"));
+    }
+    let typed = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".into() } else { path };
+        Error::invalid(field, strip_position(&e.into_inner().to_string()))
+    })?;
+    Ok((value, typed))
+}
+
+fn parse_body(req: &Request) -> Result<Value, Error> {
+    let content_type = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !mime.ends_with("+json") {
+        return Err(Error::UnsupportedMediaType(
+            "Content-Type must be application/json".into(),
+        ));
+    }
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(Error::TooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::Malformed("request body is empty".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::Malformed(format!("malformed JSON: {e}")))
+}
+
+/// serde's messages end in " at line 1 column 17", which means nothing to a caller who sent
+/// the field name we already report.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// A query-string parameter parsed with `FromStr`; `422` naming it when it does not parse.
+pub fn query<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    match req
+        .query_string_parameters_ref()
+        .and_then(|q| q.first(name))
+    {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse::<T>()
+            .map(Some)
+            .map_err(|e| Error::invalid(name, e.to_string())),
+    }
+}
+
+/// Page size: `limit` in 1..=100, 25 when absent.
+pub fn limit(req: &Request) -> Result<i32, Error> {
+    match query::<i32>(req, "limit")? {
+        None => Ok(25),
+        Some(n) if (1..=100).contains(&n) => Ok(n),
+        Some(_) => Err(Error::invalid("limit", "limit must be between 1 and 100")),
+    }
+}
+
+/// The id that ties together everything one request causes: the caller's `X-Correlation-Id`
+/// when it is sane, else API Gateway's request id, else a fresh one.
+pub fn correlation_id(req: &Request) -> String {
+    let from_header = req
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    if let Some(h) = from_header {
+        return h.to_owned();
+    }
+    if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
+        && let Some(id) = &ctx.request_id
+    {
+        return id.clone();
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn json<T: Serialize>(status: u16, value: &T) -> Response<Body> {
+    let body = match serde_json::to_string(value) {
+        Ok(b) => b,
+        Err(e) => return problem(&Error::Internal(format!("serializing response: {e}"))),
+    };
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::Text(body))
+        .expect("static status and headers are valid")
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// The error as `application/problem+json` (RFC 9457). 5xx causes are logged here and replaced
+/// by a generic detail, so internals never leak to callers.
+pub fn problem(err: &Error) -> Response<Body> {
+    let status = err.status();
+    let (kind, title) = match err {
+        Error::Malformed(_) => ("malformed-request", "Malformed request"),
+        Error::Invalid { .. } => ("validation", "Invalid request"),
+        Error::NotFound(_) => ("not-found", "Not found"),
+        Error::Conflict(_) => ("conflict", "Conflict"),
+        Error::TooLarge { .. } => ("payload-too-large", "Payload too large"),
+        Error::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+        Error::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+        Error::Unavailable(_) => ("unavailable", "Service unavailable"),
+        Error::Internal(_) => ("internal", "Internal server error"),
+    };
+    let detail = match err {
+        Error::Unavailable(cause) => {
+            tracing::warn!(error = %cause, "dependency unavailable");
+            "a dependency is unavailable; retry later".to_owned()
+        }
+        Error::Internal(cause) => {
+            tracing::error!(error = %cause, "internal error");
+            "unexpected error; it has been logged".to_owned()
+        }
+        other => other.to_string(),
+    };
+    let field = match err {
+        Error::Invalid { field, .. } => Some(field.as_str()),
+        _ => None,
+    };
+    let r#type = format!("/problems/{kind}");
+    let body = Problem {
+        r#type: &r#type,
+        title,
+        status: status.as_u16(),
+        detail,
+        field,
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/problem+json");
+    if matches!(err, Error::Unavailable(_)) {
+        builder = builder.header(http::header::RETRY_AFTER, "1");
+    }
+    builder
+        .body(Body::Text(
+            serde_json::to_string(&body).expect("problem serializes"),
+        ))
+        .expect("static status and headers are valid")
+}
+
+/// Turns a handler result into a response, errors through [`problem`].
+pub fn into_response(result: Result<Response<Body>, Error>) -> Response<Body> {
+    result.unwrap_or_else(|e| problem(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(content_type: &str, body: &str) -> Request {
+        http::Request::builder()
+            .header("content-type", content_type)
+            .body(Body::Text(body.into()))
+            .unwrap()
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Cmd {
+        capacity: crate::domain::agents::Capacity,
+        skills: crate::domain::agents::Skills,
+    }
+
+    #[test]
+    fn json_errors_name_the_field_and_status() {
+        let e = parse_json::<Cmd>(&req("application/json", r#"{"capacity": 0, "skills": []}"#))
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, .. } if field == "capacity"),
+            "{e:?}"
+        );
+        let e = parse_json::<Cmd>(&req(
+            "application/json",
+            r#"{"capacity": 2, "skills": ["ok", "no way"]}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, .. } if field == "skills[1]"),
+            "{e:?}"
+        );
+        let e = parse_json::<Cmd>(&req("application/json", r#"{"capacity": "#)).unwrap_err();
+        assert_eq!(e.status(), 400);
+        let e = parse_json::<Cmd>(&req("text/plain", "{}")).unwrap_err();
+        assert_eq!(e.status(), 415);
+        let big = format!(r#"{{"skills": ["{}"]}}"#, "a".repeat(MAX_BODY_BYTES));
+        assert_eq!(
+            parse_json::<Cmd>(&req("application/json", &big))
+                .unwrap_err()
+                .status(),
+            413
+        );
+        let e = parse_json::<Cmd>(&req(
+            "application/json; charset=utf-8",
+            r#"{"capacity": 2, "skills": [], "x": 1}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.status(), 422);
+    }
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let resp = problem(&Error::Internal("secret table name".into()));
+        assert_eq!(resp.status(), 500);
+        let body = std::str::from_utf8(resp.body().as_ref())
+            .unwrap()
+            .to_owned();
+        assert!(!body.contains("secret"));
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+}

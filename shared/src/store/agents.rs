@@ -1,0 +1,407 @@
+//! The agents table: agent profiles (`AGENT#<id>`), reservations (`RESERVATION#<conversation>`),
+//! the inbox and idempotency keys. Agents are also in the sparse `byState` index.
+
+use std::future::Future;
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::inbox::{DynamoInbox, Inbox, InboxRecord};
+use super::{Page, cancellation_codes, decode_cursor, encode_cursor, n, s};
+use crate::domain::agents::{Agent, AgentState, Skill};
+use crate::domain::ids::{AgentId, ConversationId};
+use crate::{Error, aws::classify};
+
+/// A conversation's claim on one of an agent's slots. Its `eventId` is fixed when the
+/// reservation is made, so every (re)publication of its `AgentMatched` carries the same id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    pub conversation_id: ConversationId,
+    pub agent_id: AgentId,
+    pub matched_at: DateTime<Utc>,
+    pub event_id: Uuid,
+    pub correlation_id: String,
+    /// Absent (not NULL) until released: the release condition is `attribute_not_exists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Done,
+    /// The agent changed since it was read: read again and decide again.
+    Conflict,
+    /// The message was already processed (its inbox record exists).
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Reserved,
+    /// The agent is no longer AVAILABLE or has no free slot.
+    AgentUnavailable,
+    /// Another request reserved an agent for this conversation first.
+    AlreadyReserved,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    pub state: Option<AgentState>,
+    pub skill: Option<Skill>,
+}
+
+pub trait AgentStore: Inbox {
+    fn get(&self, id: &AgentId) -> impl Future<Output = Result<Option<Agent>, Error>> + Send;
+
+    fn list(
+        &self,
+        filter: &AgentFilter,
+        limit: i32,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<Page<Agent>, Error>> + Send;
+
+    /// Writes `next`'s profile and state if the stored agent is still `expected` (absent when
+    /// `None`), together with the inbox record. Never touches `activeConversations`.
+    fn save(
+        &self,
+        expected: Option<&Agent>,
+        next: &Agent,
+        record: &InboxRecord,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
+
+    /// Records a message that changed nothing (stale, duplicate by version, nothing to free).
+    fn record(&self, record: &InboxRecord) -> impl Future<Output = Result<Write, Error>> + Send;
+
+    /// Every AVAILABLE agent (the match ranks and filters them).
+    fn available(&self) -> impl Future<Output = Result<Vec<Agent>, Error>> + Send;
+
+    fn reservation(
+        &self,
+        conversation: &ConversationId,
+    ) -> impl Future<Output = Result<Option<Reservation>, Error>> + Send;
+
+    /// Atomically creates the reservation and takes one of the agent's slots, only if the agent
+    /// is AVAILABLE with a free slot and the conversation has no reservation yet.
+    fn reserve(&self, r: &Reservation) -> impl Future<Output = Result<Reserve, Error>> + Send;
+
+    /// Atomically marks the reservation released, frees the slot and records the message.
+    /// `Write::Conflict` means it was already released.
+    fn release(
+        &self,
+        r: &Reservation,
+        record: &InboxRecord,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
+}
+
+#[derive(Clone)]
+pub struct DynamoAgentStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    inbox: DynamoInbox,
+}
+
+/// Upper bound on agents considered by one match; a bigger fleet would shard the index by skill.
+const MAX_CANDIDATES: usize = 1_000;
+
+fn agent_key(id: &AgentId) -> AttributeValue {
+    s(format!("AGENT#{id}"))
+}
+
+fn reservation_key(id: &ConversationId) -> AttributeValue {
+    s(format!("RESERVATION#{id}"))
+}
+
+fn from_item<T: serde::de::DeserializeOwned>(
+    item: std::collections::HashMap<String, AttributeValue>,
+) -> Result<T, Error> {
+    serde_dynamo::from_item(item).map_err(|e| Error::Internal(format!("decoding item: {e}")))
+}
+
+fn to_av<T: Serialize>(v: &T) -> Result<AttributeValue, Error> {
+    serde_dynamo::to_attribute_value(v).map_err(|e| Error::Internal(format!("encoding: {e}")))
+}
+
+fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
+    Error::Internal(format!("building request: {e}"))
+}
+
+impl DynamoAgentStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        let inbox = DynamoInbox::new(client.clone(), table.clone());
+        DynamoAgentStore {
+            client,
+            table,
+            inbox,
+        }
+    }
+
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Option<Vec<String>>, Error> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => {
+                    Ok(Some(codes))
+                }
+                _ => Err(classify("TransactWriteItems", e)),
+            },
+        }
+    }
+}
+
+fn failed(codes: &[String], i: usize) -> bool {
+    codes.get(i).is_some_and(|c| c == "ConditionalCheckFailed")
+}
+
+impl Inbox for DynamoAgentStore {
+    async fn processed(&self, id: Uuid) -> Result<Option<InboxRecord>, Error> {
+        self.inbox.processed(id).await
+    }
+
+    async fn mark_published(&self, id: Uuid) -> Result<(), Error> {
+        self.inbox.mark_published(id).await
+    }
+}
+
+impl AgentStore for DynamoAgentStore {
+    async fn get(&self, id: &AgentId) -> Result<Option<Agent>, Error> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", agent_key(id))
+            .key("sk", s("PROFILE"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetItem agent", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    async fn list(
+        &self,
+        filter: &AgentFilter,
+        limit: i32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Agent>, Error> {
+        let start = cursor.map(decode_cursor).transpose()?;
+        let (items, last) = match filter.state {
+            Some(state) => {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("byState")
+                    .key_condition_expression("#s = :s")
+                    .expression_attribute_names("#s", "state")
+                    .expression_attribute_values(":s", s(state.as_str()))
+                    .limit(limit)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| classify("Query agents", e))?;
+                (out.items.unwrap_or_default(), out.last_evaluated_key)
+            }
+            None => {
+                let out = self
+                    .client
+                    .scan()
+                    .table_name(&self.table)
+                    .index_name("byState")
+                    .limit(limit)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| classify("Scan agents", e))?;
+                (out.items.unwrap_or_default(), out.last_evaluated_key)
+            }
+        };
+        let mut agents = items
+            .into_iter()
+            .map(from_item::<Agent>)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Filtering after the page is read, as a FilterExpression would: a page may hold fewer
+        // than `limit` items while `nextCursor` is still set.
+        if let Some(skill) = &filter.skill {
+            agents.retain(|a| a.skills.iter().any(|s| s == skill));
+        }
+        Ok(Page {
+            items: agents,
+            next_cursor: encode_cursor(last.as_ref()),
+        })
+    }
+
+    async fn save(
+        &self,
+        expected: Option<&Agent>,
+        next: &Agent,
+        record: &InboxRecord,
+    ) -> Result<Write, Error> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", agent_key(&next.agent_id))
+            .key("sk", s("PROFILE"))
+            .update_expression(
+                "SET agentId = :id, #name = :name, #skills = :skills, #capacity = :cap, \
+                 #state = :state, #version = :v, profileVersion = :pv, updatedAt = :at, \
+                 activeConversations = if_not_exists(activeConversations, :zero)",
+            )
+            .expression_attribute_names("#name", "name")
+            .expression_attribute_names("#skills", "skills")
+            .expression_attribute_names("#capacity", "capacity")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":id", s(next.agent_id.as_str()))
+            .expression_attribute_values(":name", to_av(&next.name)?)
+            .expression_attribute_values(":skills", to_av(&next.skills)?)
+            .expression_attribute_values(":cap", n(next.capacity.get()))
+            .expression_attribute_values(":state", s(next.state.as_str()))
+            .expression_attribute_values(":v", n(next.version))
+            .expression_attribute_values(":pv", n(next.profile_version))
+            .expression_attribute_values(":at", to_av(&next.updated_at)?)
+            .expression_attribute_values(":zero", n(0));
+        update = match expected {
+            None => update.condition_expression("attribute_not_exists(pk)"),
+            Some(old) => update
+                .condition_expression("#version = :oldv AND profileVersion = :oldpv")
+                .expression_attribute_values(":oldv", n(old.version))
+                .expression_attribute_values(":oldpv", n(old.profile_version)),
+        };
+        let items = vec![
+            TransactWriteItem::builder()
+                .update(update.build().map_err(build_err)?)
+                .build(),
+            self.inbox.put(record)?,
+        ];
+        Ok(match self.transact(items).await? {
+            None => Write::Done,
+            Some(codes) if failed(&codes, 1) => Write::Duplicate,
+            Some(_) => Write::Conflict,
+        })
+    }
+
+    async fn record(&self, record: &InboxRecord) -> Result<Write, Error> {
+        Ok(match self.transact(vec![self.inbox.put(record)?]).await? {
+            None => Write::Done,
+            Some(_) => Write::Duplicate,
+        })
+    }
+
+    async fn available(&self) -> Result<Vec<Agent>, Error> {
+        let mut agents = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("byState")
+                .key_condition_expression("#s = :s")
+                .expression_attribute_names("#s", "state")
+                .expression_attribute_values(":s", s(AgentState::Available.as_str()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| classify("Query available agents", e))?;
+            for item in out.items.unwrap_or_default() {
+                agents.push(from_item::<Agent>(item)?);
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() || agents.len() >= MAX_CANDIDATES {
+                return Ok(agents);
+            }
+        }
+    }
+
+    async fn reservation(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Option<Reservation>, Error> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", reservation_key(conversation))
+            .key("sk", s("RESERVATION"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetItem reservation", e))?;
+        out.item.map(from_item).transpose()
+    }
+
+    async fn reserve(&self, r: &Reservation) -> Result<Reserve, Error> {
+        let mut item: std::collections::HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(r).map_err(|e| Error::Internal(format!("encoding: {e}")))?;
+        item.insert("pk".into(), reservation_key(&r.conversation_id));
+        item.insert("sk".into(), s("RESERVATION"));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_err)?;
+        let take_slot = Update::builder()
+            .table_name(&self.table)
+            .key("pk", agent_key(&r.agent_id))
+            .key("sk", s("PROFILE"))
+            .update_expression("SET activeConversations = activeConversations + :one")
+            .condition_expression("#state = :available AND activeConversations < #capacity")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#capacity", "capacity")
+            .expression_attribute_values(":available", s(AgentState::Available.as_str()))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().update(take_slot).build(),
+        ];
+        Ok(match self.transact(items).await? {
+            None => Reserve::Reserved,
+            Some(codes) if failed(&codes, 0) => Reserve::AlreadyReserved,
+            Some(_) => Reserve::AgentUnavailable,
+        })
+    }
+
+    async fn release(&self, r: &Reservation, record: &InboxRecord) -> Result<Write, Error> {
+        let released = Update::builder()
+            .table_name(&self.table)
+            .key("pk", reservation_key(&r.conversation_id))
+            .key("sk", s("RESERVATION"))
+            .update_expression("SET releasedAt = :at")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(releasedAt)")
+            .expression_attribute_values(":at", to_av(&Utc::now())?)
+            .build()
+            .map_err(build_err)?;
+        let free_slot = Update::builder()
+            .table_name(&self.table)
+            .key("pk", agent_key(&r.agent_id))
+            .key("sk", s("PROFILE"))
+            .update_expression("SET activeConversations = activeConversations - :one")
+            .condition_expression("activeConversations > :zero")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":zero", n(0))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().update(released).build(),
+            TransactWriteItem::builder().update(free_slot).build(),
+            self.inbox.put(record)?,
+        ];
+        Ok(match self.transact(items).await? {
+            None => Write::Done,
+            Some(codes) if failed(&codes, 2) => Write::Duplicate,
+            Some(_) => Write::Conflict,
+        })
+    }
+}

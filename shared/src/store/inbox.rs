@@ -1,0 +1,119 @@
+//! The inbox: one record per processed command or event, written **in the same transaction as
+//! the effect**. It makes redelivery harmless (a message with a record is not applied again) and
+//! closes the dual-write gap: the record holds the events the effect must publish and whether
+//! they were published; a redelivered message whose events are unpublished publishes them.
+
+use std::future::Future;
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use uuid::Uuid;
+
+use super::{n, s};
+use crate::{Error, aws::classify, events::Envelope};
+
+/// How long records are kept: far longer than SQS retention (14 days) plus redrive time, so a
+/// message can never outlive the record that deduplicates it.
+const RETENTION_SECS: i64 = 30 * 24 * 3600;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxRecord {
+    pub message_id: Uuid,
+    pub events: Vec<Envelope>,
+    pub published: bool,
+}
+
+impl InboxRecord {
+    /// The record for a message whose effect publishes `events` (none: nothing to publish).
+    pub fn new(message_id: Uuid, events: Vec<Envelope>) -> Self {
+        let published = events.is_empty();
+        InboxRecord {
+            message_id,
+            events,
+            published,
+        }
+    }
+}
+
+pub trait Inbox: Send + Sync {
+    fn processed(
+        &self,
+        message_id: Uuid,
+    ) -> impl Future<Output = Result<Option<InboxRecord>, Error>> + Send;
+    fn mark_published(&self, message_id: Uuid) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// The inbox kept in a service's own table (`pk = INBOX#<id>`).
+#[derive(Clone)]
+pub struct DynamoInbox {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn key(id: Uuid) -> AttributeValue {
+    s(format!("INBOX#{id}"))
+}
+
+impl DynamoInbox {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        DynamoInbox { client, table }
+    }
+
+    /// The transaction item that records `record`; it fails its condition when the message was
+    /// already processed, which makes the whole transaction (the effect) fail with it.
+    pub fn put(&self, record: &InboxRecord) -> Result<TransactWriteItem, Error> {
+        let expires = chrono::Utc::now().timestamp() + RETENTION_SECS;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .item("pk", key(record.message_id))
+            .item("sk", s("INBOX"))
+            .item("events", s(serde_json::to_string(&record.events)?))
+            .item("published", AttributeValue::Bool(record.published))
+            .item("expiresAt", n(expires))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+}
+
+impl Inbox for DynamoInbox {
+    async fn processed(&self, message_id: Uuid) -> Result<Option<InboxRecord>, Error> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", key(message_id))
+            .key("sk", s("INBOX"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetItem inbox", e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let events = match item.get("events").and_then(|v| v.as_s().ok()) {
+            Some(json) => serde_json::from_str(json)?,
+            None => Vec::new(),
+        };
+        let published = matches!(item.get("published"), Some(AttributeValue::Bool(true)));
+        Ok(Some(InboxRecord {
+            message_id,
+            events,
+            published,
+        }))
+    }
+
+    async fn mark_published(&self, message_id: Uuid) -> Result<(), Error> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", key(message_id))
+            .key("sk", s("INBOX"))
+            .update_expression("SET published = :t")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await
+            .map_err(|e| classify("UpdateItem inbox", e))?;
+        Ok(())
+    }
+}

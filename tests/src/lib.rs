@@ -1,0 +1,304 @@
+//! Test harness: one moto server per test binary, a fresh stack (tables, queues, bus, rules of
+//! `template.yaml`) per test so tests never see each other's data, real `aws-sdk-*` clients,
+//! and helpers to drive handlers with the `events/` fixtures.
+
+use std::{path::PathBuf, sync::OnceLock, time::Duration};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use local::{
+    emulator::Emulator,
+    provision::{ProvisionOptions, Stack, provision},
+    template::Template,
+};
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The emulator shared by every test of this binary (started on first use, on a free port).
+pub fn endpoint() -> &'static str {
+    static EMULATOR: OnceLock<Emulator> = OnceLock::new();
+    &EMULATOR
+        .get_or_init(|| local::emulator::spawn_on_free_port().expect("start moto server"))
+        .endpoint
+}
+
+pub async fn sdk_for(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .operation_timeout(Duration::from_secs(5))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// A freshly provisioned copy of the template's resources, plus clients to inspect them.
+pub struct Env {
+    pub sdk: SdkConfig,
+    pub stack: Stack,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub events: aws_sdk_eventbridge::Client,
+    /// A queue that receives every event published on the bus (a test-only rule).
+    pub observer_url: String,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        // Handler logs appear in the output of failing tests.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info")
+            .try_init();
+        let sdk = sdk_for(endpoint()).await;
+        let template = Template::load(root().join("template.yaml")).expect("template loads");
+        let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let opts = ProvisionOptions {
+            stack_name: name.clone(),
+            ..ProvisionOptions::default()
+        };
+        let stack = provision(&template, &sdk, &opts).await.expect("provision");
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let events = aws_sdk_eventbridge::Client::new(&sdk);
+        let observer_url = observe_bus(&sqs, &events, &stack, &name).await;
+        Env {
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs,
+            events,
+            sdk,
+            stack,
+            observer_url,
+        }
+    }
+
+    pub fn table(&self, logical: &str) -> String {
+        self.stack
+            .table_name(logical)
+            .expect("table in stack")
+            .to_owned()
+    }
+
+    pub fn bus(&self) -> String {
+        self.stack.bus_name("EventBus").expect("bus").to_owned()
+    }
+
+    pub fn queue_url(&self, logical: &str) -> String {
+        self.stack.queue_url(logical).expect("queue").to_owned()
+    }
+
+    /// Receives what is in a queue now (waiting briefly for EventBridge deliveries), deleting
+    /// nothing: messages come back after `visibility` seconds.
+    pub async fn receive(
+        &self,
+        queue_url: &str,
+        visibility: i32,
+    ) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(visibility)
+                .wait_time_seconds(if all.is_empty() { 1 } else { 0 })
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+                .send()
+                .await
+                .expect("receive");
+            let got = out.messages.unwrap_or_default();
+            if got.is_empty() && !all.is_empty() {
+                break;
+            }
+            all.extend(got);
+        }
+        all
+    }
+
+    pub async fn delete(&self, queue_url: &str, msgs: &[aws_sdk_sqs::types::Message]) {
+        for m in msgs {
+            self.sqs
+                .delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+
+    /// Makes messages visible again at once (instead of after the visibility timeout).
+    pub async fn retry_now(&self, queue_url: &str, msgs: &[aws_sdk_sqs::types::Message]) {
+        for m in msgs {
+            self.sqs
+                .change_message_visibility()
+                .queue_url(queue_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .visibility_timeout(0)
+                .send()
+                .await
+                .expect("change visibility");
+        }
+    }
+
+    /// Everything published on the bus since the last call: `(detail-type, detail)`.
+    pub async fn published(&self) -> Vec<(String, Value)> {
+        let msgs = self.receive(&self.observer_url, 30).await;
+        self.delete(&self.observer_url, &msgs).await;
+        msgs.iter()
+            .map(|m| {
+                let v: Value = serde_json::from_str(m.body().unwrap_or("{}")).expect("json");
+                (
+                    v["detail-type"].as_str().unwrap_or("").to_owned(),
+                    v["detail"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn depth(&self, queue_url: &str) -> i64 {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            )
+            .send()
+            .await
+            .expect("attributes");
+        out.attributes()
+            .map(|a| {
+                a.values()
+                    .filter_map(|v| v.parse::<i64>().ok())
+                    .sum::<i64>()
+            })
+            .unwrap_or(0)
+    }
+
+    /// How many items the table holds (to show bad input wrote nothing).
+    pub async fn item_count(&self, logical: &str) -> usize {
+        let out = self
+            .dynamodb
+            .scan()
+            .table_name(self.table(logical))
+            .send()
+            .await
+            .expect("scan");
+        out.items().len()
+    }
+}
+
+async fn observe_bus(
+    sqs: &aws_sdk_sqs::Client,
+    events: &aws_sdk_eventbridge::Client,
+    stack: &Stack,
+    name: &str,
+) -> String {
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-observer"))
+        .send()
+        .await
+        .expect("observer queue")
+        .queue_url
+        .expect("url");
+    let arn = format!("arn:aws:sqs:us-east-1:123456789012:{name}-observer");
+    let bus = stack.bus_name("EventBus").expect("bus");
+    events
+        .put_rule()
+        .name(format!("{name}-observer"))
+        .event_bus_name(bus)
+        .event_pattern(r#"{"source":["cqrs.agents","cqrs.conversations","cqrs.agents.command"]}"#)
+        .send()
+        .await
+        .expect("observer rule");
+    events
+        .put_targets()
+        .rule(format!("{name}-observer"))
+        .event_bus_name(bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("observer")
+                .arn(arn)
+                .build()
+                .expect("target"),
+        )
+        .send()
+        .await
+        .expect("observer target");
+    url
+}
+
+/// A fixture from `events/`, as JSON to adjust before use.
+pub fn fixture(path: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("events").join(path)).expect("fixture exists");
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+/// An API Gateway v2 event (JSON) as the `lambda_http::Request` the function receives.
+pub fn request(event: &Value) -> lambda_http::Request {
+    lambda_http::request::from_str(&event.to_string()).expect("valid API Gateway event")
+}
+
+/// A request from a fixture with another method, path, body or headers.
+pub fn api(fixture_path: &str, path: &str, body: Option<&str>) -> Value {
+    let mut ev = fixture(fixture_path);
+    ev["rawPath"] = path.into();
+    ev["requestContext"]["http"]["path"] = path.into();
+    match body {
+        Some(b) => ev["body"] = b.into(),
+        None => {
+            ev.as_object_mut().expect("object").remove("body");
+        }
+    }
+    ev
+}
+
+/// The SQS messages as the event Lambda would hand to the worker.
+pub fn sqs_event(msgs: &[aws_sdk_sqs::types::Message]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = msgs
+        .iter()
+        .map(|m| {
+            let mut r = SqsMessage::default();
+            r.message_id = m.message_id.clone();
+            r.receipt_handle = m.receipt_handle.clone();
+            r.body = m.body.clone();
+            r.event_source = Some("aws:sqs".into());
+            r
+        })
+        .collect();
+    event
+}
+
+/// An SQS event whose records carry these bodies (ids `m0`, `m1`, ...).
+pub fn sqs_bodies(bodies: &[String]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut r = SqsMessage::default();
+            r.message_id = Some(format!("m{i}"));
+            r.body = Some(b.clone());
+            r
+        })
+        .collect();
+    event
+}
+
+pub fn body_json(resp: &lambda_http::Response<lambda_http::Body>) -> Value {
+    serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null)
+}

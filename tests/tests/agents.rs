@@ -1,0 +1,687 @@
+//! The agents service against a real moto server: API handler, worker and their guarantees.
+
+use std::time::{Duration, Instant};
+
+use agents_api::App as ApiApp;
+use agents_worker::App as WorkerApp;
+use serde_json::{Value, json};
+use shared::{
+    bus::EventBridgeBus,
+    store::{agents::DynamoAgentStore, idempotency::DynamoIdempotency},
+};
+use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
+
+type Api = ApiApp<DynamoAgentStore, EventBridgeBus, DynamoIdempotency>;
+type Worker = WorkerApp<DynamoAgentStore, EventBridgeBus>;
+
+fn api_app(env: &Env) -> Api {
+    agents_api::AwsApp::new(
+        &env.sdk,
+        agents_api::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    )
+}
+
+fn worker_app(env: &Env, bus: &str) -> Worker {
+    agents_worker::AwsApp::new(
+        &env.sdk,
+        agents_worker::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: bus.to_owned(),
+        },
+    )
+}
+
+async fn call(app: &Api, ev: Value) -> (u16, Value, lambda_http::http::HeaderMap) {
+    let resp = agents_api::handle(app, request(&ev)).await;
+    (
+        resp.status().as_u16(),
+        body_json(&resp),
+        resp.headers().clone(),
+    )
+}
+
+/// Runs the worker over what the agents queue holds now, like the Lambda poller: failed items
+/// stay (visible again at once), the rest are deleted. Returns the failed message ids.
+async fn drain(env: &Env, worker: &Worker) -> Vec<String> {
+    let url = env.queue_url("AgentsQueue");
+    let msgs = env.receive(&url, 30).await;
+    if msgs.is_empty() {
+        return Vec::new();
+    }
+    let resp = agents_worker::handle(worker, sqs_event(&msgs)).await;
+    let failed: Vec<String> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    let (retry, done): (Vec<_>, Vec<_>) = msgs
+        .into_iter()
+        .partition(|m| failed.iter().any(|f| Some(f.as_str()) == m.message_id()));
+    env.delete(&url, &done).await;
+    env.retry_now(&url, &retry).await;
+    failed
+}
+
+fn register_event(id: &str, name: &str, skills: &[&str], capacity: u32) -> Value {
+    api(
+        "agents-api/register-agent.json",
+        &format!("/agents/{id}"),
+        Some(&json!({"name": name, "skills": skills, "capacity": capacity}).to_string()),
+    )
+}
+
+fn state_event(id: &str, state: &str, version: Option<u64>) -> Value {
+    let mut body = json!({ "state": state });
+    if let Some(v) = version {
+        body["version"] = v.into();
+    }
+    let mut ev = api(
+        "agents-api/change-agent-state.json",
+        &format!("/agents/{id}/state"),
+        Some(&body.to_string()),
+    );
+    ev["headers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("idempotency-key");
+    ev
+}
+
+async fn get_agent(app: &Api, id: &str) -> (u16, Value) {
+    let ev = api(
+        "agents-api/get-agent-state.json",
+        &format!("/agents/{id}/state"),
+        None,
+    );
+    let (status, body, _) = call(app, ev).await;
+    (status, body)
+}
+
+/// Registers agents and makes them AVAILABLE through the whole command path.
+async fn available_agents(env: &Env, app: &Api, worker: &Worker, agents: &[(&str, &[&str], u32)]) {
+    for (id, skills, cap) in agents {
+        let (status, _, _) = call(app, register_event(id, "Agent", skills, *cap)).await;
+        assert_eq!(status, 202);
+    }
+    assert!(drain(env, worker).await.is_empty());
+    for (id, _, _) in agents {
+        let (status, _, _) = call(app, state_event(id, "AVAILABLE", None)).await;
+        assert_eq!(status, 202);
+    }
+    assert!(drain(env, worker).await.is_empty());
+}
+
+fn match_event(conversation: &str, skills: &[&str]) -> Value {
+    api(
+        "agents-api/match-agent.json",
+        "/agents/match",
+        Some(&json!({"conversationId": conversation, "skills": skills}).to_string()),
+    )
+}
+
+#[tokio::test]
+async fn register_then_change_state_travels_through_the_bus_and_shows_in_queries() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+
+    let (status, body, headers) = call(&app, fixture("agents-api/register-agent.json")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["agentId"], "agent-1");
+    assert!(body["commandId"].is_string());
+    assert_eq!(headers["location"], "/agents/agent-1/state");
+    // Not applied before the worker runs: commands are asynchronous.
+    assert_eq!(get_agent(&app, "agent-1").await.0, 404);
+
+    assert!(drain(&env, &worker).await.is_empty());
+    let (status, agent) = get_agent(&app, "agent-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(agent["state"], "OFFLINE");
+    assert_eq!(agent["name"], "Ada Lovelace");
+    assert_eq!(agent["skills"], json!(["billing", "english"]));
+    assert_eq!(agent["capacity"], 2);
+    assert_eq!(agent["activeConversations"], 0);
+    assert!(agent["updatedAt"].is_string());
+
+    let (status, _, _) = call(&app, fixture("agents-api/change-agent-state.json")).await;
+    assert_eq!(status, 202);
+    assert!(drain(&env, &worker).await.is_empty());
+    let (_, agent) = get_agent(&app, "agent-1").await;
+    assert_eq!(agent["state"], "AVAILABLE");
+    assert!(agent["version"].as_u64().unwrap() > 0);
+
+    let published = env.published().await;
+    let types: Vec<&str> = published.iter().map(|(t, _)| t.as_str()).collect();
+    for t in [
+        "RegisterAgent",
+        "AgentRegistered",
+        "ChangeAgentState",
+        "AgentStateChanged",
+    ] {
+        assert_eq!(
+            types.iter().filter(|x| **x == t).count(),
+            1,
+            "{t} in {types:?}"
+        );
+    }
+    let changed = &published
+        .iter()
+        .find(|(t, _)| t == "AgentStateChanged")
+        .unwrap()
+        .1;
+    assert_eq!(changed["data"]["previousState"], "OFFLINE");
+    // The correlation id of the HTTP request travels into the events it caused.
+    assert_eq!(
+        changed["correlationId"],
+        "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    );
+}
+
+#[tokio::test]
+async fn list_filters_by_state_and_skill_and_paginates() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    available_agents(
+        &env,
+        &app,
+        &worker,
+        &[
+            ("a1", &["billing"], 1),
+            ("a2", &["billing", "french"], 1),
+            ("a3", &["french"], 1),
+        ],
+    )
+    .await;
+    call(&app, register_event("a4", "Offline", &["billing"], 1)).await;
+    assert!(drain(&env, &worker).await.is_empty());
+
+    let list = |query: Value| {
+        let mut ev = fixture("agents-api/list-agents.json");
+        let q: Vec<String> = query
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .collect();
+        ev["rawQueryString"] = q.join("&").into();
+        ev["queryStringParameters"] = query;
+        ev
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["agentId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (s, body, _) = call(
+        &app,
+        list(json!({"state": "AVAILABLE", "skill": "billing"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&body), ["a1", "a2"]);
+    let (_, body, _) = call(&app, list(json!({"state": "OFFLINE"}))).await;
+    assert_eq!(ids(&body), ["a4"]);
+
+    // Page through everything one at a time.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let mut q = json!({"limit": "1"});
+        if let Some(c) = &cursor {
+            q["cursor"] = c.clone().into();
+        }
+        let (s, body, _) = call(&app, list(q)).await;
+        assert_eq!(s, 200, "{body}");
+        seen.extend(ids(&body));
+        match body["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a1", "a2", "a3", "a4"]);
+
+    for bad in [
+        json!({"state": "BUSY"}),
+        json!({"limit": "0"}),
+        json!({"limit": "x"}),
+        json!({"cursor": "garbage!"}),
+    ] {
+        let (s, body, _) = call(&app, list(bad.clone())).await;
+        assert_eq!(s, 422, "{bad}: {body}");
+        assert!(body["field"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_same_response_and_rejects_another_body() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    call(&app, fixture("agents-api/register-agent.json")).await;
+    assert!(drain(&env, &worker).await.is_empty());
+    env.published().await;
+
+    let ev = fixture("agents-api/change-agent-state.json");
+    let (s1, b1, h1) = call(&app, ev.clone()).await;
+    let (s2, b2, h2) = call(&app, ev.clone()).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(b1, b2, "same key and body: same response, same command id");
+    assert_eq!(h1["location"], h2["location"]);
+    let commands = env.published().await;
+    assert_eq!(commands.len(), 1, "one command on the bus: {commands:?}");
+
+    let mut other = ev.clone();
+    other["body"] = json!({"state": "AWAY"}).to_string().into();
+    let (s3, b3, h3) = call(&app, other).await;
+    assert_eq!(s3, 422);
+    assert_eq!(b3["field"], "Idempotency-Key");
+    assert_eq!(h3["content-type"], "application/problem+json");
+    assert!(env.published().await.is_empty());
+}
+
+#[tokio::test]
+async fn match_reserves_once_per_conversation_and_conflicts_when_nobody_fits() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    available_agents(&env, &app, &worker, &[("solo", &["billing"], 1)]).await;
+    env.published().await;
+
+    let (s, m1, _) = call(&app, match_event("conv-1", &["billing"])).await;
+    assert_eq!(s, 200, "{m1}");
+    assert_eq!(m1["agentId"], "solo");
+    assert_eq!(m1["conversationId"], "conv-1");
+    assert!(m1["matchedAt"].is_string());
+    let (s, m2, _) = call(&app, match_event("conv-1", &["billing"])).await;
+    assert_eq!(s, 200);
+    assert_eq!(m1, m2, "a repeated match returns the same agent");
+    assert_eq!(get_agent(&app, "solo").await.1["activeConversations"], 1);
+
+    let (s, p, h) = call(&app, match_event("conv-2", &["billing"])).await;
+    assert_eq!(s, 409, "{p}");
+    assert_eq!(h["content-type"], "application/problem+json");
+    let (s, _, _) = call(&app, match_event("conv-3", &["german"])).await;
+    assert_eq!(s, 409);
+
+    // Both publications of the match carry one event id, so consumers see one event.
+    let matched: Vec<Value> = env
+        .published()
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "AgentMatched")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(matched.len(), 2);
+    assert_eq!(matched[0]["id"], matched[1]["id"]);
+}
+
+#[tokio::test]
+async fn concurrent_matches_never_exceed_capacity() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    let agents: [(&str, &[&str], u32); 3] = [
+        ("c1", &["chat"], 2),
+        ("c2", &["chat"], 3),
+        ("c3", &["chat"], 1),
+    ];
+    available_agents(&env, &app, &worker, &agents).await;
+    let total_capacity = 6;
+    let requests = 24;
+
+    let app = &app;
+    let results = futures::future::join_all(
+        (0..requests)
+            .map(|i| async move { call(app, match_event(&format!("conv-{i}"), &["chat"])).await }),
+    )
+    .await;
+    let ok: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.0 == 200)
+        .map(|r| &r.1)
+        .collect();
+    let conflicts = results.iter().filter(|r| r.0 == 409).count();
+    assert_eq!(
+        ok.len(),
+        total_capacity,
+        "exactly min(requests, capacity) succeed"
+    );
+    assert_eq!(
+        conflicts,
+        requests - total_capacity,
+        "the rest get 409, never 5xx"
+    );
+    for (id, _, cap) in agents {
+        let held = ok.iter().filter(|m| m["agentId"] == id).count();
+        assert_eq!(held as u32, cap, "{id} holds exactly its capacity");
+        assert_eq!(get_agent(app, id).await.1["activeConversations"], cap);
+    }
+}
+
+#[tokio::test]
+async fn conversation_closed_frees_the_slot_once() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    available_agents(&env, &app, &worker, &[("agent-1", &["billing"], 1)]).await;
+    let (s, _, _) = call(&app, match_event("conv-1", &["billing"])).await;
+    assert_eq!(s, 200);
+    assert_eq!(call(&app, match_event("conv-2", &["billing"])).await.0, 409);
+
+    // The fixture batch: RegisterAgent v1 (stale now), ChangeAgentState v2 (stale), and
+    // ConversationClosed for conv-1. Delivered twice, as at-least-once delivery may.
+    let batch: Value = fixture("agents-worker/sqs-batch.json");
+    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(batch).unwrap();
+    for _ in 0..2 {
+        let resp = agents_worker::handle(&worker, event.clone()).await;
+        assert!(resp.batch_item_failures.is_empty());
+    }
+    let (_, agent) = get_agent(&app, "agent-1").await;
+    assert_eq!(agent["activeConversations"], 0, "freed exactly once");
+    assert_eq!(
+        agent["state"], "AVAILABLE",
+        "the stale fixture commands changed nothing"
+    );
+    assert_eq!(agent["name"], "Agent");
+    let (s, m, _) = call(&app, match_event("conv-2", &["billing"])).await;
+    assert_eq!((s, m["agentId"].as_str()), (200, Some("agent-1")));
+}
+
+fn envelope_body(id: &str, kind: &str, data: Value) -> String {
+    json!({
+        "detail-type": kind, "source": "cqrs.agents.command",
+        "detail": {"id": id, "correlationId": "t", "occurredAt": "2026-11-25T18:00:00Z", "type": kind, "data": data}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn duplicates_and_out_of_order_state_changes_change_nothing() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    call(&app, register_event("a1", "Ann", &["billing"], 2)).await;
+    assert!(drain(&env, &worker).await.is_empty());
+    env.published().await;
+
+    let v3 = envelope_body(
+        "00000000-0000-4000-8000-000000000003",
+        "ChangeAgentState",
+        json!({"agentId": "a1", "state": "AWAY", "version": 3}),
+    );
+    let v2 = envelope_body(
+        "00000000-0000-4000-8000-000000000002",
+        "ChangeAgentState",
+        json!({"agentId": "a1", "state": "AVAILABLE", "version": 2}),
+    );
+    // v3 arrives first, then the older v2, then v3 again (a duplicate delivery).
+    for batch in [vec![v3.clone()], vec![v2], vec![v3.clone(), v3]] {
+        let resp = agents_worker::handle(&worker, sqs_bodies(&batch)).await;
+        assert!(resp.batch_item_failures.is_empty());
+    }
+    let (_, agent) = get_agent(&app, "a1").await;
+    assert_eq!(agent["state"], "AWAY");
+    assert_eq!(agent["version"], 3);
+    let events = env.published().await;
+    assert_eq!(events.len(), 1, "one AgentStateChanged only: {events:?}");
+    assert_eq!(events[0].1["data"]["state"], "AWAY");
+}
+
+#[tokio::test]
+async fn a_poison_message_fails_alone_and_reaches_the_dlq() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    let url = env.queue_url("AgentsQueue");
+    // A good command on each side of a message that can never be processed.
+    call(&app, register_event("good-1", "One", &[], 1)).await;
+    env.sqs
+        .send_message()
+        .queue_url(&url)
+        .message_body(r#"{"detail": {"type": "NoSuchCommand"}}"#)
+        .send()
+        .await
+        .unwrap();
+    call(&app, register_event("good-2", "Two", &[], 1)).await;
+
+    let failed = drain(&env, &worker).await;
+    assert_eq!(failed.len(), 1, "only the poison message fails");
+    assert_eq!(get_agent(&app, "good-1").await.0, 200);
+    assert_eq!(get_agent(&app, "good-2").await.0, 200);
+
+    // maxReceiveCount is 5: SQS moves it to the DLQ on the next receive after that.
+    let dlq = env
+        .stack
+        .queue_url(env.stack.dlq("AgentsQueue").expect("dlq"))
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.depth(&dlq).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "poison message never reached the DLQ"
+        );
+        drain(&env, &worker).await;
+    }
+    assert_eq!(env.depth(&dlq).await, 1);
+    let dead = env.receive(&dlq, 30).await;
+    assert!(dead[0].body().unwrap().contains("NoSuchCommand"));
+}
+
+#[tokio::test]
+async fn an_event_that_failed_to_publish_is_published_on_redelivery() {
+    let env = Env::new().await;
+    let app = api_app(&env);
+    call(&app, register_event("a1", "Ann", &[], 1)).await;
+    env.published().await;
+
+    // The first attempt writes the agent, then cannot publish (the bus does not exist).
+    let broken = worker_app(&env, "no-such-bus");
+    let failed = drain(&env, &broken).await;
+    assert_eq!(failed.len(), 1, "the message fails so SQS redelivers it");
+    assert_eq!(get_agent(&app, "a1").await.0, 200, "the effect was written");
+    assert!(env.published().await.is_empty());
+
+    // Redelivery publishes the stored event without applying the command twice.
+    let worker = worker_app(&env, &env.bus());
+    assert!(drain(&env, &worker).await.is_empty());
+    let events = env.published().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "AgentRegistered");
+    assert_eq!(env.depth(&env.queue_url("AgentsQueue")).await, 0);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_never_a_5xx_and_writes_nothing() {
+    let env = Env::new().await;
+    let app = api_app(&env);
+    let huge = format!(r#"{{"name": "{}", "capacity": 1}}"#, "x".repeat(20_000));
+    let cases: Vec<(Value, u16, Option<&str>)> = vec![
+        (
+            register_event("a1", "N", &[], 1).tap_body("{not json"),
+            400,
+            None,
+        ),
+        (
+            register_event("a1", "N", &[], 1).tap_body(r#"{"name": "N", "capacity": "two"}"#),
+            422,
+            Some("capacity"),
+        ),
+        (
+            register_event("a1", "N", &[], 1).tap_body(r#"{"name": "N", "capacity": 99}"#),
+            422,
+            Some("capacity"),
+        ),
+        (
+            register_event("a1", "N", &[], 1).tap_body(r#"{"capacity": 1}"#),
+            422,
+            Some("body"),
+        ),
+        (
+            register_event("a1", "N", &[], 1)
+                .tap_body(r#"{"name": "N", "capacity": 1, "skills": ["ok", "not ok"]}"#),
+            422,
+            Some("skills[1]"),
+        ),
+        (
+            register_event("a1", "N", &[], 1)
+                .tap_body(r#"{"name": "N", "capacity": 1, "admin": true}"#),
+            422,
+            Some("admin"),
+        ),
+        (
+            register_event("a1", "N", &[], 1).tap_body(r#"[1, 2]"#),
+            422,
+            Some("body"),
+        ),
+        (register_event("a1", "N", &[], 1).tap_body(""), 400, None),
+        (register_event("a1", "N", &[], 1).tap_body(&huge), 413, None),
+        (
+            register_event("bad%20id", "N", &[], 1),
+            422,
+            Some("agentId"),
+        ),
+        (
+            register_event(&"x".repeat(65), "N", &[], 1),
+            422,
+            Some("agentId"),
+        ),
+        (
+            register_event("a1", "N", &[], 1).tap_header("content-type", "text/plain"),
+            415,
+            None,
+        ),
+        (state_event("a1", "SLEEPING", None), 422, Some("state")),
+        (
+            state_event("a1", "AVAILABLE", None).tap_body(r#"{"state": 1}"#),
+            422,
+            Some("state"),
+        ),
+        (
+            state_event("a1", "AVAILABLE", None).tap_header("idempotency-key", ""),
+            422,
+            Some("Idempotency-Key"),
+        ),
+        (
+            state_event("never-registered", "AVAILABLE", None),
+            404,
+            None,
+        ),
+        (match_event("conv 1", &[]), 422, Some("conversationId")),
+        (
+            match_event("c1", &["billing"]).tap_body(r#"{"skills": []}"#),
+            422,
+            Some("body"),
+        ),
+        (
+            api(
+                "agents-api/get-agent-state.json",
+                "/agents/nobody/state",
+                None,
+            ),
+            404,
+            None,
+        ),
+        (
+            api(
+                "agents-api/get-agent-state.json",
+                "/agents/bad$id/state",
+                None,
+            ),
+            404,
+            None,
+        ),
+        (
+            api("agents-api/get-agent-state.json", "/nowhere", None),
+            404,
+            None,
+        ),
+        (
+            api("agents-api/get-agent-state.json", "/agents/a1", None),
+            405,
+            None,
+        ),
+    ];
+    for (ev, want, field) in cases {
+        let desc = format!(
+            "{} {}",
+            ev["requestContext"]["http"]["method"], ev["rawPath"]
+        );
+        let (status, body, headers) = call(&app, ev).await;
+        assert_eq!(status, want, "{desc}: {body}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{desc}"
+        );
+        for k in ["type", "title", "status", "detail"] {
+            assert!(!body[k].is_null(), "{desc}: problem lacks {k}: {body}");
+        }
+        if let Some(f) = field {
+            assert_eq!(body["field"], f, "{desc}: {body}");
+        }
+    }
+    assert_eq!(env.item_count("AgentsTable").await, 0, "nothing written");
+    assert_eq!(
+        env.depth(&env.queue_url("AgentsQueue")).await,
+        0,
+        "nothing sent"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_dependency_answers_503_fast() {
+    // A port nothing listens on: connections are refused at once; the SDK gives up within
+    // the short timeouts of `shared::aws::load`.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let sdk = shared::aws::configure(aws_config::defaults(aws_config::BehaviorVersion::latest()))
+        .endpoint_url(&dead)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    let app = agents_api::AwsApp::new(
+        &sdk,
+        agents_api::Config {
+            table_name: "t".into(),
+            event_bus_name: "b".into(),
+        },
+    );
+    for ev in [
+        fixture("agents-api/get-agent-state.json"),
+        fixture("agents-api/register-agent.json"),
+        fixture("agents-api/match-agent.json"),
+    ] {
+        let started = Instant::now();
+        let (status, body, _) = call(&app, ev).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !body["detail"].as_str().unwrap().contains("127.0.0.1"),
+            "no internals leak"
+        );
+    }
+}
+
+trait Tap {
+    fn tap_body(self, body: &str) -> Self;
+    fn tap_header(self, name: &str, value: &str) -> Self;
+}
+
+impl Tap for Value {
+    fn tap_body(mut self, body: &str) -> Self {
+        self["body"] = body.into();
+        self
+    }
+    fn tap_header(mut self, name: &str, value: &str) -> Self {
+        self["headers"][name] = value.into();
+        self
+    }
+}
