@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use super::FunctionSpec;
 use super::api::{self, ApiState, Event, Invocation};
@@ -23,15 +22,9 @@ pub(crate) struct Instance {
     pub initialized: bool,
     pub invocations: mpsc::Sender<Invocation>,
     pub events: mpsc::UnboundedReceiver<Event>,
-    server: JoinHandle<()>,
-    /// Dropping it makes the watcher kill the process.
+    /// Dropping it makes the watcher kill the process, then stop its Runtime API server
+    /// (in that order, so the process never sees its API vanish while alive).
     _kill: oneshot::Sender<()>,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
 }
 
 impl Instance {
@@ -99,6 +92,7 @@ impl Instance {
                     child.wait().await
                 }
             };
+            server.abort();
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
             let _ = events_tx.send(Event::Exited(status));
         });
@@ -108,7 +102,6 @@ impl Instance {
             initialized: false,
             invocations,
             events,
-            server,
             _kill: kill,
         })
     }
