@@ -1,0 +1,169 @@
+//! `GET /health`: probes every dependency of the system concurrently, each with a short
+//! timeout, and answers `200` when all are up, `503` naming the failing ones otherwise. Each
+//! probe is one cheap data-plane call (GetItem of an absent key, GetQueueAttributes,
+//! DescribeEventBus), so the route can be polled every few seconds.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use lambda_http::{Body, Request, Response, http::Method};
+use serde::Serialize;
+use shared::{Error, config, http::json};
+
+/// The dependencies to probe, from the template's environment.
+pub struct Config {
+    /// `HEALTH_TABLES`: comma-separated table names.
+    pub tables: Vec<String>,
+    /// `HEALTH_QUEUES`: comma-separated queue URLs.
+    pub queues: Vec<String>,
+    pub event_bus_name: String,
+}
+
+fn list(name: &'static str) -> Result<Vec<String>, config::MissingVar> {
+    Ok(config::var(name)?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, config::MissingVar> {
+        Ok(Config {
+            tables: list("HEALTH_TABLES")?,
+            queues: list("HEALTH_QUEUES")?,
+            event_bus_name: config::var("EVENT_BUS_NAME")?,
+        })
+    }
+}
+
+pub struct App {
+    config: Config,
+    dynamodb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+    events: aws_sdk_eventbridge::Client,
+    probe_timeout: Duration,
+}
+
+impl App {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        App {
+            config,
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
+            probe_timeout: Duration::from_millis(config::var_or("HEALTH_PROBE_TIMEOUT_MS", 1_000)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Check {
+    name: String,
+    kind: &'static str,
+    status: &'static str,
+    latency_ms: f64,
+    /// A short reason when down (never SDK internals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    status: &'static str,
+    failing: Vec<String>,
+    checks: Vec<Check>,
+}
+
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    if req.method() != Method::GET {
+        return shared::http::problem(&Error::MethodNotAllowed("use GET /health".into()));
+    }
+    let report = probe_all(app).await;
+    let status = if report.failing.is_empty() { 200 } else { 503 };
+    json(status, &report)
+}
+
+async fn probe_all(app: &App) -> Report {
+    let tables = app.config.tables.iter().map(|t| {
+        probe(app, t, "table", async move {
+            app.dynamodb
+                .get_item()
+                .table_name(t)
+                .key(
+                    "pk",
+                    aws_sdk_dynamodb::types::AttributeValue::S("HEALTH".into()),
+                )
+                .key(
+                    "sk",
+                    aws_sdk_dynamodb::types::AttributeValue::S("HEALTH".into()),
+                )
+                .send()
+                .await
+                .map(drop)
+                .map_err(drop)
+        })
+    });
+    let queues = app.config.queues.iter().map(|q| {
+        probe(app, q, "queue", async move {
+            app.sqs
+                .get_queue_attributes()
+                .queue_url(q)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await
+                .map(drop)
+                .map_err(drop)
+        })
+    });
+    let bus = &app.config.event_bus_name;
+    let bus_check = probe(app, bus, "eventBus", async move {
+        app.events
+            .describe_event_bus()
+            .name(bus)
+            .send()
+            .await
+            .map(drop)
+            .map_err(drop)
+    });
+    let (mut checks, queue_checks, bus_check) =
+        futures::join!(join_all(tables), join_all(queues), bus_check);
+    checks.extend(queue_checks);
+    checks.push(bus_check);
+    let failing: Vec<String> = checks
+        .iter()
+        .filter(|c| c.status != "up")
+        .map(|c| c.name.clone())
+        .collect();
+    Report {
+        status: if failing.is_empty() { "up" } else { "down" },
+        failing,
+        checks,
+    }
+}
+
+async fn probe(
+    app: &App,
+    name: &str,
+    kind: &'static str,
+    call: impl Future<Output = Result<(), ()>>,
+) -> Check {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(app.probe_timeout, call).await;
+    let (status, error) = match outcome {
+        Ok(Ok(())) => ("up", None),
+        Ok(Err(())) => ("down", Some("request failed")),
+        Err(_) => ("down", Some("timed out")),
+    };
+    Check {
+        name: name.to_owned(),
+        kind,
+        status,
+        latency_ms: (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+        error,
+    }
+}
