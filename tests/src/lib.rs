@@ -137,6 +137,32 @@ impl Env {
         }
     }
 
+    /// Runs `handler` over what queue `logical` holds now, as the Lambda poller would: the
+    /// failed items stay (visible again at once), the rest are deleted. Returns the failed ids.
+    pub async fn drain<F, Fut>(&self, logical: &str, handler: F) -> Vec<String>
+    where
+        F: FnOnce(SqsEvent) -> Fut,
+        Fut: std::future::Future<Output = aws_lambda_events::event::sqs::SqsBatchResponse>,
+    {
+        let url = self.queue_url(logical);
+        let msgs = self.receive(&url, 30).await;
+        if msgs.is_empty() {
+            return Vec::new();
+        }
+        let resp = handler(sqs_event(&msgs)).await;
+        let failed: Vec<String> = resp
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        let (retry, done): (Vec<_>, Vec<_>) = msgs
+            .into_iter()
+            .partition(|m| failed.iter().any(|f| Some(f.as_str()) == m.message_id()));
+        self.delete(&url, &done).await;
+        self.retry_now(&url, &retry).await;
+        failed
+    }
+
     /// Makes messages visible again at once (instead of after the visibility timeout).
     pub async fn retry_now(&self, queue_url: &str, msgs: &[aws_sdk_sqs::types::Message]) {
         for m in msgs {

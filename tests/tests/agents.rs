@@ -9,7 +9,7 @@ use shared::{
     bus::EventBridgeBus,
     store::{agents::DynamoAgentStore, idempotency::DynamoIdempotency},
 };
-use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
+use system_tests::{Env, api, body_json, fixture, request, sqs_bodies};
 
 type Api = ApiApp<DynamoAgentStore, EventBridgeBus, DynamoIdempotency>;
 type Worker = WorkerApp<DynamoAgentStore, EventBridgeBus>;
@@ -43,26 +43,10 @@ async fn call(app: &Api, ev: Value) -> (u16, Value, lambda_http::http::HeaderMap
     )
 }
 
-/// Runs the worker over what the agents queue holds now, like the Lambda poller: failed items
-/// stay (visible again at once), the rest are deleted. Returns the failed message ids.
+/// Runs the agents worker over what its queue holds now; returns the failed message ids.
 async fn drain(env: &Env, worker: &Worker) -> Vec<String> {
-    let url = env.queue_url("AgentsQueue");
-    let msgs = env.receive(&url, 30).await;
-    if msgs.is_empty() {
-        return Vec::new();
-    }
-    let resp = agents_worker::handle(worker, sqs_event(&msgs)).await;
-    let failed: Vec<String> = resp
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
-    let (retry, done): (Vec<_>, Vec<_>) = msgs
-        .into_iter()
-        .partition(|m| failed.iter().any(|f| Some(f.as_str()) == m.message_id()));
-    env.delete(&url, &done).await;
-    env.retry_now(&url, &retry).await;
-    failed
+    env.drain("AgentsQueue", |event| agents_worker::handle(worker, event))
+        .await
 }
 
 fn register_event(id: &str, name: &str, skills: &[&str], capacity: u32) -> Value {
@@ -684,63 +668,4 @@ impl Tap for Value {
         self["headers"][name] = value.into();
         self
     }
-}
-
-fn health_config(env: &Env, tables: Vec<String>) -> health_api::Config {
-    health_api::Config {
-        tables,
-        queues: vec![env.queue_url("AgentsQueue"), env.queue_url("AgentsDLQ")],
-        event_bus_name: env.bus(),
-    }
-}
-
-async fn health(app: &health_api::App) -> (u16, Value) {
-    let ev = api("agents-api/get-agent-state.json", "/health", None);
-    let resp = health_api::handle(app, request(&ev)).await;
-    (resp.status().as_u16(), body_json(&resp))
-}
-
-#[tokio::test]
-async fn health_reports_each_dependency_and_names_the_failing_one() {
-    let env = Env::new().await;
-    let app = health_api::App::new(
-        &env.sdk,
-        health_config(&env, vec![env.table("AgentsTable")]),
-    );
-    let (status, report) = health(&app).await;
-    assert_eq!(status, 200, "{report}");
-    let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 4, "table, two queues, bus: {report}");
-    assert!(
-        checks
-            .iter()
-            .all(|c| c["status"] == "up" && c["latencyMs"].is_number())
-    );
-
-    let app = health_api::App::new(
-        &env.sdk,
-        health_config(&env, vec![env.table("AgentsTable"), "missing-table".into()]),
-    );
-    let (status, report) = health(&app).await;
-    assert_eq!(status, 503);
-    assert_eq!(report["failing"], json!(["missing-table"]));
-}
-
-#[tokio::test]
-async fn health_answers_503_quickly_when_the_emulator_is_unreachable() {
-    let env = Env::new().await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    let sdk = system_tests::sdk_for(&dead).await;
-    let app = health_api::App::new(&sdk, health_config(&env, vec![env.table("AgentsTable")]));
-    let started = Instant::now();
-    let (status, report) = health(&app).await;
-    assert_eq!(status, 503);
-    assert_eq!(report["failing"].as_array().unwrap().len(), 4, "{report}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 }

@@ -1,0 +1,246 @@
+//! Operations against a real moto server: `GET /health` and the DLQ routes.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use system_tests::{Env, api, body_json, request};
+
+fn health_config(env: &Env, tables: Vec<String>) -> health_api::Config {
+    health_api::Config {
+        tables,
+        queues: vec![env.queue_url("AgentsQueue"), env.queue_url("AgentsDLQ")],
+        event_bus_name: env.bus(),
+    }
+}
+
+async fn health(app: &health_api::App) -> (u16, Value) {
+    let ev = system_tests::fixture("health-api/health.json");
+    let resp = health_api::handle(app, request(&ev)).await;
+    (resp.status().as_u16(), body_json(&resp))
+}
+
+#[tokio::test]
+async fn health_reports_each_dependency_and_names_the_failing_one() {
+    let env = Env::new().await;
+    let app = health_api::App::new(
+        &env.sdk,
+        health_config(&env, vec![env.table("AgentsTable")]),
+    );
+    let (status, report) = health(&app).await;
+    assert_eq!(status, 200, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 4, "table, two queues, bus: {report}");
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["status"] == "up" && c["latencyMs"].is_number())
+    );
+
+    let app = health_api::App::new(
+        &env.sdk,
+        health_config(&env, vec![env.table("AgentsTable"), "missing-table".into()]),
+    );
+    let (status, report) = health(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(report["failing"], json!(["missing-table"]));
+}
+
+#[tokio::test]
+async fn health_answers_503_quickly_when_the_emulator_is_unreachable() {
+    let env = Env::new().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let sdk = system_tests::sdk_for(&dead).await;
+    let app = health_api::App::new(&sdk, health_config(&env, vec![env.table("AgentsTable")]));
+    let started = Instant::now();
+    let (status, report) = health(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(report["failing"].as_array().unwrap().len(), 4, "{report}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+fn ops_app(env: &Env) -> ops_api::App {
+    let raw = format!(
+        "agents|{}|{},event-delivery|{}|bus:{}",
+        env.queue_url("AgentsDLQ"),
+        env.queue_url("AgentsQueue"),
+        env.queue_url("EventDeliveryDLQ"),
+        env.bus()
+    );
+    ops_api::App::new(&env.sdk, ops_api::Config::parse(&raw).unwrap())
+}
+
+async fn ops(app: &ops_api::App, method: &str, path: &str, query: Option<&str>) -> (u16, Value) {
+    let mut ev = api("ops-api/list-dlqs.json", path, None);
+    ev["requestContext"]["http"]["method"] = method.into();
+    if let Some(q) = query {
+        let (k, v) = q.split_once('=').unwrap();
+        ev["rawQueryString"] = q.into();
+        ev["queryStringParameters"] = json!({ k: v });
+    }
+    let resp = ops_api::handle(app, request(&ev)).await;
+    (resp.status().as_u16(), body_json(&resp))
+}
+
+fn queue<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap()
+}
+
+fn agents_worker(env: &Env) -> agents_worker::AwsApp {
+    agents_worker::AwsApp::new(
+        &env.sdk,
+        agents_worker::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    )
+}
+
+fn agents_api(env: &Env) -> agents_api::AwsApp {
+    agents_api::AwsApp::new(
+        &env.sdk,
+        agents_api::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    )
+}
+
+/// A state change for an agent whose registration never arrived fails until maxReceiveCount
+/// and lands in the DLQ; once the agent exists ("the bug is fixed"), a redrive applies it.
+#[tokio::test]
+async fn redrive_moves_dead_messages_back_and_they_are_applied() {
+    let env = Env::new().await;
+    let (ops_app, worker, api_app) = (ops_app(&env), agents_worker(&env), agents_api(&env));
+    let command = json!({
+        "detail-type": "ChangeAgentState", "source": "cqrs.agents.command",
+        "detail": {"id": "00000000-0000-4000-8000-0000000000aa", "correlationId": "redrive",
+                   "occurredAt": "2026-11-25T18:00:00Z", "type": "ChangeAgentState",
+                   "data": {"agentId": "late", "state": "AVAILABLE", "version": u64::MAX / 2}}
+    });
+    env.sqs
+        .send_message()
+        .queue_url(env.queue_url("AgentsQueue"))
+        .message_body(command.to_string())
+        .send()
+        .await
+        .unwrap();
+    let dlq = env.queue_url("AgentsDLQ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.depth(&dlq).await == 0 {
+        assert!(Instant::now() < deadline, "never reached the DLQ");
+        env.drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+            .await;
+    }
+
+    let (status, list) = ops(&ops_app, "GET", "/ops/dlq", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(queue(&list, "agents")["depth"], 1);
+    assert!(
+        queue(&list, "agents")["oldestMessageAgeSeconds"]
+            .as_i64()
+            .unwrap()
+            >= 0
+    );
+    assert_eq!(queue(&list, "event-delivery")["depth"], 0);
+
+    // The fix: the agent now exists.
+    let register = api(
+        "agents-api/register-agent.json",
+        "/agents/late",
+        Some(r#"{"name": "Late", "capacity": 1}"#),
+    );
+    assert_eq!(
+        agents_api::handle(&api_app, request(&register))
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        env.drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+            .await
+            .is_empty()
+    );
+
+    let (status, report) = ops(
+        &ops_app,
+        "POST",
+        "/ops/dlq/agents/redrive",
+        Some("limit=10"),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["moved"], 1);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["remaining"], 0);
+    assert!(
+        env.drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+            .await
+            .is_empty()
+    );
+    let get = api(
+        "agents-api/get-agent-state.json",
+        "/agents/late/state",
+        None,
+    );
+    let agent = body_json(&agents_api::handle(&api_app, request(&get)).await);
+    assert_eq!(agent["state"], "AVAILABLE", "{agent}");
+
+    // Redriving an empty DLQ is a no-op.
+    let (status, report) = ops(&ops_app, "POST", "/ops/dlq/agents/redrive", None).await;
+    assert_eq!((status, report["moved"].as_i64()), (200, Some(0)));
+}
+
+#[tokio::test]
+async fn redrive_of_a_rule_dlq_puts_the_events_back_on_the_bus() {
+    let env = Env::new().await;
+    let ops_app = ops_app(&env);
+    let dead_event = json!({
+        "version": "0", "id": "e1", "detail-type": "AgentRegistered", "source": "cqrs.agents",
+        "account": "123456789012", "time": "2026-11-25T18:00:00Z", "region": "us-east-1",
+        "resources": [], "detail": {"id": "00000000-0000-4000-8000-0000000000bb"}
+    });
+    env.sqs
+        .send_message()
+        .queue_url(env.queue_url("EventDeliveryDLQ"))
+        .message_body(dead_event.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, report) = ops(&ops_app, "POST", "/ops/dlq/event-delivery/redrive", None).await;
+    assert_eq!(
+        (status, report["moved"].as_i64()),
+        (200, Some(1)),
+        "{report}"
+    );
+    let published = env.published().await;
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].0, "AgentRegistered");
+    assert_eq!(published[0].1["id"], "00000000-0000-4000-8000-0000000000bb");
+}
+
+#[tokio::test]
+async fn ops_routes_reject_bad_input_with_problems() {
+    let env = Env::new().await;
+    let ops_app = ops_app(&env);
+    for (method, path, query, want) in [
+        ("POST", "/ops/dlq/nope/redrive", None, 404),
+        ("POST", "/ops/dlq/agents/redrive", Some("limit=0"), 422),
+        ("POST", "/ops/dlq/agents/redrive", Some("limit=many"), 422),
+        ("DELETE", "/ops/dlq", None, 405),
+    ] {
+        let (status, body) = ops(&ops_app, method, path, query).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+        assert!(body["title"].is_string() && body["detail"].is_string());
+    }
+}
