@@ -187,6 +187,40 @@ pub fn problem(err: &Error) -> Response<Body> {
         .expect("static status and headers are valid")
 }
 
+/// Serves one request the way every API function does: the route runs inside a span carrying
+/// the correlation id (so every log line of the request has it), errors become problem+json,
+/// and one EMF line records the outcome and latency.
+pub async fn serve<F, Fut>(req: Request, route: F) -> Response<Body>
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, Error>>,
+{
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        correlation_id = %correlation_id(&req),
+    );
+    let response = into_response(route(req).instrument(span.clone()).await);
+    let status = response.status().as_u16();
+    let latency = started.elapsed().as_secs_f64() * 1e3;
+    span.in_scope(|| tracing::info!(status, latency_ms = latency, "request served"));
+    use crate::metrics::Unit::{Count, Milliseconds};
+    crate::metrics::emit(&[
+        ("Requests", 1.0, Count),
+        (
+            "ClientErrors",
+            f64::from(u8::from((400..500).contains(&status))),
+            Count,
+        ),
+        ("ServerErrors", f64::from(u8::from(status >= 500)), Count),
+        ("Latency", latency, Milliseconds),
+    ]);
+    response
+}
+
 /// Turns a handler result into a response, errors through [`problem`].
 pub fn into_response(result: Result<Response<Body>, Error>) -> Response<Body> {
     result.unwrap_or_else(|e| problem(&e))

@@ -13,11 +13,13 @@ use std::future::Future;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::future::join_all;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::{
     Error,
     bus::EventBus,
     events::Envelope,
+    metrics::Unit,
     store::inbox::{Inbox, InboxRecord},
 };
 
@@ -69,24 +71,34 @@ where
             }
         }
     }
+    let started = std::time::Instant::now();
+    let total = event_len(&groups) + failures.len();
     let handle = &handle;
     let results = join_all(groups.into_iter().map(|(_, items)| async move {
         let mut failed = Vec::new();
         let mut items = items.into_iter();
         for (id, env) in items.by_ref() {
-            let (kind, env_id, corr) = (
-                env.message.detail_type(),
-                env.id,
-                env.correlation_id.clone(),
+            // Every line logged while handling the message carries its correlation id, so one
+            // grep follows a request across services.
+            let span = tracing::info_span!(
+                "message",
+                message_id = %id,
+                message = env.message.detail_type(),
+                envelope_id = %env.id,
+                correlation_id = %env.correlation_id,
             );
-            if let Err(e) = handle(env).await {
-                tracing::error!(
-                    message_id = %id, message = kind, envelope_id = %env_id,
-                    correlation_id = %corr, retryable = e.is_retryable(), error = %e,
-                    "message failed; SQS will redeliver it (DLQ after maxReceiveCount)"
-                );
-                failed.push(id);
-                break;
+            match handle(env).instrument(span.clone()).await {
+                Ok(()) => span.in_scope(|| tracing::info!("message processed")),
+                Err(e) => {
+                    span.in_scope(|| {
+                        tracing::error!(
+                            retryable = e.is_retryable(), error = %e,
+                            "message failed; SQS will redeliver it (DLQ after maxReceiveCount)"
+                        )
+                    });
+                    failed.push(id);
+                    break;
+                }
             }
         }
         failed.extend(items.map(|(id, _)| id));
@@ -94,6 +106,19 @@ where
     }))
     .await;
     failures.extend(results.into_iter().flatten());
+    crate::metrics::emit(&[
+        (
+            "MessagesProcessed",
+            (total - failures.len()) as f64,
+            Unit::Count,
+        ),
+        ("MessagesFailed", failures.len() as f64, Unit::Count),
+        (
+            "BatchDuration",
+            started.elapsed().as_secs_f64() * 1e3,
+            Unit::Milliseconds,
+        ),
+    ]);
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures
         .into_iter()
@@ -104,6 +129,10 @@ where
         })
         .collect();
     response
+}
+
+fn event_len(groups: &[(String, Vec<(String, Envelope)>)]) -> usize {
+    groups.iter().map(|(_, items)| items.len()).sum()
 }
 
 /// What applying a message did.

@@ -93,7 +93,7 @@ pub async fn handle<S: AgentStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Response<Body> {
-    shared::http::into_response(route(app, req).await)
+    shared::http::serve(req, |req| route(app, req)).await
 }
 
 async fn route<S: AgentStore, B: EventBus, I: Idempotency>(

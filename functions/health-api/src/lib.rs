@@ -78,12 +78,15 @@ struct Report {
 }
 
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
-    if req.method() != Method::GET {
-        return shared::http::problem(&Error::MethodNotAllowed("use GET /health".into()));
-    }
-    let report = probe_all(app).await;
-    let status = if report.failing.is_empty() { 200 } else { 503 };
-    json(status, &report)
+    shared::http::serve(req, |req| async move {
+        if req.method() != Method::GET {
+            return Err(Error::MethodNotAllowed("use GET /health".into()));
+        }
+        let report = probe_all(app).await;
+        let status = if report.failing.is_empty() { 200 } else { 503 };
+        Ok(json(status, &report))
+    })
+    .await
 }
 
 async fn probe_all(app: &App) -> Report {

@@ -14,7 +14,7 @@ use shared::{
     Error,
     aws::classify,
     config,
-    http::{into_response, json, query},
+    http::{json, query, serve},
 };
 
 /// Where a DLQ's messages go back to.
@@ -85,7 +85,7 @@ impl App {
 }
 
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
-    into_response(route(app, &req).await)
+    serve(req, |req| async move { route(app, &req).await }).await
 }
 
 async fn route(app: &App, req: &Request) -> Result<Response<Body>, Error> {
