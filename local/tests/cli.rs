@@ -152,11 +152,26 @@ fn bad_arguments_exit_2() {
 
 /// `GET` over a raw socket: status line and body.
 fn get(port: u16, path: &str) -> (u16, String) {
+    request(port, "GET", path, None)
+}
+
+/// One HTTP/1.1 request over a raw socket: status and body.
+fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (headers, body) = match body {
+        Some(b) => (
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            ),
+            b,
+        ),
+        None => (String::new(), ""),
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}\r\n{body}"
     )
     .unwrap();
     let mut text = String::new();
@@ -349,4 +364,283 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
         "emulator still up"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lambda behaviours through one shared `local dev` process (and the one emulator it starts):
+// timeouts, failed inits, overlapping requests. Each scenario has its own function, so the
+// scenarios can run in parallel without sharing instances.
+
+const SCENARIOS: &str = r#"
+Globals:
+  Function:
+    Timeout: 5
+Resources:
+  Api:
+    Type: AWS::Serverless::HttpApi
+  Echo:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: fake-fn}}
+    Properties:
+      Events:
+        Echo: {Type: HttpApi, Properties: {Method: POST, Path: /echo}}
+  Slow:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: fake-fn}}
+    Properties:
+      Timeout: 2
+      Events:
+        Slow: {Type: HttpApi, Properties: {Method: POST, Path: /slow}}
+  InitError:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: fake-fn}}
+    Properties:
+      Environment:
+        Variables:
+          FAKE_INIT_ERROR: "cannot read config: TABLE_NAME is not set"
+      Events:
+        Get: {Type: HttpApi, Properties: {Method: GET, Path: /init-error}}
+  ExitAtInit:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: fake-fn}}
+    Properties:
+      Environment:
+        Variables:
+          FAKE_EXIT_AT_INIT: "1"
+      Events:
+        Get: {Type: HttpApi, Properties: {Method: GET, Path: /exit-at-init}}
+"#;
+
+/// The `local dev` process shared by the scenario tests. It is never dropped (a static): it
+/// runs with `LOCAL_EXIT_ON_STDIN_EOF=1` and a piped stdin, so it shuts down, emulator
+/// included, when this test process exits and the pipe closes.
+struct Shared {
+    port: u16,
+    /// Everything it printed (stdout and stderr), line by line.
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _stdin: std::process::ChildStdin,
+    /// Never waited for: the process outlives every test and exits with this one.
+    child: Child,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let dir = workspace("scenarios", SCENARIOS, true);
+        let port = free_port();
+        let mut child = local(
+            &dir,
+            &[
+                "dev",
+                "--no-build",
+                "--port",
+                &port.to_string(),
+                "--stack",
+                "s",
+            ],
+        )
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("LOCAL_EXIT_ON_STDIN_EOF", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let forward = |stream: Box<dyn Read + Send>| {
+            let output = std::sync::Arc::clone(&output);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.lock().unwrap().push(line);
+                }
+            });
+        };
+        forward(Box::new(child.stdout.take().unwrap()));
+        forward(Box::new(child.stderr.take().unwrap()));
+        let mut shared = Shared {
+            port,
+            output,
+            _stdin: child.stdin.take().unwrap(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !shared.printed(|l| l == "ready") {
+            if let Ok(Some(status)) = shared.child.try_wait() {
+                panic!("local dev exited ({status}): {:#?}", shared.lines());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready: {:#?}",
+                shared.lines()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        shared
+    })
+}
+
+impl Shared {
+    fn lines(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn printed(&self, pred: impl Fn(&str) -> bool) -> bool {
+        self.output.lock().unwrap().iter().any(|l| pred(l))
+    }
+
+    /// Waits until a printed line contains every one of `parts` (output is asynchronous).
+    fn wait_for(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self
+                .output
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {parts:?} in {:#?}",
+                self.lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn count(&self, parts: &[&str]) -> usize {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    fn post(&self, path: &str, body: &str) -> (u16, String) {
+        request(self.port, "POST", path, Some(body))
+    }
+}
+
+fn pid_of(body: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in {body}"))
+}
+
+#[test]
+fn a_function_over_its_timeout_is_killed_and_the_next_request_gets_a_fresh_instance() {
+    let rt = shared();
+    let (status, body) = rt.post("/slow", "{}");
+    assert_eq!(status, 200, "{body}");
+    let first = pid_of(&body);
+
+    // Timeout: 2 in the template; the function would sleep 30 s.
+    let started = Instant::now();
+    let (status, body) = rt.post("/slow", r#"{"sleep": 30}"#);
+    let took = started.elapsed();
+    assert_eq!(
+        (status, body.as_str()),
+        (503, r#"{"message":"Service Unavailable"}"#)
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3_500),
+        "answered after {took:?}, expected about Timeout (2 s) + at most 1 s"
+    );
+    rt.wait_for(&["[Slow]", "Task timed out after 2.00 seconds"]);
+    rt.wait_for(&["[Slow] REPORT", "Status: timeout"]);
+    // The timed-out instance is killed (and reaped), not left sleeping.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{first}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "instance {first} still running after its timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (status, body) = rt.post("/slow", "{}");
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(pid_of(&body), first, "a fresh instance answers");
+    // Two cold starts of Slow: the first request's and the replacement's.
+    assert_eq!(
+        rt.count(&["[Slow] REPORT", "Init Duration"]),
+        2,
+        "{:#?}",
+        rt.lines()
+    );
+}
+
+#[test]
+fn a_function_that_fails_to_start_shows_its_error_and_the_runner_stays_up() {
+    let rt = shared();
+    let bad_gateway = (502, r#"{"message":"Internal Server Error"}"#.to_string());
+
+    // It reports its error through /runtime/init/error, then exits.
+    assert_eq!(get(rt.port, "/init-error"), bad_gateway);
+    rt.wait_for(&[
+        "[InitError]",
+        "init failed: Runtime.InitError: cannot read config: TABLE_NAME is not set",
+    ]);
+    rt.wait_for(&["[InitError] INIT_REPORT", "Status: error"]);
+
+    // It exits before asking for an invocation; what it printed is shown.
+    assert_eq!(get(rt.port, "/exit-at-init"), bad_gateway);
+    rt.wait_for(&["[ExitAtInit] exiting during init"]);
+    rt.wait_for(&[
+        "[ExitAtInit]",
+        "Runtime exited before init completed: exit status: 7",
+    ]);
+
+    // The runner is still up: another function answers, and the broken one is tried afresh.
+    let (status, body) = rt.post("/echo", "{}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(rt.port, "/init-error"), bad_gateway);
+    // The runner prints the second INIT_REPORT as the 502 goes out: wait for the line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.count(&["[InitError] INIT_REPORT", "Status: error"]) < 2 {
+        assert!(Instant::now() < deadline, "second INIT_REPORT never printed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn overlapping_requests_run_on_several_instances() {
+    let rt = shared();
+    let requests = 4;
+    let started = Instant::now();
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..requests)
+            .map(|_| s.spawn(|| rt.post("/echo", r#"{"sleep": 1}"#)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = started.elapsed();
+    let mut pids = Vec::new();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        pids.push(pid_of(body));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    assert!(
+        pids.len() > 1,
+        "all {requests} requests ran on one instance"
+    );
+    // One instance would take 4 x 1 s.
+    assert!(
+        took < Duration::from_millis(3_500),
+        "{requests} overlapping 1 s requests took {took:?}"
+    );
+    assert!(
+        rt.count(&["[Echo] REPORT", "Init Duration"]) >= pids.len(),
+        "a cold start per instance: {:#?}",
+        rt.lines()
+    );
 }

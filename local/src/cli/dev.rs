@@ -1,4 +1,5 @@
-//! `local dev`: the whole template on this machine until Ctrl-C / SIGTERM.
+//! `local dev`: the whole template on this machine until Ctrl-C / SIGTERM (or, with
+//! `LOCAL_EXIT_ON_STDIN_EOF=1`, until its stdin closes).
 //!
 //! Cheap checks come first (template, port, build, binaries) so bad input fails before an
 //! emulator is started. Shutdown order: stop accepting (gateway, pollers), let in-flight
@@ -78,7 +79,7 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     let pollers = Pollers::start(bindings, &sqs, &runtime, stopped);
     println!("ready");
 
-    wait_for_signal().await;
+    wait_for_signal(exit_on_stdin_eof()).await;
     println!("shutting down: finishing in-flight requests and batches");
     let _ = stop.send(true);
     match server.await {
@@ -261,8 +262,32 @@ fn print_table(
     );
 }
 
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
+/// Environment variable: when set (to anything but empty or `0`), `local dev` also shuts down
+/// when its stdin reaches end-of-file. A parent that spawns the runner with a piped stdin
+/// (a test harness) thereby stops it whenever the parent exits, even by SIGKILL or without
+/// running destructors, as the emulator's guard does.
+pub const EXIT_ON_STDIN_EOF_ENV: &str = "LOCAL_EXIT_ON_STDIN_EOF";
+
+fn exit_on_stdin_eof() -> bool {
+    std::env::var(EXIT_ON_STDIN_EOF_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Completes when stdin reaches end-of-file (or fails). Read on a plain thread, not tokio's
+/// blocking pool, so a read still pending never holds up the runtime's shutdown.
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut sink = [0u8; 1024];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+/// Ctrl-C or SIGTERM, or the end of stdin when `watch_stdin` is set.
+async fn wait_for_signal(watch_stdin: bool) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -270,6 +295,14 @@ async fn wait_for_signal() {
             match term.as_mut() {
                 Some(t) => { t.recv().await; }
                 None => std::future::pending::<()>().await,
+            }
+        } => {}
+        _ = async {
+            if watch_stdin {
+                stdin_closed().await;
+                println!("stdin closed");
+            } else {
+                std::future::pending::<()>().await;
             }
         } => {}
     }

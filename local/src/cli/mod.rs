@@ -4,6 +4,8 @@
 
 mod dev;
 
+pub use dev::EXIT_ON_STDIN_EOF_ENV;
+
 use std::path::PathBuf;
 
 use crate::provision::{DEFAULT_STACK_NAME, ProvisionError, ProvisionOptions};
@@ -15,7 +17,8 @@ const USAGE: &str = "usage:
   local provision [--template template.yaml] [--port 3000] [--stack cqrs-local]
 
 environment: AWS_ENDPOINT_URL (emulator, default http://127.0.0.1:4566), PORT,
-LOCAL_MAX_INSTANCES (instances per function, default 4), LOCAL_RETRY_DELAY_SECONDS";
+LOCAL_MAX_INSTANCES (instances per function, default 4), LOCAL_RETRY_DELAY_SECONDS,
+LOCAL_EXIT_ON_STDIN_EOF (also stop when stdin closes; for harnesses that pipe it)";
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq)]

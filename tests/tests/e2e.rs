@@ -1,0 +1,485 @@
+//! End to end through `local dev`: the real function binaries behind the local HTTP API, the
+//! SQS pollers and the Runtime API, against a moto server of this test binary. One `local dev`
+//! process serves every test (started on first use; it builds the binaries itself), each test
+//! using ids of its own. Run with `--nocapture` to see the measured latencies and init
+//! durations.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+/// Stack name given to `local dev`: resources are `e2e-AgentsQueue`, `e2e-AgentsDLQ`, ...
+const STACK: &str = "e2e";
+/// A cold `local dev` builds every function binary first; a 2-core machine needs time.
+const READY_WITHIN: Duration = Duration::from_secs(20 * 60);
+
+/// The shared `local dev` process. It is a static, so never dropped: it runs with
+/// `LOCAL_EXIT_ON_STDIN_EOF=1` and a piped stdin, and stops (functions and all) when this test
+/// process exits and the pipe closes. The emulator dies the same way (its guard's pipe).
+struct Runner {
+    base: String,
+    endpoint: String,
+    /// Every line it printed (stdout and stderr).
+    output: Arc<Mutex<Vec<String>>>,
+    _stdin: ChildStdin,
+    /// Never waited for: the process outlives every test and exits with this one.
+    child: Child,
+    _emulator: local::emulator::Emulator,
+}
+
+fn runner() -> &'static Runner {
+    static RUNNER: OnceLock<Runner> = OnceLock::new();
+    RUNNER.get_or_init(start)
+}
+
+fn start() -> Runner {
+    let emulator = local::emulator::spawn_on_free_port().expect("start moto server");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let started = Instant::now();
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["run", "-q", "-p", "local", "--bin", "local", "--", "dev"])
+        .args(["--port", &port.to_string(), "--stack", STACK])
+        .current_dir(system_tests::root())
+        .env("AWS_ENDPOINT_URL", &emulator.endpoint)
+        .env("LOCAL_RETRY_DELAY_SECONDS", "0")
+        .env("LOCAL_EXIT_ON_STDIN_EOF", "1")
+        .env_remove("PORT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cargo run -p local");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let forward = |stream: Box<dyn Read + Send>| {
+        let output = Arc::clone(&output);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                output.lock().unwrap().push(line);
+            }
+        });
+    };
+    forward(Box::new(child.stdout.take().unwrap()));
+    forward(Box::new(child.stderr.take().unwrap()));
+    let mut runner = Runner {
+        base: format!("http://127.0.0.1:{port}"),
+        endpoint: emulator.endpoint.clone(),
+        output,
+        _stdin: child.stdin.take().unwrap(),
+        child,
+        _emulator: emulator,
+    };
+    while !runner.lines().iter().any(|l| l == "ready") {
+        if let Ok(Some(status)) = runner.child.try_wait() {
+            panic!("local dev exited ({status}):\n{}", runner.tail(80));
+        }
+        assert!(
+            started.elapsed() < READY_WITHIN,
+            "local dev not ready within {READY_WITHIN:?}:\n{}",
+            runner.tail(80)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "local dev ready in {:.1} s (including cargo run and the build)",
+        started.elapsed().as_secs_f64()
+    );
+    runner
+}
+
+impl Runner {
+    fn lines(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Lines containing every one of `parts`.
+    fn matching(&self, parts: &[&str]) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .cloned()
+            .collect()
+    }
+
+    fn count(&self, parts: &[&str]) -> usize {
+        self.matching(parts).len()
+    }
+
+    async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&system_tests::sdk_for(&self.endpoint).await)
+    }
+}
+
+/// An HTTP answer of the local API.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// One request to the local API with a real HTTP client.
+async fn send(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    let rt = runner();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", rt.base));
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer in 30 s\n{}", rt.tail(40)))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", rt.tail(40)));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Polls `check` every 20 ms until it yields a value; panics after `within`.
+async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}\n{}",
+            runner().tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+async fn register(id: &str, skills: &[&str], capacity: u32) -> Answer {
+    let body = json!({"name": "E2E", "skills": skills, "capacity": capacity}).to_string();
+    let a = send("PUT", &format!("/agents/{id}"), Some(&body), &[]).await;
+    assert_eq!(a.status, 202, "register {id}: {:?}", a.body);
+    a
+}
+
+async fn change_state(id: &str, state: &str) -> Answer {
+    let body = json!({ "state": state }).to_string();
+    let key = unique("key");
+    let a = send(
+        "POST",
+        &format!("/agents/{id}/state"),
+        Some(&body),
+        &[("idempotency-key", &key)],
+    )
+    .await;
+    assert_eq!(a.status, 202, "state of {id}: {:?}", a.body);
+    a
+}
+
+/// Waits until `GET /agents/{id}/state` shows the agent in `state`; returns the agent.
+async fn wait_for_state(id: &str, state: &str, within: Duration) -> Value {
+    let path = format!("/agents/{id}/state");
+    eventually(&format!("{id} {state}"), within, async || {
+        let a = send("GET", &path, None, &[]).await;
+        (a.status == 200 && a.body["state"] == state).then_some(a.body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_command_is_accepted_then_shows_in_the_query() {
+    runner(); // started (and built) before the clock starts
+    let id = unique("e2e-a");
+    let location = format!("/agents/{id}/state");
+
+    let sent = Instant::now();
+    let accepted = register(&id, &["billing"], 2).await;
+    assert_eq!(accepted.header("location"), location);
+    assert_eq!(accepted.body["agentId"], id.as_str());
+    assert!(
+        accepted.body["commandId"].is_string(),
+        "{:?}",
+        accepted.body
+    );
+    let agent = wait_for_state(&id, "OFFLINE", Duration::from_secs(10)).await;
+    let mut latencies = vec![sent.elapsed()];
+    assert_eq!(agent["name"], "E2E");
+    assert_eq!(agent["capacity"], 2);
+    assert_eq!(agent["skills"], json!(["billing"]));
+
+    // State changes, each sent only once the previous one is visible.
+    for state in ["AVAILABLE", "AWAY", "AVAILABLE", "AWAY", "AVAILABLE"] {
+        let sent = Instant::now();
+        let accepted = change_state(&id, state).await;
+        assert_eq!(accepted.header("location"), location);
+        wait_for_state(&id, state, Duration::from_secs(10)).await;
+        latencies.push(sent.elapsed());
+    }
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    eprintln!(
+        "command -> query-visible latency through local dev: register {:.1} ms, state changes {:?} ms, p50 {:.1} ms",
+        latencies[0].as_secs_f64() * 1000.0,
+        latencies[1..]
+            .iter()
+            .map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        sorted[sorted.len() / 2].as_secs_f64() * 1000.0
+    );
+}
+
+#[tokio::test]
+async fn a_poison_message_reaches_the_dlq_while_the_commands_around_it_are_applied() {
+    let rt = runner();
+    let sqs = rt.sqs().await;
+    let url = |name: String| {
+        let sqs = sqs.clone();
+        async move {
+            sqs.get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .expect("queue exists")
+                .queue_url()
+                .expect("url")
+                .to_owned()
+        }
+    };
+    let queue = url(format!("{STACK}-AgentsQueue")).await;
+    let dlq = url(format!("{STACK}-AgentsDLQ")).await;
+
+    let marker = unique("poison");
+    let (good_1, good_2) = (unique("e2e-b1"), unique("e2e-b2"));
+    register(&good_1, &[], 1).await;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(json!({"detail": {"type": "NoSuchCommand"}, "e2e": marker}).to_string())
+        .send()
+        .await
+        .expect("send poison");
+    register(&good_2, &[], 1).await;
+
+    wait_for_state(&good_1, "OFFLINE", Duration::from_secs(30)).await;
+    wait_for_state(&good_2, "OFFLINE", Duration::from_secs(30)).await;
+
+    // maxReceiveCount is 5; LOCAL_RETRY_DELAY_SECONDS=0 retries at once.
+    let dead = eventually(
+        "poison message in the DLQ",
+        Duration::from_secs(90),
+        async || {
+            let out = sqs
+                .receive_message()
+                .queue_url(&dlq)
+                .max_number_of_messages(10)
+                .visibility_timeout(2)
+                .send()
+                .await
+                .expect("receive from DLQ");
+            out.messages()
+                .iter()
+                .find(|m| m.body().unwrap_or_default().contains(&marker))
+                .cloned()
+        },
+    )
+    .await;
+    assert!(dead.body().unwrap().contains("NoSuchCommand"));
+    assert!(
+        rt.count(&[
+            "[poller] AgentsWorkerFunction",
+            "left in the queue for retry"
+        ]) >= 1,
+        "the worker reported the poison message as a batch item failure:\n{}",
+        rt.tail(60)
+    );
+    // Both good agents stay applied (nothing was rolled back with the poison message).
+    for id in [&good_1, &good_2] {
+        let a = send("GET", &format!("/agents/{id}/state"), None, &[]).await;
+        assert_eq!(a.status, 200, "{id}: {:?}", a.body);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_through_the_gateway_gets_a_problem() {
+    let id = unique("e2e-c");
+    let path = format!("/agents/{id}");
+    for (body, status, field) in [
+        ("{not json", 400, None),
+        (r#"{"name": "N", "capacity": 99}"#, 422, Some("capacity")),
+    ] {
+        let a = send("PUT", &path, Some(body), &[]).await;
+        assert_eq!(a.status, status, "{body}: {:?}", a.body);
+        assert_eq!(a.header("content-type"), "application/problem+json");
+        for k in ["type", "title", "status", "detail"] {
+            assert!(
+                !a.body[k].is_null(),
+                "{body}: problem lacks {k}: {:?}",
+                a.body
+            );
+        }
+        assert_eq!(a.body["status"], status);
+        if let Some(f) = field {
+            assert_eq!(a.body["field"], f, "{body}");
+        }
+    }
+    // Nothing was accepted.
+    assert_eq!(
+        send("GET", &format!("{path}/state"), None, &[])
+            .await
+            .status,
+        404
+    );
+    // A route that is not in template.yaml does not exist: API Gateway's own 404.
+    let a = send("DELETE", &path, None, &[]).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.body, json!({"message": "Not Found"}));
+}
+
+#[tokio::test]
+async fn concurrent_matches_fill_capacity_exactly_on_several_instances() {
+    let rt = runner();
+    // A skill of this test only, so other tests' agents are never candidates.
+    let skill = unique("s");
+    let agents = [unique("e2e-d1"), unique("e2e-d2")];
+    for id in &agents {
+        register(id, &[&skill], 2).await;
+    }
+    for id in &agents {
+        wait_for_state(id, "OFFLINE", Duration::from_secs(30)).await;
+        change_state(id, "AVAILABLE").await;
+    }
+    for id in &agents {
+        wait_for_state(id, "AVAILABLE", Duration::from_secs(30)).await;
+    }
+
+    let requests = 10;
+    let answers = futures::future::join_all((0..requests).map(|i| {
+        let body =
+            json!({"conversationId": format!("{skill}-conv-{i}"), "skills": [skill]}).to_string();
+        async move { send("POST", "/agents/match", Some(&body), &[]).await }
+    }))
+    .await;
+    let ok: Vec<&Answer> = answers.iter().filter(|a| a.status == 200).collect();
+    let conflicts = answers.iter().filter(|a| a.status == 409).count();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(ok.len(), 4, "2 agents x capacity 2: {statuses:?}");
+    assert_eq!(conflicts, requests - 4, "the rest conflict: {statuses:?}");
+    for a in answers.iter().filter(|a| a.status == 409) {
+        assert_eq!(a.header("content-type"), "application/problem+json");
+    }
+    for id in &agents {
+        let held = ok
+            .iter()
+            .filter(|a| a.body["agentId"] == id.as_str())
+            .count();
+        assert_eq!(held, 2, "{id} holds exactly its capacity");
+        let agent = send("GET", &format!("/agents/{id}/state"), None, &[]).await;
+        assert_eq!(agent.body["activeConversations"], 2);
+    }
+    // Overlapping requests ran on more than one instance: one cold start each.
+    let cold = rt.count(&["[AgentsApiFunction] REPORT", "Init Duration"]);
+    assert!(
+        cold > 1,
+        "{cold} AgentsApiFunction instance(s):\n{}",
+        rt.tail(60)
+    );
+}
+
+/// `name: 12.34 ms` / `name: 12 MB` in a REPORT line.
+fn field(line: &str, name: &str) -> Option<f64> {
+    let rest = &line[line.find(&format!("{name}: "))? + name.len() + 2..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn report_lines_carry_duration_memory_and_init_duration() {
+    let rt = runner();
+    // Make sure both functions have run at least once.
+    let id = unique("e2e-e");
+    register(&id, &[], 1).await;
+    wait_for_state(&id, "OFFLINE", Duration::from_secs(30)).await;
+
+    for function in ["AgentsApiFunction", "AgentsWorkerFunction"] {
+        let prefix = format!("[{function}] REPORT RequestId: ");
+        let reports = rt.matching(&[&prefix]);
+        assert!(!reports.is_empty(), "no REPORT for {function}");
+        for line in &reports {
+            let duration = field(line, "Duration").unwrap_or(-1.0);
+            assert!(duration > 0.0, "{line}");
+            assert!(
+                field(line, "Billed Duration").unwrap_or(0.0) >= 1.0,
+                "{line}"
+            );
+            assert!(
+                field(line, "Memory Size").is_some_and(|mb| mb >= 128.0),
+                "{line}"
+            );
+            let memory = field(line, "Max Memory Used").unwrap_or(0.0);
+            assert!(memory > 0.0 && memory < 1024.0, "{line}");
+        }
+        let inits: Vec<f64> = reports
+            .iter()
+            .filter_map(|l| field(l, "Init Duration"))
+            .collect();
+        assert!(!inits.is_empty(), "no cold start REPORT for {function}");
+        assert!(
+            inits.iter().all(|ms| *ms > 0.0 && *ms < 10_000.0),
+            "{inits:?}"
+        );
+        eprintln!(
+            "{function}: {} invocations, init durations {inits:?} ms",
+            reports.len()
+        );
+    }
+}
