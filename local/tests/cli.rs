@@ -605,7 +605,10 @@ fn a_function_that_fails_to_start_shows_its_error_and_the_runner_stays_up() {
     // The runner prints the second INIT_REPORT as the 502 goes out: wait for the line.
     let deadline = Instant::now() + Duration::from_secs(10);
     while rt.count(&["[InitError] INIT_REPORT", "Status: error"]) < 2 {
-        assert!(Instant::now() < deadline, "second INIT_REPORT never printed");
+        assert!(
+            Instant::now() < deadline,
+            "second INIT_REPORT never printed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

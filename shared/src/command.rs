@@ -1,6 +1,8 @@
 //! Accepting a command at the HTTP edge: publish it to the bus and answer `202`, honouring an
 //! `Idempotency-Key` so a retried request never becomes a second command.
 
+use std::future::Future;
+
 use lambda_http::{Body, Request, Response};
 use serde_json::Value;
 
@@ -40,11 +42,46 @@ pub fn idempotency_key(req: &Request) -> Result<Option<&str>, Error> {
     }
 }
 
+/// A record the API writes before publishing a command, so that what the command creates is
+/// visible at once (e.g. a PENDING conversation). Two writes that cannot share a transaction:
+/// if publishing fails, [`Provisional::undo`] compensates; a record left behind when the undo
+/// fails too must be harmless (it expires; the command was never accepted, so its id was never
+/// returned) and the worker must accept a command whose record is missing (a publish reported
+/// as failed may still have gone through).
+pub trait Provisional: Send + Sync {
+    /// Called only for a new command, never for a replay of an `Idempotency-Key`.
+    fn write(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    fn undo(&self) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Nothing to write before publishing: plain [`accept`].
+pub struct NoRecord;
+
+impl Provisional for NoRecord {
+    async fn write(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    async fn undo(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
 pub async fn accept<I: Idempotency, B: EventBus>(
     idempotency: &I,
     bus: &B,
     req: &Request,
     cmd: Accept<'_>,
+) -> Result<Response<Body>, Error> {
+    accept_with(idempotency, bus, req, cmd, &NoRecord).await
+}
+
+/// [`accept`], writing `record` after the idempotency claim and before publishing.
+pub async fn accept_with<I: Idempotency, B: EventBus, P: Provisional>(
+    idempotency: &I,
+    bus: &B,
+    req: &Request,
+    cmd: Accept<'_>,
+    record: &P,
 ) -> Result<Response<Body>, Error> {
     let key = idempotency_key(req)?;
     let response = StoredResponse {
@@ -68,7 +105,7 @@ pub async fn accept<I: Idempotency, B: EventBus>(
                 ));
             }
         }
-        if let Err(e) = bus.publish(std::slice::from_ref(&cmd.envelope)).await {
+        if let Err(e) = publish(bus, &cmd.envelope, record).await {
             // Not accepted: free the key so the client's retry is processed afresh.
             if let Err(release) = idempotency.release(cmd.scope, key).await {
                 tracing::error!(error = %release, "could not release idempotency key");
@@ -76,7 +113,7 @@ pub async fn accept<I: Idempotency, B: EventBus>(
             return Err(e);
         }
     } else {
-        bus.publish(std::slice::from_ref(&cmd.envelope)).await?;
+        publish(bus, &cmd.envelope, record).await?;
     }
     tracing::info!(
         command = cmd.envelope.message.detail_type(),
@@ -85,6 +122,21 @@ pub async fn accept<I: Idempotency, B: EventBus>(
         "command accepted"
     );
     Ok(replay(&response))
+}
+
+async fn publish<B: EventBus, P: Provisional>(
+    bus: &B,
+    envelope: &Envelope,
+    record: &P,
+) -> Result<(), Error> {
+    record.write().await?;
+    if let Err(e) = bus.publish(std::slice::from_ref(envelope)).await {
+        if let Err(undo) = record.undo().await {
+            tracing::error!(error = %undo, "could not undo the provisional record; it expires");
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn replay(stored: &StoredResponse) -> Response<Body> {

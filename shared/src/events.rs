@@ -12,7 +12,11 @@ use uuid::Uuid;
 use crate::domain::agents::{
     AgentMatched, AgentRegistered, AgentStateChanged, ChangeAgentState, RegisterAgent,
 };
-use crate::domain::conversations::ConversationClosed;
+use crate::domain::conversations::{
+    CloseConversation, ConversationClosed, ConversationStarted, MessageSent, RecordReceipt,
+    SendMessage, StartConversation,
+};
+use crate::domain::trades::{SubmitTrade, TradeExecuted, TradeRejected};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,11 +37,21 @@ pub enum Message {
     // commands
     RegisterAgent(RegisterAgent),
     ChangeAgentState(ChangeAgentState),
+    StartConversation(StartConversation),
+    SendMessage(SendMessage),
+    RecordReceipt(RecordReceipt),
+    CloseConversation(CloseConversation),
+    /// Sent by the trades API straight to the trades FIFO queue, never via EventBridge.
+    SubmitTrade(SubmitTrade),
     // events
     AgentRegistered(AgentRegistered),
     AgentStateChanged(AgentStateChanged),
     AgentMatched(AgentMatched),
     ConversationClosed(ConversationClosed),
+    ConversationStarted(ConversationStarted),
+    MessageSent(MessageSent),
+    TradeExecuted(TradeExecuted),
+    TradeRejected(TradeRejected),
 }
 
 impl Message {
@@ -46,10 +60,18 @@ impl Message {
     pub fn source(&self) -> &'static str {
         match self {
             Message::RegisterAgent(_) | Message::ChangeAgentState(_) => "cqrs.agents.command",
+            Message::StartConversation(_)
+            | Message::SendMessage(_)
+            | Message::RecordReceipt(_)
+            | Message::CloseConversation(_) => "cqrs.conversations.command",
+            Message::SubmitTrade(_) => "cqrs.trades.command",
+            Message::TradeExecuted(_) | Message::TradeRejected(_) => "cqrs.trades",
             Message::AgentRegistered(_)
             | Message::AgentStateChanged(_)
             | Message::AgentMatched(_) => "cqrs.agents",
-            Message::ConversationClosed(_) => "cqrs.conversations",
+            Message::ConversationClosed(_)
+            | Message::ConversationStarted(_)
+            | Message::MessageSent(_) => "cqrs.conversations",
         }
     }
 
@@ -62,6 +84,15 @@ impl Message {
             Message::AgentStateChanged(_) => "AgentStateChanged",
             Message::AgentMatched(_) => "AgentMatched",
             Message::ConversationClosed(_) => "ConversationClosed",
+            Message::StartConversation(_) => "StartConversation",
+            Message::SendMessage(_) => "SendMessage",
+            Message::RecordReceipt(_) => "RecordReceipt",
+            Message::CloseConversation(_) => "CloseConversation",
+            Message::ConversationStarted(_) => "ConversationStarted",
+            Message::MessageSent(_) => "MessageSent",
+            Message::SubmitTrade(_) => "SubmitTrade",
+            Message::TradeExecuted(_) => "TradeExecuted",
+            Message::TradeRejected(_) => "TradeRejected",
         }
     }
 }

@@ -31,7 +31,30 @@ pub fn parse_command<T: DeserializeOwned>(req: &Request) -> Result<(Value, T), E
     Ok((value, typed))
 }
 
-fn parse_body(req: &Request) -> Result<Value, Error> {
+/// Like [`parse_json`], deserializing straight from the body's bytes instead of through a
+/// [`Value`], so that fields read as `serde_json::value::RawValue` (e.g.
+/// [`crate::domain::money::Literal`]) see numbers exactly as sent: `0.1` stays one tenth and
+/// `1e400` reaches the field's own validation (a `422` naming it) instead of failing the body.
+pub fn parse_exact<T: DeserializeOwned>(req: &Request) -> Result<T, Error> {
+    let bytes = body_bytes(req)?;
+    // Syntax first, over the whole body (numbers are skipped, not converted), so malformed
+    // JSON is a 400 whatever the types say.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| Error::Malformed(format!("malformed JSON: {e}")))?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::invalid("body", "expected a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".into() } else { path };
+        Error::invalid(field, strip_position(&e.into_inner().to_string()))
+    })
+}
+
+/// The body of a JSON request: `415` unless the content type is JSON, `413` when too big,
+/// `400` when empty.
+fn body_bytes(req: &Request) -> Result<&[u8], Error> {
     let content_type = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -57,6 +80,11 @@ fn parse_body(req: &Request) -> Result<Value, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::Malformed("request body is empty".into()));
     }
+    Ok(bytes)
+}
+
+fn parse_body(req: &Request) -> Result<Value, Error> {
+    let bytes = body_bytes(req)?;
     serde_json::from_slice(bytes).map_err(|e| Error::Malformed(format!("malformed JSON: {e}")))
 }
 

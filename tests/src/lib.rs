@@ -226,6 +226,47 @@ impl Env {
     }
 }
 
+impl Env {
+    /// A queue receiving every event on the bus that matches `pattern` (an EventBridge event
+    /// pattern), for services the default observer does not cover.
+    pub async fn observe(&self, name: &str, pattern: &str) -> String {
+        let queue = format!("{}-{name}", self.stack.name);
+        let url = self
+            .sqs
+            .create_queue()
+            .queue_name(&queue)
+            .send()
+            .await
+            .expect("observer queue")
+            .queue_url
+            .expect("url");
+        let bus = self.bus();
+        self.events
+            .put_rule()
+            .name(&queue)
+            .event_bus_name(&bus)
+            .event_pattern(pattern)
+            .send()
+            .await
+            .expect("observer rule");
+        self.events
+            .put_targets()
+            .rule(&queue)
+            .event_bus_name(&bus)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("observer")
+                    .arn(format!("arn:aws:sqs:us-east-1:123456789012:{queue}"))
+                    .build()
+                    .expect("target"),
+            )
+            .send()
+            .await
+            .expect("observer target");
+        url
+    }
+}
+
 async fn observe_bus(
     sqs: &aws_sdk_sqs::Client,
     events: &aws_sdk_eventbridge::Client,

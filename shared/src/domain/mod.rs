@@ -4,3 +4,7 @@
 pub mod agents;
 pub mod conversations;
 pub mod ids;
+pub mod ledger;
+pub mod money;
+pub mod positions;
+pub mod trades;

@@ -11,8 +11,13 @@ use serde::Serialize;
 use crate::Error;
 
 pub mod agents;
+pub mod conversations;
 pub mod idempotency;
 pub mod inbox;
+mod items;
+pub mod ledger;
+pub mod positions;
+pub mod trades;
 
 /// One page of a list: `nextCursor` is absent on the last page.
 #[derive(Debug, Clone, Serialize)]

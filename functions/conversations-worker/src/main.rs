@@ -1,0 +1,15 @@
+use aws_lambda_events::event::sqs::SqsEvent;
+use conversations_worker::{AwsApp, Config, agents_client::Policy, handle};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let config = Config::from_env()?;
+    let sdk = shared::aws::load().await;
+    let app = &AwsApp::new(&sdk, config, Policy::from_env())?;
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(handle(app, event.payload).await)
+    }))
+    .await
+}

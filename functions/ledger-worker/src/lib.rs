@@ -1,0 +1,72 @@
+//! The ledger worker: posts each `TradeExecuted` as two balanced journal lines, once.
+//!
+//! Deduplication is by the lines themselves: their keys derive from the trade (account,
+//! sequence, line), and posting writes them only if absent, in one transaction with the balance
+//! updates, so a duplicate changes nothing even if it arrives with another envelope id. Postings
+//! commute, so late or early delivery changes nothing either: entries still list in trade
+//! order (their keys sort by sequence number).
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use shared::{
+    Error, config,
+    domain::ledger::journal,
+    events::{Envelope, Message},
+    store::ledger::{DynamoLedgerStore, LedgerStore, Posted},
+    worker::process_batch,
+};
+
+pub struct Config {
+    pub table_name: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, config::MissingVar> {
+        Ok(Config {
+            table_name: config::var("TABLE_NAME")?,
+        })
+    }
+}
+
+pub struct App<S> {
+    pub store: S,
+}
+
+pub type AwsApp = App<DynamoLedgerStore>;
+
+impl AwsApp {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        App {
+            store: DynamoLedgerStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
+        }
+    }
+}
+
+pub async fn handle<S: LedgerStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
+    process_batch(event, order_key, |env| apply(app, env)).await
+}
+
+/// One account's postings one at a time (they update the same balance items, and concurrent
+/// transactions on one item would conflict); accounts concurrently.
+fn order_key(env: &Envelope) -> String {
+    match &env.message {
+        Message::TradeExecuted(t) => t.account_id.to_string(),
+        _ => env.id.to_string(),
+    }
+}
+
+async fn apply<S: LedgerStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
+    let Message::TradeExecuted(trade) = &env.message else {
+        return Err(Error::invalid(
+            "detail-type",
+            format!(
+                "the ledger worker does not handle {}",
+                env.message.detail_type()
+            ),
+        ));
+    };
+    let lines = journal(trade).map_err(|e| Error::invalid("data", e.to_string()))?;
+    if app.store.post(&lines).await? == Posted::Duplicate {
+        tracing::info!(trade_id = %trade.trade_id, "trade posted before; ignored");
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The positions HTTP API: an account's positions (quantity, average price, realized P&L), as
+//! the positions worker keeps them from `TradeExecuted` events.
+
+use lambda_http::{Body, Request, Response, http::Method};
+use shared::{
+    Error, config,
+    domain::{ids::AccountId, trades::Symbol},
+    http::{json, limit, query},
+    store::positions::{DynamoPositionStore, PositionStore},
+};
+
+pub struct Config {
+    pub table_name: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, config::MissingVar> {
+        Ok(Config {
+            table_name: config::var("TABLE_NAME")?,
+        })
+    }
+}
+
+pub struct App<S> {
+    pub store: S,
+}
+
+pub type AwsApp = App<DynamoPositionStore>;
+
+impl AwsApp {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        App {
+            store: DynamoPositionStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
+        }
+    }
+}
+
+/// Handles one request; every error becomes a problem+json response here.
+pub async fn handle<S: PositionStore>(app: &App<S>, req: Request) -> Response<Body> {
+    shared::http::into_response(route(app, req).await)
+}
+
+async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["accounts", account, "positions"]) => {
+            let account = account_id(account)?;
+            let limit = limit(&req)?;
+            let cursor = query::<String>(&req, "cursor")?;
+            Ok(json(
+                200,
+                &app.store.list(&account, limit, cursor.as_deref()).await?,
+            ))
+        }
+        (Method::GET, ["accounts", account, "positions", symbol]) => {
+            let account = account_id(account)?;
+            let symbol: Symbol = symbol
+                .parse()
+                .map_err(|e: String| Error::invalid("symbol", e))?;
+            match app.store.get(&account, &symbol).await? {
+                Some(p) => Ok(json(200, &p)),
+                None => Err(Error::NotFound(format!(
+                    "account {account} has no position in {symbol}"
+                ))),
+            }
+        }
+        (_, ["accounts", _, "positions"] | ["accounts", _, "positions", _]) => {
+            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
+        }
+        _ => Err(Error::NotFound(format!("no route for {path}"))),
+    }
+}
+
+fn account_id(raw: &str) -> Result<AccountId, Error> {
+    raw.parse()
+        .map_err(|e: String| Error::invalid("accountId", e))
+}

@@ -1,0 +1,119 @@
+//! The positions worker: applies `TradeExecuted` events to positions, in trade order per
+//! account, each once.
+//!
+//! The events come from a standard queue (EventBridge → SQS), which may deliver late,
+//! early or twice. Each event carries the account's trade sequence number and the store keeps
+//! the last one applied per account, so an event is applied only when it is the next one
+//! (moving the cursor in the same transaction as the position), ignored when it is old (a
+//! duplicate), and failed when it is early: SQS redelivers it after the missing one has
+//! arrived. The cursor is the deduplication record, so no separate inbox is needed: nothing is
+//! published, and even a republished copy with a new envelope id is recognised.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use shared::{
+    Error, config,
+    domain::positions::{Cursor, Position, cursor},
+    domain::trades::TradeExecuted,
+    events::{Envelope, Message},
+    store::positions::{Advanced, DynamoPositionStore, PositionStore},
+    worker::{decode, process_batch},
+};
+
+pub struct Config {
+    pub table_name: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, config::MissingVar> {
+        Ok(Config {
+            table_name: config::var("TABLE_NAME")?,
+        })
+    }
+}
+
+pub struct App<S> {
+    pub store: S,
+}
+
+pub type AwsApp = App<DynamoPositionStore>;
+
+impl AwsApp {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        App {
+            store: DynamoPositionStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
+        }
+    }
+}
+
+/// Retries when a concurrent delivery moves the cursor between read and write.
+const WRITE_ATTEMPTS: usize = 5;
+
+pub async fn handle<S: PositionStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
+    process_batch(in_trade_order(event), order_key, |env| apply(app, env)).await
+}
+
+/// Sorts a batch by account and trade sequence (undecodable records last), so a batch holding
+/// trades 2 and 1 applies 1 then 2 instead of failing 2 and everything after it.
+fn in_trade_order(mut event: SqsEvent) -> SqsEvent {
+    event
+        .records
+        .sort_by_cached_key(|r| match decode(r).map(|e| e.message) {
+            Ok(Message::TradeExecuted(t)) => (false, t.account_id.to_string(), t.sequence),
+            _ => (true, String::new(), 0),
+        });
+    event
+}
+
+fn order_key(env: &Envelope) -> String {
+    match &env.message {
+        Message::TradeExecuted(t) => t.account_id.to_string(),
+        _ => env.id.to_string(),
+    }
+}
+
+async fn apply<S: PositionStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
+    match &env.message {
+        Message::TradeExecuted(trade) => apply_trade(app, trade).await,
+        other => Err(Error::invalid(
+            "detail-type",
+            format!(
+                "the positions worker does not handle {}",
+                other.detail_type()
+            ),
+        )),
+    }
+}
+
+async fn apply_trade<S: PositionStore>(app: &App<S>, trade: &TradeExecuted) -> Result<(), Error> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let last = app.store.last_applied(&trade.account_id).await?;
+        match cursor(last, trade.sequence) {
+            Cursor::Next => {}
+            Cursor::Old => {
+                tracing::info!(trade_id = %trade.trade_id, sequence = trade.sequence, "trade applied before; ignored");
+                return Ok(());
+            }
+            Cursor::Early { expected } => {
+                return Err(Error::Unavailable(format!(
+                    "trade {} of account {} waits for trade {expected}",
+                    trade.sequence, trade.account_id
+                )));
+            }
+        }
+        let current = app
+            .store
+            .get(&trade.account_id, &trade.symbol)
+            .await?
+            .unwrap_or_else(|| Position::flat(trade.account_id.clone(), trade.symbol.clone()));
+        // A trade that cannot apply (a sale beyond the position) is a bug upstream: poison.
+        let next = current
+            .apply(trade)
+            .map_err(|e| Error::invalid("data", e.to_string()))?;
+        if app.store.advance(last, &next).await? == Advanced::Done {
+            return Ok(());
+        }
+    }
+    Err(Error::Unavailable(
+        "the account's positions kept changing".into(),
+    ))
+}

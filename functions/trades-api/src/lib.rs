@@ -1,0 +1,179 @@
+//! The trades HTTP API: `POST /trades` accepts an order (`202`, PENDING at once) and
+//! `GET /trades/{tradeId}` shows it PENDING, then EXECUTED or REJECTED with the reason.
+//!
+//! # Why commands go to an SQS FIFO queue, not EventBridge
+//!
+//! Trades of one account must execute in submission order (a SELL is judged against what the
+//! earlier BUYs left). EventBridge can deliver to a FIFO queue, but a rule target's
+//! `MessageGroupId` is one fixed string, which would serialize every account behind one group.
+//! So the API sends `SubmitTrade` straight to `TradesQueue.fifo` with `MessageGroupId` = the
+//! account (order per account, accounts in parallel) and `MessageDeduplicationId` = the trade
+//! id. This is the one command that bypasses the bus; its outcome events go on the bus as usual.
+
+use chrono::Utc;
+use lambda_http::{Body, Request, Response, http::Method};
+use serde::Deserialize;
+use serde_json::json;
+use shared::{
+    Error,
+    command::{self, Accept},
+    config,
+    domain::{
+        ids::AccountId,
+        money::{Literal, MAX_NOTIONAL, Price, Quantity, exact_mul},
+        trades::{Side, SubmitTrade, Symbol},
+    },
+    events::{Envelope, Message},
+    http::{correlation_id, json, parse_exact},
+    store::{
+        idempotency::{DynamoIdempotency, Idempotency},
+        trades::{DynamoTradeStore, TradeStore},
+    },
+};
+use uuid::Uuid;
+
+mod intake;
+
+pub use intake::{CommandQueue, FifoQueue, Intake};
+
+pub struct Config {
+    pub table_name: String,
+    pub queue_url: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, config::MissingVar> {
+        Ok(Config {
+            table_name: config::var("TABLE_NAME")?,
+            queue_url: config::var("TRADES_QUEUE_URL")?,
+        })
+    }
+}
+
+pub struct App<S, Q, I> {
+    pub store: S,
+    pub queue: Q,
+    pub idempotency: I,
+}
+
+pub type AwsApp = App<DynamoTradeStore, FifoQueue, DynamoIdempotency>;
+
+impl AwsApp {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        App {
+            store: DynamoTradeStore::new(dynamodb.clone(), config.table_name.clone()),
+            queue: FifoQueue::new(aws_sdk_sqs::Client::new(sdk), config.queue_url),
+            idempotency: DynamoIdempotency::new(dynamodb, config.table_name),
+        }
+    }
+}
+
+/// Namespace of trade ids derived from `Idempotency-Key`s (UUIDv5).
+const TRADE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8f1c_2a5e_7b3d_4c6f_9e0a_1b2c_3d4e_5f60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TradeBody {
+    account_id: AccountId,
+    symbol: Symbol,
+    side: Side,
+    quantity: Literal<Quantity>,
+    price: Literal<Price>,
+}
+
+/// Handles one request; every error becomes a problem+json response here.
+pub async fn handle<S: TradeStore, Q: CommandQueue, I: Idempotency>(
+    app: &App<S, Q, I>,
+    req: Request,
+) -> Response<Body> {
+    shared::http::into_response(route(app, req).await)
+}
+
+async fn route<S: TradeStore, Q: CommandQueue, I: Idempotency>(
+    app: &App<S, Q, I>,
+    req: Request,
+) -> Result<Response<Body>, Error> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::POST, ["trades"]) => submit(app, &req).await,
+        (Method::GET, ["trades", id]) => get_trade(app, id).await,
+        (_, ["trades"] | ["trades", _]) => {
+            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
+        }
+        _ => Err(Error::NotFound(format!("no route for {path}"))),
+    }
+}
+
+async fn get_trade<S: TradeStore, Q, I>(
+    app: &App<S, Q, I>,
+    id: &str,
+) -> Result<Response<Body>, Error> {
+    let not_found = || Error::NotFound(format!("no trade {id}"));
+    let trade_id: Uuid = id.parse().map_err(|_| not_found())?;
+    match app.store.get(trade_id).await? {
+        Some(trade) => Ok(json(200, &trade)),
+        None => Err(not_found()),
+    }
+}
+
+/// Accepts an order. With an `Idempotency-Key` the trade id is derived from the account and
+/// the key, so a retry after an ambiguous failure (the queue took the command but the answer
+/// was lost) names the same trade and can never execute a second one.
+async fn submit<S: TradeStore, Q: CommandQueue, I: Idempotency>(
+    app: &App<S, Q, I>,
+    req: &Request,
+) -> Result<Response<Body>, Error> {
+    let body: TradeBody = parse_exact(req)?;
+    let (quantity, price) = (body.quantity.0, body.price.0);
+    if exact_mul(quantity.get(), price.get()).map_or(true, |n| n > MAX_NOTIONAL) {
+        return Err(Error::invalid(
+            "quantity",
+            format!("quantity × price must be at most {MAX_NOTIONAL}"),
+        ));
+    }
+    let key = command::idempotency_key(req)?;
+    let scope = format!("account:{}", body.account_id);
+    let trade_id = match key {
+        Some(k) => Uuid::new_v5(&TRADE_ID_NAMESPACE, format!("{scope}\n{k}").as_bytes()),
+        None => Uuid::new_v4(),
+    };
+    let cmd = SubmitTrade {
+        trade_id,
+        account_id: body.account_id,
+        symbol: body.symbol,
+        side: body.side,
+        quantity,
+        price,
+        submitted_at: Utc::now(),
+    };
+    // Two requests are "the same" when they describe the same order: `10` and `"10.0"` are.
+    let fingerprint = json!({
+        "accountId": cmd.account_id, "symbol": cmd.symbol, "side": cmd.side,
+        "quantity": cmd.quantity, "price": cmd.price,
+    });
+    let envelope = Envelope {
+        id: trade_id,
+        correlation_id: correlation_id(req),
+        occurred_at: cmd.submitted_at,
+        message: Message::SubmitTrade(cmd),
+    };
+    let intake = Intake {
+        store: &app.store,
+        queue: &app.queue,
+    };
+    command::accept(
+        &app.idempotency,
+        &intake,
+        req,
+        Accept {
+            scope: &scope,
+            request: &fingerprint,
+            envelope,
+            location: format!("/trades/{trade_id}"),
+            body: json!({ "tradeId": trade_id, "status": "PENDING" }),
+        },
+    )
+    .await
+}

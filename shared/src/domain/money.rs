@@ -1,0 +1,469 @@
+//! Exact decimals for quantities, prices and money. No float is ever involved: values are
+//! `rust_decimal::Decimal` (96-bit integer mantissa and a decimal scale), JSON carries them as
+//! strings, and request bodies are read from the literal text the caller sent.
+//!
+//! # Limits (enforced at the edge, `422` naming the field)
+//!
+//! | value    | rule                                                  |
+//! |----------|-------------------------------------------------------|
+//! | quantity | `> 0`, at most 8 decimal places, at most `1e9`        |
+//! | price    | `> 0`, at most 8 decimal places, at most `1e9`        |
+//! | notional | `quantity × price` at most `1e12`                     |
+//!
+//! A value outside these (`1e400`, `0.000000001`, `0`, `-5`) is refused, never rounded. The
+//! notional limit keeps `quantity × price` (up to 16 decimal places) exact in 28 significant
+//! digits. Every later operation on money is checked with [`exact_add`], [`exact_sub`] and
+//! [`exact_mul`]: an operation whose exact result would not fit is an error, not a rounding.
+//! The only rounding in the system is the average price, defined as rounded half-to-even to
+//! [`PRICE_SCALE`] places ([`weighted_average`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Decimal places allowed in a quantity or price, and kept in an average price.
+pub const PRICE_SCALE: u32 = 8;
+/// `1e9`: the largest quantity, and the largest price, of one trade.
+pub const MAX_QUANTITY: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+pub const MAX_PRICE: Decimal = MAX_QUANTITY;
+/// `1e12`: the largest `quantity × price` of one trade.
+pub const MAX_NOTIONAL: Decimal = Decimal::from_parts(0xD4A5_1000, 0xE8, 0, false, 0);
+
+/// Parses a decimal literal, JSON-number syntax (`-12.5`, `1e3`, `2.5E-2`), refusing more than
+/// `max_scale` decimal places or a value above `max` before building anything, so that huge
+/// exponents (`1e400`) or long digit strings are errors rather than overflows.
+pub fn parse_bounded(text: &str, max_scale: u32, max: Decimal) -> Result<Decimal, String> {
+    let syntax = || "must be a decimal number, as a string or a number (e.g. \"12.5\")".to_owned();
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let (int, frac) = match mantissa.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (mantissa, ""),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int) || (mantissa.contains('.') && !all_digits(frac)) {
+        return Err(syntax());
+    }
+    // Exponents beyond ±10^6 saturate: either way the value is out of range or all-zero.
+    let exp: i64 = match exponent {
+        None => 0,
+        Some(e) => {
+            let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if !all_digits(digits) {
+                return Err(syntax());
+            }
+            let magnitude: i64 = digits[..digits.len().min(7)]
+                .parse()
+                .map_err(|_| syntax())?;
+            let magnitude = if digits.len() > 7 {
+                10_000_000
+            } else {
+                magnitude
+            };
+            if e.starts_with('-') {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+    };
+    // value = digits × 10^(exp - frac.len()), with insignificant zeros removed.
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let trimmed = digits.trim_end_matches('0');
+    let mut exp = exp - frac.len() as i64 + (digits.len() - trimmed.len()) as i64;
+    let digits = trimmed;
+    if digits.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    if -exp > i64::from(max_scale) {
+        return Err(format!("at most {max_scale} decimal places"));
+    }
+    // Integer digits beyond 20 exceed every limit here and would not fit the mantissa.
+    if digits.len() as i64 + exp > 20 {
+        return Err(format!("must be at most {max}"));
+    }
+    let mut units: i128 = digits.parse().map_err(|_| syntax())?;
+    while exp > 0 {
+        units *= 10;
+        exp -= 1;
+    }
+    let scale = u32::try_from(-exp).map_err(|_| syntax())?;
+    let value = Decimal::try_from_i128_with_scale(if negative { -units } else { units }, scale)
+        .map_err(|_| format!("must be at most {max}"))?;
+    if value.abs() > max {
+        return Err(format!("must be at most {max}"));
+    }
+    Ok(value)
+}
+
+/// Parses a positive bounded decimal (quantities and prices).
+fn parse_positive(text: &str, max_scale: u32, max: Decimal) -> Result<Decimal, String> {
+    let value = parse_bounded(text, max_scale, max)?;
+    if value <= Decimal::ZERO {
+        return Err("must be greater than 0".into());
+    }
+    Ok(value)
+}
+
+macro_rules! positive_decimal {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Decimal);
+
+        impl $name {
+            pub fn get(self) -> Decimal {
+                self.0
+            }
+        }
+
+        impl TryFrom<Decimal> for $name {
+            type Error = String;
+            fn try_from(d: Decimal) -> Result<Self, String> {
+                d.normalize().to_string().parse()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                parse_positive(s, PRICE_SCALE, $max).map(|d| $name(d.normalize()))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+
+        /// Stored values and events carry strings; request bodies go through [`Literal`].
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(D::Error::custom)
+            }
+        }
+    };
+}
+
+positive_decimal!(
+    /// The number of units of one trade: `> 0`, at most 8 decimal places, at most `1e9`.
+    Quantity,
+    MAX_QUANTITY
+);
+positive_decimal!(
+    /// The price of one unit: `> 0`, at most 8 decimal places, at most `1e9`.
+    Price,
+    MAX_PRICE
+);
+
+/// Any exact decimal the system computes (positions, P&L, journal amounts, balances),
+/// serialized as a normalized string (`"12.5"`, `"-300"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Amount(Decimal);
+
+impl Amount {
+    pub const ZERO: Amount = Amount(Decimal::ZERO);
+
+    pub fn new(d: Decimal) -> Self {
+        Amount(d.normalize())
+    }
+
+    pub fn get(self) -> Decimal {
+        self.0
+    }
+}
+
+impl From<Decimal> for Amount {
+    fn from(d: Decimal) -> Self {
+        Amount::new(d)
+    }
+}
+
+impl FromStr for Amount {
+    type Err = String;
+    /// Plain (`-12.5`) or scientific (`1.25E+3`, as DynamoDB or an emulator may return
+    /// numbers) notation; anything not exactly representable is an error.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = if s.contains(['e', 'E']) {
+            Decimal::from_scientific(s)
+        } else {
+            Decimal::from_str_exact(s)
+        };
+        parsed
+            .map(Amount::new)
+            .map_err(|_| format!("{s:?} is not an exact decimal"))
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(D::Error::custom)
+    }
+}
+
+/// A request-body field holding a decimal as a JSON string **or number**, parsed from the
+/// literal text the caller sent (serde_json's `RawValue`), so `0.1` is exactly one tenth and
+/// `1e400` is a range error naming the field, never an `f64` or a parse failure of the body.
+/// Only works when deserializing straight from bytes ([`crate::http::parse_exact`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Literal<T>(pub T);
+
+impl<'de, T> Deserialize<'de> for Literal<T>
+where
+    T: FromStr<Err = String>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let text = raw.get();
+        let literal = match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<String>(text).map_err(D::Error::custom)?,
+            Some(b'-' | b'0'..=b'9') => text.to_owned(),
+            _ => {
+                return Err(D::Error::custom(
+                    "must be a decimal number, as a string or a number (e.g. \"12.5\")",
+                ));
+            }
+        };
+        literal.parse().map(Literal).map_err(D::Error::custom)
+    }
+}
+
+/// Why an exact operation could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} does not fit an exact decimal (28 significant digits)")]
+pub struct Inexact(pub &'static str);
+
+/// `a + b`, or an error when the exact sum does not fit (never a rounded sum). Conservative:
+/// `rust_decimal` rescales (rounds) only when the exact result overflows, and then the
+/// result's scale drops below the operands'.
+pub fn exact_add(a: Decimal, b: Decimal) -> Result<Decimal, Inexact> {
+    let sum = a.checked_add(b).ok_or(Inexact("sum"))?;
+    if sum.scale() < a.scale().max(b.scale()) {
+        return Err(Inexact("sum"));
+    }
+    Ok(sum.normalize())
+}
+
+pub fn exact_sub(a: Decimal, b: Decimal) -> Result<Decimal, Inexact> {
+    exact_add(a, -b)
+}
+
+/// `a × b`, or an error when the exact product does not fit (see [`exact_add`]).
+pub fn exact_mul(a: Decimal, b: Decimal) -> Result<Decimal, Inexact> {
+    let (a, b) = (a.normalize(), b.normalize());
+    let product = a.checked_mul(b).ok_or(Inexact("product"))?;
+    if product.scale() < a.scale() + b.scale() {
+        return Err(Inexact("product"));
+    }
+    Ok(product.normalize())
+}
+
+/// The weighted average of `(q1 at p1)` and `(q2 at p2)`, rounded half-to-even to
+/// [`PRICE_SCALE`] places: `(q1·p1 + q2·p2) / (q1 + q2)`. Computed on 128-bit integers in units
+/// of 10^-8, where every quantity up to `1e12` and price up to `1e9` fits without overflow.
+pub fn weighted_average(
+    q1: Decimal,
+    p1: Decimal,
+    q2: Decimal,
+    p2: Decimal,
+) -> Result<Decimal, Inexact> {
+    let units = |d: Decimal| -> Result<i128, Inexact> {
+        let d = d.normalize();
+        let shift = PRICE_SCALE
+            .checked_sub(d.scale())
+            .ok_or(Inexact("average"))?;
+        d.mantissa()
+            .checked_mul(10i128.pow(shift))
+            .ok_or(Inexact("average"))
+    };
+    let product = |q, p| -> Result<i128, Inexact> {
+        units(q)?.checked_mul(units(p)?).ok_or(Inexact("average"))
+    };
+    let numerator = product(q1, p1)?
+        .checked_add(product(q2, p2)?)
+        .ok_or(Inexact("average"))?;
+    let denominator = units(q1)? + units(q2)?;
+    // numerator is in units of 10^-16 and denominator of 10^-8: the quotient is in 10^-8.
+    round_half_even(numerator, denominator, PRICE_SCALE)
+}
+
+/// `n / d` (integers, `d > 0`) rounded half-to-even to an integer, read as a decimal with
+/// `scale` places. One exact integer division: no double rounding.
+fn round_half_even(n: i128, d: i128, scale: u32) -> Result<Decimal, Inexact> {
+    if d <= 0 {
+        return Err(Inexact("quotient"));
+    }
+    let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+    let twice = r.checked_mul(2).ok_or(Inexact("quotient"))?;
+    let units = if twice > d || (twice == d && q % 2 != 0) {
+        q + 1
+    } else {
+        q
+    };
+    Decimal::try_from_i128_with_scale(units, scale)
+        .map(|v| v.normalize())
+        .map_err(|_| Inexact("quotient"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).unwrap()
+    }
+
+    #[test]
+    fn limits_are_the_documented_numbers() {
+        assert_eq!(MAX_QUANTITY.to_string(), "1000000000");
+        assert_eq!(MAX_NOTIONAL.to_string(), "1000000000000");
+    }
+
+    #[test]
+    fn quantities_parse_exactly_or_name_the_rule() {
+        let q = |s: &str| s.parse::<Quantity>().map(|q| q.to_string());
+        assert_eq!(q("10").unwrap(), "10");
+        assert_eq!(q("0.10000000").unwrap(), "0.1");
+        assert_eq!(q("1e3").unwrap(), "1000");
+        assert_eq!(q("2.5E-2").unwrap(), "0.025");
+        assert_eq!(q("0.00000001").unwrap(), "0.00000001");
+        assert_eq!(q("1000000000").unwrap(), "1000000000");
+        assert!(q("0.000000001").unwrap_err().contains("8 decimal places"));
+        assert!(q("1e400").unwrap_err().contains("at most"));
+        assert!(q("1e99999999999999999999").unwrap_err().contains("at most"));
+        assert!(q("1e-400").unwrap_err().contains("decimal places"));
+        assert!(q("1000000000.00000001").unwrap_err().contains("at most"));
+        assert!(q(&"9".repeat(40)).unwrap_err().contains("at most"));
+        assert!(q("0").unwrap_err().contains("greater than 0"));
+        assert!(q("0e5").unwrap_err().contains("greater than 0"));
+        assert!(q("-5").unwrap_err().contains("greater than 0"));
+        for bad in [
+            "", "abc", "1.", ".5", "1e", "1e+", "+1", " 1", "1,5", "NaN", "0x10", "1..2",
+        ] {
+            assert!(q(bad).unwrap_err().contains("decimal number"), "{bad:?}");
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Body {
+        quantity: Literal<Quantity>,
+    }
+
+    fn body(json: &str) -> Result<Quantity, String> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize::<_, Body>(&mut de)
+            .map(|b| b.quantity.0)
+            .map_err(|e| format!("{}: {}", e.path(), e.inner()))
+    }
+
+    #[test]
+    fn request_literals_keep_their_exact_text() {
+        assert_eq!(body(r#"{"quantity": 0.1}"#).unwrap().to_string(), "0.1");
+        assert_eq!(body(r#"{"quantity": "0.1"}"#).unwrap().to_string(), "0.1");
+        assert_eq!(
+            body(r#"{"quantity": 123456789.12345678}"#)
+                .unwrap()
+                .to_string(),
+            "123456789.12345678"
+        );
+        for bad in [
+            r#"{"quantity": 1e400}"#,
+            r#"{"quantity": true}"#,
+            r#"{"quantity": null}"#,
+            r#"{"quantity": [1]}"#,
+            r#"{"quantity": {"a": 1}}"#,
+            r#"{"quantity": -1}"#,
+            r#"{"quantity": 0.123456789}"#,
+        ] {
+            let e = body(bad).unwrap_err();
+            assert!(e.starts_with("quantity: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn stored_values_round_trip_as_strings() {
+        let q: Quantity = "12.50".parse().unwrap();
+        assert_eq!(serde_json::to_string(&q).unwrap(), r#""12.5""#);
+        assert_eq!(serde_json::from_str::<Quantity>(r#""12.5""#).unwrap(), q);
+        assert!(serde_json::from_str::<Quantity>("12.5").is_err());
+        let a: Amount = "1.25E+3".parse().unwrap();
+        assert_eq!(a.to_string(), "1250");
+        assert_eq!("-0.50".parse::<Amount>().unwrap().to_string(), "-0.5");
+        assert!("1e400".parse::<Amount>().is_err());
+    }
+
+    #[test]
+    fn exact_operations_fail_rather_than_round() {
+        assert_eq!(exact_mul(d("1.5"), d("2")).unwrap(), d("3"));
+        assert_eq!(
+            exact_mul(MAX_QUANTITY, d("1000")).unwrap().to_string(),
+            "1000000000000"
+        );
+        let tiny = d("0.00000001");
+        let big = d("999999999999.99999999");
+        assert!(exact_mul(big, big).is_err(), "needs 40 digits");
+        assert!(exact_add(d("79228162514264337593543950335"), d("0.1")).is_err());
+        assert_eq!(exact_sub(tiny, tiny).unwrap(), Decimal::ZERO);
+    }
+
+    #[test]
+    fn averages_round_half_to_even_once() {
+        let avg = |q1: &str, p1: &str, q2: &str, p2: &str| {
+            weighted_average(d(q1), d(p1), d(q2), d(p2))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(avg("1", "1", "2", "2"), "1.66666667");
+        assert_eq!(avg("0", "0", "3", "7.5"), "7.5");
+        assert_eq!(
+            avg("1", "0.00000001", "1", "0.00000002"),
+            "0.00000002",
+            "1.5e-8 -> even"
+        );
+        assert_eq!(
+            avg("1", "0.00000003", "1", "0.00000002"),
+            "0.00000002",
+            "2.5e-8 -> even"
+        );
+        // the largest holding at the largest price still fits
+        let top = avg(
+            "1000000000000",
+            "1000000000",
+            "1000000000",
+            "999999999.99999999",
+        );
+        assert_eq!(top, "1000000000", "1e9 - 1e-11, rounded");
+        assert_eq!(round_half_even(-25, 2, 2).unwrap().to_string(), "-0.12");
+    }
+}

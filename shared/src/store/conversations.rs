@@ -1,0 +1,455 @@
+//! The conversations table: conversations (`CONV#<id>` / `CONVERSATION`), their messages
+//! (`CONV#<id>` / `MSG#<messageId>`, so one query lists them in id order, which is acceptance
+//! order), the service's projection of agents (`AGENT#<id>` / `AGENT`), the inbox and
+//! idempotency keys.
+//!
+//! Writes are optimistic: every item carries a `version` and is replaced only if the stored
+//! version is still the one read, together with the inbox record of the message that caused it.
+//! QUEUED conversations also carry `queue` and `queuedAt`, the keys of the sparse `byQueue`
+//! index (oldest first). Records the API writes before publishing (PENDING conversations,
+//! ACCEPTED messages) carry `expiresAt`, so one whose command never got published expires;
+//! the worker's first write drops it.
+
+use std::{collections::HashMap, future::Future};
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use super::agents::Write;
+use super::inbox::{DynamoInbox, Inbox, InboxRecord};
+use super::{Page, cancellation_codes, decode_cursor, encode_cursor, n, s};
+use crate::domain::agents::{AgentState, Skills};
+use crate::domain::conversations::{Conversation, ConversationStatus, Message, MessageStatus};
+use crate::domain::ids::{AgentId, ConversationId, MessageId};
+use crate::{Error, aws::classify};
+
+/// What the conversations service knows of an agent, from `AgentStateChanged` events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub agent_id: AgentId,
+    pub state: AgentState,
+    pub skills: Skills,
+    /// The agents service's state version: events apply only in increasing order.
+    pub version: u64,
+}
+
+/// How long a provisional record lives if its command was never published.
+const PROVISIONAL_SECS: i64 = 24 * 3600;
+/// Upper bound on queued conversations examined to find those an agent can take.
+const MAX_QUEUED_SCAN: usize = 500;
+
+pub trait ConversationStore: Inbox {
+    fn get(
+        &self,
+        id: &ConversationId,
+    ) -> impl Future<Output = Result<Option<Conversation>, Error>> + Send;
+
+    fn message(
+        &self,
+        conversation: &ConversationId,
+        id: &MessageId,
+    ) -> impl Future<Output = Result<Option<Message>, Error>> + Send;
+
+    /// A conversation's messages in acceptance order.
+    fn messages(
+        &self,
+        conversation: &ConversationId,
+        limit: i32,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<Page<Message>, Error>> + Send;
+
+    /// Writes `next` if the stored version is still `expected` (absent when `None`), with the
+    /// inbox record when given (without one, the write is a step a redelivery may repeat).
+    fn save(
+        &self,
+        expected: Option<u64>,
+        next: &Conversation,
+        record: Option<&InboxRecord>,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
+
+    /// Like [`ConversationStore::save`], for a message.
+    fn save_message(
+        &self,
+        expected: Option<u64>,
+        next: &Message,
+        record: Option<&InboxRecord>,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
+
+    /// Deletes a provisional record (compensation when its command could not be published);
+    /// nothing happens once the worker has taken it over.
+    fn discard(
+        &self,
+        conversation: &ConversationId,
+        message: Option<&MessageId>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Records a message that changed nothing.
+    fn record(&self, record: &InboxRecord) -> impl Future<Output = Result<Write, Error>> + Send;
+
+    fn agent(&self, id: &AgentId) -> impl Future<Output = Result<Option<AgentView>, Error>> + Send;
+
+    fn save_agent(
+        &self,
+        expected: Option<u64>,
+        next: &AgentView,
+        record: &InboxRecord,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
+
+    /// Up to `max` QUEUED conversations, oldest first, that an agent with `skills` can take
+    /// (any, when `None`). Read from an index, so possibly stale: re-read before acting.
+    fn queued(
+        &self,
+        skills: Option<&Skills>,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Conversation>, Error>> + Send;
+}
+
+#[derive(Clone)]
+pub struct DynamoConversationStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    inbox: DynamoInbox,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn conversation_key(id: &ConversationId) -> AttributeValue {
+    s(format!("CONV#{id}"))
+}
+
+const CONVERSATION_SK: &str = "CONVERSATION";
+
+fn message_sk(id: &MessageId) -> AttributeValue {
+    s(format!("MSG#{id}"))
+}
+
+fn agent_key(id: &AgentId) -> AttributeValue {
+    s(format!("AGENT#{id}"))
+}
+
+fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, Error> {
+    serde_dynamo::from_item(item).map_err(|e| Error::Internal(format!("decoding item: {e}")))
+}
+
+fn to_item<T: Serialize>(v: &T) -> Result<Item, Error> {
+    serde_dynamo::to_item(v).map_err(|e| Error::Internal(format!("encoding item: {e}")))
+}
+
+fn expires() -> AttributeValue {
+    n(chrono::Utc::now().timestamp() + PROVISIONAL_SECS)
+}
+
+/// The item of a conversation, with its index keys while QUEUED and its expiry while PENDING.
+fn conversation_item(c: &Conversation) -> Result<Item, Error> {
+    let mut item = to_item(c)?;
+    item.insert("pk".into(), conversation_key(&c.conversation_id));
+    item.insert("sk".into(), s(CONVERSATION_SK));
+    match c.status {
+        ConversationStatus::Queued => {
+            item.insert("queue".into(), s("QUEUED"));
+            // Zero-padded so that the string order is the time order.
+            let at = c.created_at.timestamp_micros();
+            item.insert(
+                "queuedAt".into(),
+                s(format!("{at:020}#{}", c.conversation_id)),
+            );
+        }
+        ConversationStatus::Pending => {
+            item.insert("expiresAt".into(), expires());
+        }
+        _ => {}
+    }
+    Ok(item)
+}
+
+fn message_item(m: &Message) -> Result<Item, Error> {
+    let mut item = to_item(m)?;
+    item.insert("pk".into(), conversation_key(&m.conversation_id));
+    item.insert("sk".into(), message_sk(&m.message_id));
+    if m.status == MessageStatus::Accepted {
+        item.insert("expiresAt".into(), expires());
+    }
+    Ok(item)
+}
+
+impl DynamoConversationStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        let inbox = DynamoInbox::new(client.clone(), table.clone());
+        DynamoConversationStore {
+            client,
+            table,
+            inbox,
+        }
+    }
+
+    async fn get_item(
+        &self,
+        pk: AttributeValue,
+        sk: AttributeValue,
+    ) -> Result<Option<Item>, Error> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk)
+            .key("sk", sk)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// A conditional put of `item`: absent when `expected` is `None`, else at that version.
+    fn put(&self, item: Item, expected: Option<u64>) -> Result<TransactWriteItem, Error> {
+        let put = Put::builder().table_name(&self.table).set_item(Some(item));
+        let put = match expected {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => put
+                .condition_expression("#version = :expected")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":expected", n(v)),
+        };
+        let put = put
+            .build()
+            .map_err(|e| Error::Internal(format!("building request: {e}")))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// Writes `item` and the record in one transaction.
+    async fn write(
+        &self,
+        item: TransactWriteItem,
+        record: Option<&InboxRecord>,
+    ) -> Result<Write, Error> {
+        let mut items = vec![item];
+        if let Some(r) = record {
+            items.push(self.inbox.put(r)?);
+        }
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Write::Done),
+            Err(e) => match cancellation_codes(&e) {
+                Some(codes) if codes.get(1).is_some_and(|c| c == "ConditionalCheckFailed") => {
+                    Ok(Write::Duplicate)
+                }
+                Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => {
+                    Ok(Write::Conflict)
+                }
+                _ => Err(classify("TransactWriteItems", e)),
+            },
+        }
+    }
+}
+
+impl Inbox for DynamoConversationStore {
+    async fn processed(&self, id: Uuid) -> Result<Option<InboxRecord>, Error> {
+        self.inbox.processed(id).await
+    }
+
+    async fn mark_published(&self, id: Uuid) -> Result<(), Error> {
+        self.inbox.mark_published(id).await
+    }
+}
+
+impl ConversationStore for DynamoConversationStore {
+    async fn get(&self, id: &ConversationId) -> Result<Option<Conversation>, Error> {
+        self.get_item(conversation_key(id), s(CONVERSATION_SK))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn message(
+        &self,
+        conversation: &ConversationId,
+        id: &MessageId,
+    ) -> Result<Option<Message>, Error> {
+        self.get_item(conversation_key(conversation), message_sk(id))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn messages(
+        &self,
+        conversation: &ConversationId,
+        limit: i32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Message>, Error> {
+        let pk = conversation_key(conversation);
+        let start = cursor.map(decode_cursor).transpose()?;
+        // A cursor of another conversation (or list) would make DynamoDB fail the query.
+        if let Some(key) = &start {
+            let sk_ok = key
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|v| v.starts_with("MSG#"));
+            if key.get("pk") != Some(&pk) || !sk_ok || key.len() != 2 {
+                return Err(Error::invalid(
+                    "cursor",
+                    "not a cursor of this conversation's messages",
+                ));
+            }
+        }
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :msg)")
+            .expression_attribute_values(":pk", pk)
+            .expression_attribute_values(":msg", s("MSG#"))
+            .consistent_read(true)
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| classify("Query messages", e))?;
+        let items = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item)
+            .collect::<Result<Vec<Message>, _>>()?;
+        Ok(Page {
+            items,
+            next_cursor: encode_cursor(out.last_evaluated_key.as_ref()),
+        })
+    }
+
+    async fn save(
+        &self,
+        expected: Option<u64>,
+        next: &Conversation,
+        record: Option<&InboxRecord>,
+    ) -> Result<Write, Error> {
+        let put = self.put(conversation_item(next)?, expected)?;
+        self.write(put, record).await
+    }
+
+    async fn save_message(
+        &self,
+        expected: Option<u64>,
+        next: &Message,
+        record: Option<&InboxRecord>,
+    ) -> Result<Write, Error> {
+        let put = self.put(message_item(next)?, expected)?;
+        self.write(put, record).await
+    }
+
+    async fn discard(
+        &self,
+        conversation: &ConversationId,
+        message: Option<&MessageId>,
+    ) -> Result<(), Error> {
+        let (sk, provisional) = match message {
+            Some(m) => (message_sk(m), "ACCEPTED"),
+            None => (s(CONVERSATION_SK), "PENDING"),
+        };
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", conversation_key(conversation))
+            .key("sk", sk)
+            .condition_expression("#status = :provisional AND #version = :zero")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":provisional", s(provisional))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+                match e.as_service_error() {
+                    // The worker applied the command after all: keep its result.
+                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(()),
+                    _ => Err(classify("DeleteItem provisional", e)),
+                }
+            }
+        }
+    }
+
+    async fn record(&self, record: &InboxRecord) -> Result<Write, Error> {
+        match self
+            .client
+            .transact_write_items()
+            .transact_items(self.inbox.put(record)?)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Write::Done),
+            Err(e) if cancellation_codes(&e).is_some() => Ok(Write::Duplicate),
+            Err(e) => Err(classify("TransactWriteItems inbox", e)),
+        }
+    }
+
+    async fn agent(&self, id: &AgentId) -> Result<Option<AgentView>, Error> {
+        self.get_item(agent_key(id), s("AGENT"))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn save_agent(
+        &self,
+        expected: Option<u64>,
+        next: &AgentView,
+        record: &InboxRecord,
+    ) -> Result<Write, Error> {
+        let mut item = to_item(next)?;
+        item.insert("pk".into(), agent_key(&next.agent_id));
+        item.insert("sk".into(), s("AGENT"));
+        let put = self.put(item, expected)?;
+        self.write(put, Some(record)).await
+    }
+
+    async fn queued(
+        &self,
+        skills: Option<&Skills>,
+        max: usize,
+    ) -> Result<Vec<Conversation>, Error> {
+        let mut found = Vec::new();
+        let mut examined = 0;
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("byQueue")
+                .key_condition_expression("#queue = :queued")
+                .expression_attribute_names("#queue", "queue")
+                .expression_attribute_values(":queued", s("QUEUED"))
+                .scan_index_forward(true)
+                .limit(50)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| classify("Query queued conversations", e))?;
+            for item in out.items.unwrap_or_default() {
+                examined += 1;
+                let c: Conversation = from_item(item)?;
+                if skills.is_none_or(|have| have.contains_all(&c.skills)) {
+                    found.push(c);
+                    if found.len() >= max {
+                        return Ok(found);
+                    }
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() || examined >= MAX_QUEUED_SCAN {
+                return Ok(found);
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The positions table: one item per account and symbol (`ACCOUNT#<id>` / `POSITION#<symbol>`)
+//! and the account's cursor (`ACCOUNT#<id>` / `CURSOR`: the sequence number of the last trade
+//! applied). A position changes only in the transaction that advances the cursor by exactly
+//! one, so trades apply once each and in trade order, whatever order SQS delivers them in.
+
+use std::future::Future;
+
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+
+use super::items::{build_err, from_item, get, query_prefix, start_key, to_item, transact};
+use super::{Page, encode_cursor, n, s};
+use crate::Error;
+use crate::domain::ids::AccountId;
+use crate::domain::positions::Position;
+use crate::domain::trades::Symbol;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advanced {
+    Done,
+    /// The cursor moved since it was read (a concurrent delivery applied this trade).
+    Conflict,
+}
+
+pub trait PositionStore: Send + Sync {
+    fn get(
+        &self,
+        account: &AccountId,
+        symbol: &Symbol,
+    ) -> impl Future<Output = Result<Option<Position>, Error>> + Send;
+
+    fn list(
+        &self,
+        account: &AccountId,
+        limit: i32,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<Page<Position>, Error>> + Send;
+
+    /// The sequence number of the account's last applied trade (0: none yet).
+    fn last_applied(&self, account: &AccountId) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Writes `next` and moves the account's cursor from `last` to `next.last_sequence`.
+    fn advance(
+        &self,
+        last: u64,
+        next: &Position,
+    ) -> impl Future<Output = Result<Advanced, Error>> + Send;
+}
+
+#[derive(Clone)]
+pub struct DynamoPositionStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn account_pk(account: &AccountId) -> String {
+    format!("ACCOUNT#{account}")
+}
+
+const POSITION: &str = "POSITION#";
+
+impl DynamoPositionStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        DynamoPositionStore { client, table }
+    }
+}
+
+impl PositionStore for DynamoPositionStore {
+    async fn get(&self, account: &AccountId, symbol: &Symbol) -> Result<Option<Position>, Error> {
+        get(
+            &self.client,
+            &self.table,
+            account_pk(account),
+            format!("{POSITION}{symbol}"),
+            "GetItem position",
+        )
+        .await?
+        .map(from_item)
+        .transpose()
+    }
+
+    async fn list(
+        &self,
+        account: &AccountId,
+        limit: i32,
+        cursor: Option<&str>,
+    ) -> Result<Page<Position>, Error> {
+        let pk = account_pk(account);
+        let start = start_key(cursor, &pk, POSITION)?;
+        let (items, last) =
+            query_prefix(&self.client, &self.table, pk, POSITION, Some(limit), start).await?;
+        Ok(Page {
+            items: items.into_iter().map(from_item).collect::<Result<_, _>>()?,
+            next_cursor: encode_cursor(last.as_ref()),
+        })
+    }
+
+    async fn last_applied(&self, account: &AccountId) -> Result<u64, Error> {
+        let item = get(
+            &self.client,
+            &self.table,
+            account_pk(account),
+            "CURSOR".into(),
+            "GetItem cursor",
+        )
+        .await?;
+        item.as_ref()
+            .and_then(|i| i.get("lastSequence"))
+            .and_then(|v| v.as_n().ok())
+            .map_or(Ok(0), |v| v.parse())
+            .map_err(|e| Error::Internal(format!("cursor: {e}")))
+    }
+
+    async fn advance(&self, last: u64, next: &Position) -> Result<Advanced, Error> {
+        let pk = account_pk(&next.account_id);
+        let mut cursor = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(&pk))
+            .key("sk", s("CURSOR"))
+            .update_expression("SET lastSequence = :next")
+            .expression_attribute_values(":next", n(next.last_sequence));
+        cursor = if last == 0 {
+            cursor.condition_expression("attribute_not_exists(lastSequence)")
+        } else {
+            cursor
+                .condition_expression("lastSequence = :last")
+                .expression_attribute_values(":last", n(last))
+        };
+        let position = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(to_item(
+                next,
+                pk,
+                format!("{POSITION}{}", next.symbol),
+            )?))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder()
+                .update(cursor.build().map_err(build_err)?)
+                .build(),
+            TransactWriteItem::builder().put(position).build(),
+        ];
+        Ok(match transact(&self.client, items).await? {
+            None => Advanced::Done,
+            Some(_) => Advanced::Conflict,
+        })
+    }
+}

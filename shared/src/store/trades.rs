@@ -1,0 +1,303 @@
+//! The trades table: trades (`TRADE#<id>`), each account's book (`ACCOUNT#<id>` / `BOOK`: how
+//! many trades it executed) and holdings (`ACCOUNT#<id>` / `HOLDING#<symbol>`), the inbox and
+//! idempotency keys.
+//!
+//! The book's `executed` counter is the account's version: holdings change only when it
+//! advances, and every decision is written on condition that it did not move since it was read,
+//! so two deliveries of trades of one account can never both decide on the same holdings.
+
+use std::future::Future;
+
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
+use uuid::Uuid;
+
+use super::inbox::{DynamoInbox, Inbox, InboxRecord};
+use super::items::{build_err, failed, from_item, get, to_item, transact};
+use super::{n, s};
+use crate::Error;
+use crate::aws::classify;
+use crate::domain::ids::AccountId;
+use crate::domain::money::Amount;
+use crate::domain::trades::{Symbol, Trade, TradeStatus};
+
+/// What an account holds of one symbol, and how many trades it has executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Book {
+    pub executed: u64,
+    pub holding: Amount,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    Created,
+    /// A trade with this id exists already (a retried request with the same key).
+    Exists(Box<Trade>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawn {
+    Withdrawn,
+    /// The trade is no longer PENDING: the worker received the command after all.
+    Decided,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    Done,
+    /// The account's book moved since it was read: read again and decide again.
+    Conflict,
+    /// The command was already processed (its inbox record exists).
+    Duplicate,
+}
+
+pub trait TradeStore: Inbox {
+    fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<Trade>, Error>> + Send;
+
+    /// Records a PENDING trade unless one with its id exists.
+    fn create_pending(&self, trade: &Trade) -> impl Future<Output = Result<Created, Error>> + Send;
+
+    /// Deletes a trade if it is still PENDING (its command could not be sent).
+    fn withdraw(&self, id: Uuid) -> impl Future<Output = Result<Withdrawn, Error>> + Send;
+
+    fn book(
+        &self,
+        account: &AccountId,
+        symbol: &Symbol,
+    ) -> impl Future<Output = Result<Book, Error>> + Send;
+
+    /// Writes the decided `trade`, the new `holding` when it executed, the book's new count and
+    /// the inbox record, in one transaction conditional on the book still counting `executed`.
+    fn decide(
+        &self,
+        executed: u64,
+        trade: &Trade,
+        holding: Option<Amount>,
+        record: &InboxRecord,
+    ) -> impl Future<Output = Result<Decided, Error>> + Send;
+}
+
+#[derive(Clone)]
+pub struct DynamoTradeStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    inbox: DynamoInbox,
+}
+
+fn trade_pk(id: Uuid) -> String {
+    format!("TRADE#{id}")
+}
+
+fn account_pk(account: &AccountId) -> String {
+    format!("ACCOUNT#{account}")
+}
+
+fn holding_sk(symbol: &Symbol) -> String {
+    format!("HOLDING#{symbol}")
+}
+
+const BOOK: &str = "BOOK";
+
+impl DynamoTradeStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        let inbox = DynamoInbox::new(client.clone(), table.clone());
+        DynamoTradeStore {
+            client,
+            table,
+            inbox,
+        }
+    }
+
+    fn trade_item(&self, trade: &Trade) -> Result<super::items::Item, Error> {
+        to_item(trade, trade_pk(trade.trade_id), "TRADE".into())
+    }
+}
+
+impl Inbox for DynamoTradeStore {
+    async fn processed(&self, id: Uuid) -> Result<Option<InboxRecord>, Error> {
+        self.inbox.processed(id).await
+    }
+
+    async fn mark_published(&self, id: Uuid) -> Result<(), Error> {
+        self.inbox.mark_published(id).await
+    }
+}
+
+impl TradeStore for DynamoTradeStore {
+    async fn get(&self, id: Uuid) -> Result<Option<Trade>, Error> {
+        get(
+            &self.client,
+            &self.table,
+            trade_pk(id),
+            "TRADE".into(),
+            "GetItem trade",
+        )
+        .await?
+        .map(from_item)
+        .transpose()
+    }
+
+    async fn create_pending(&self, trade: &Trade) -> Result<Created, Error> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.trade_item(trade)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(Created::Created),
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::put_item::PutItemError;
+                let Some(PutItemError::ConditionalCheckFailedException(_)) = e.as_service_error()
+                else {
+                    return Err(classify("PutItem trade", e));
+                };
+                let existing = self.get(trade.trade_id).await?.ok_or_else(|| {
+                    Error::Unavailable("trade being withdrawn concurrently; retry".into())
+                })?;
+                Ok(Created::Exists(Box::new(existing)))
+            }
+        }
+    }
+
+    async fn withdraw(&self, id: Uuid) -> Result<Withdrawn, Error> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(trade_pk(id)))
+            .key("sk", s("TRADE"))
+            .condition_expression("#status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(TradeStatus::Pending.as_str()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(Withdrawn::Withdrawn),
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+                match e.as_service_error() {
+                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => {
+                        Ok(Withdrawn::Decided)
+                    }
+                    _ => Err(classify("DeleteItem trade", e)),
+                }
+            }
+        }
+    }
+
+    async fn book(&self, account: &AccountId, symbol: &Symbol) -> Result<Book, Error> {
+        // The count first, then the holding: a trade executed in between makes the count
+        // stale, so the decision's condition fails and it is made again. (The other order
+        // could pair a stale holding with a fresh count.)
+        let book = get(
+            &self.client,
+            &self.table,
+            account_pk(account),
+            BOOK.into(),
+            "GetItem book",
+        )
+        .await?;
+        let executed = book
+            .as_ref()
+            .and_then(|i| i.get("executed"))
+            .and_then(|v| v.as_n().ok())
+            .map(|v| v.parse::<u64>())
+            .transpose()
+            .map_err(|e| Error::Internal(format!("book count: {e}")))?
+            .unwrap_or(0);
+        let holding = get(
+            &self.client,
+            &self.table,
+            account_pk(account),
+            holding_sk(symbol),
+            "GetItem holding",
+        )
+        .await?;
+        let holding = match holding.as_ref().and_then(|i| i.get("quantity")) {
+            None => Amount::ZERO,
+            Some(v) => v
+                .as_s()
+                .map_err(|_| Error::Internal("holding quantity is not a string".into()))?
+                .parse()
+                .map_err(Error::Internal)?,
+        };
+        Ok(Book { executed, holding })
+    }
+
+    async fn decide(
+        &self,
+        executed: u64,
+        trade: &Trade,
+        holding: Option<Amount>,
+        record: &InboxRecord,
+    ) -> Result<Decided, Error> {
+        let pk = account_pk(&trade.account_id);
+        let unchanged = if executed == 0 {
+            "attribute_not_exists(executed)"
+        } else {
+            "executed = :prev"
+        };
+        let book = match holding {
+            // Executed: advance the count.
+            Some(_) => {
+                let mut u = Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(&pk))
+                    .key("sk", s(BOOK))
+                    .update_expression("SET executed = :next")
+                    .condition_expression(unchanged)
+                    .expression_attribute_values(":next", n(executed + 1));
+                if executed > 0 {
+                    u = u.expression_attribute_values(":prev", n(executed));
+                }
+                TransactWriteItem::builder()
+                    .update(u.build().map_err(build_err)?)
+                    .build()
+            }
+            // Rejected: the count stays, but the holdings it was judged on must not have moved.
+            None => {
+                let mut c = ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(&pk))
+                    .key("sk", s(BOOK))
+                    .condition_expression(unchanged);
+                if executed > 0 {
+                    c = c.expression_attribute_values(":prev", n(executed));
+                }
+                TransactWriteItem::builder()
+                    .condition_check(c.build().map_err(build_err)?)
+                    .build()
+            }
+        };
+        let trade_put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(self.trade_item(trade)?))
+            .condition_expression("attribute_not_exists(pk) OR #status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(TradeStatus::Pending.as_str()))
+            .build()
+            .map_err(build_err)?;
+        let mut items = vec![
+            self.inbox.put(record)?,
+            book,
+            TransactWriteItem::builder().put(trade_put).build(),
+        ];
+        if let Some(h) = holding {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(&pk))
+                .item("sk", s(holding_sk(&trade.symbol)))
+                .item("quantity", s(h.to_string()))
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        Ok(match transact(&self.client, items).await? {
+            None => Decided::Done,
+            Some(codes) if failed(&codes, 1) && !failed(&codes, 0) => Decided::Conflict,
+            Some(_) => Decided::Duplicate,
+        })
+    }
+}

@@ -1,0 +1,984 @@
+//! The conversations service against a real moto server: its API handler and worker, the real
+//! agents API served over HTTP by a test server that can fail on purpose (5xx, slow answers,
+//! refused connections), and the agents worker, all wired by the template's rules.
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use conversations_worker::{
+    agents_client::Policy,
+    resilience::{Backoff, BreakerConfig, BreakerState},
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{Value, json};
+use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
+
+type ConvApi = conversations_api::AwsApp;
+type ConvWorker = conversations_worker::AwsApp;
+type AgentsApi = agents_api::AwsApp;
+
+// ------------------------------------------------------------------ a faulty agents API
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Status(u16),
+    Slow(Duration),
+}
+
+/// What the next requests suffer, and when each request arrived.
+#[derive(Default)]
+struct Faults {
+    plan: Mutex<VecDeque<Fault>>,
+    hits: Mutex<Vec<Instant>>,
+}
+
+/// The real agents API handler behind a real HTTP server on 127.0.0.1, which can be told to
+/// fail the next requests, or be stopped (connections refused) and restarted on its port.
+struct AgentsServer {
+    addr: SocketAddr,
+    app: Arc<AgentsApi>,
+    faults: Arc<Faults>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentsServer {
+    async fn start(app: Arc<AgentsApi>) -> AgentsServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut server = AgentsServer {
+            addr: listener.local_addr().unwrap(),
+            app,
+            faults: Arc::default(),
+            task: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let (app, faults) = (self.app.clone(), self.faults.clone());
+        self.task = Some(tokio::spawn(async move {
+            // Dropped with the accept loop, so stopping also cuts pooled connections.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (app, faults) = (app.clone(), faults.clone());
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (app, faults) = (app.clone(), faults.clone());
+                        async move { Ok::<_, Infallible>(respond(&app, &faults, req).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        }));
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn fail_next(&self, faults: &[Fault]) {
+        self.faults.plan.lock().unwrap().extend(faults);
+    }
+
+    fn hits(&self) -> Vec<Instant> {
+        self.faults.hits.lock().unwrap().clone()
+    }
+
+    async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+async fn respond(
+    app: &AgentsApi,
+    faults: &Faults,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    faults.hits.lock().unwrap().push(Instant::now());
+    let fault = faults.plan.lock().unwrap().pop_front();
+    match fault {
+        Some(Fault::Status(code)) => {
+            return hyper::Response::builder()
+                .status(code)
+                .header("content-type", "application/problem+json")
+                .body(Full::new(Bytes::from_static(b"{\"title\":\"injected\"}")))
+                .unwrap();
+        }
+        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let req = http::Request::from_parts(parts, lambda_http::Body::from(bytes.to_vec()));
+    let (parts, body) = agents_api::handle(app, req).await.into_parts();
+    hyper::Response::from_parts(parts, Full::new(Bytes::copy_from_slice(body.as_ref())))
+}
+
+// ------------------------------------------------------------------ the system under test
+
+/// Short timeouts so that the resilience path runs in about a second.
+fn policy() -> Policy {
+    Policy {
+        attempt_timeout: Duration::from_millis(300),
+        max_attempts: 3,
+        backoff: Backoff {
+            base: Duration::from_millis(60),
+            max: Duration::from_millis(1_000),
+        },
+        breaker: BreakerConfig {
+            failure_threshold: 3,
+            cool_down: Duration::from_millis(700),
+        },
+    }
+}
+
+struct System {
+    env: Env,
+    api: ConvApi,
+    worker: ConvWorker,
+    agents: Arc<AgentsApi>,
+    agents_worker: agents_worker::AwsApp,
+    server: AgentsServer,
+}
+
+async fn system() -> System {
+    let env = Env::new().await;
+    let agents = Arc::new(agents_api::AwsApp::new(
+        &env.sdk,
+        agents_api::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    ));
+    let agents_worker = agents_worker::AwsApp::new(
+        &env.sdk,
+        agents_worker::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    );
+    let server = AgentsServer::start(agents.clone()).await;
+    let api = conv_api(&env, &env.bus());
+    let worker = conversations_worker::AwsApp::new(
+        &env.sdk,
+        conversations_worker::Config {
+            table_name: env.table("ConversationsTable"),
+            event_bus_name: env.bus(),
+            agents_api_url: server.url(),
+        },
+        policy(),
+    )
+    .unwrap();
+    System {
+        env,
+        api,
+        worker,
+        agents,
+        agents_worker,
+        server,
+    }
+}
+
+fn conv_api(env: &Env, bus: &str) -> ConvApi {
+    conversations_api::AwsApp::new(
+        &env.sdk,
+        conversations_api::Config {
+            table_name: env.table("ConversationsTable"),
+            event_bus_name: bus.to_owned(),
+        },
+    )
+}
+
+async fn call(app: &ConvApi, ev: Value) -> (u16, Value, http::HeaderMap) {
+    let resp = conversations_api::handle(app, request(&ev)).await;
+    (
+        resp.status().as_u16(),
+        body_json(&resp),
+        resp.headers().clone(),
+    )
+}
+
+async fn call_agents(app: &AgentsApi, ev: Value) -> (u16, Value) {
+    let resp = agents_api::handle(app, request(&ev)).await;
+    (resp.status().as_u16(), body_json(&resp))
+}
+
+impl System {
+    /// Runs the conversations worker over its queue once; returns the failed message ids.
+    async fn drain(&self) -> Vec<String> {
+        self.env
+            .drain("ConversationsQueue", |ev| {
+                conversations_worker::handle(&self.worker, ev)
+            })
+            .await
+    }
+
+    async fn drain_agents(&self) -> Vec<String> {
+        self.env
+            .drain("AgentsQueue", |ev| {
+                agents_worker::handle(&self.agents_worker, ev)
+            })
+            .await
+    }
+
+    /// Registers an agent and, when `available`, makes it AVAILABLE, through the agents
+    /// service's own command path.
+    async fn agent(&self, id: &str, skills: &[&str], capacity: u32, available: bool) {
+        let ev = api(
+            "agents-api/register-agent.json",
+            &format!("/agents/{id}"),
+            Some(&json!({"name": "Agent", "skills": skills, "capacity": capacity}).to_string()),
+        );
+        assert_eq!(call_agents(&self.agents, ev).await.0, 202);
+        assert!(self.drain_agents().await.is_empty());
+        if available {
+            self.agent_state(id, "AVAILABLE").await;
+            // Its AgentStateChanged, with no conversation waiting yet.
+            assert!(self.drain().await.is_empty());
+        }
+    }
+
+    async fn agent_state(&self, id: &str, state: &str) {
+        let mut ev = api(
+            "agents-api/change-agent-state.json",
+            &format!("/agents/{id}/state"),
+            Some(&json!({ "state": state }).to_string()),
+        );
+        ev["headers"]
+            .as_object_mut()
+            .unwrap()
+            .remove("idempotency-key");
+        assert_eq!(call_agents(&self.agents, ev).await.0, 202);
+        assert!(self.drain_agents().await.is_empty());
+    }
+
+    async fn agent_load(&self, id: &str) -> u64 {
+        let ev = api(
+            "agents-api/get-agent-state.json",
+            &format!("/agents/{id}/state"),
+            None,
+        );
+        call_agents(&self.agents, ev).await.1["activeConversations"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn start(&self, skills: &[&str]) -> String {
+        let (status, body, headers) = call(&self.api, start_event(skills)).await;
+        assert_eq!(status, 202, "{body}");
+        let id = body["conversationId"].as_str().unwrap().to_owned();
+        assert_eq!(headers["location"], format!("/conversations/{id}"));
+        id
+    }
+
+    async fn conversation(&self, id: &str) -> Value {
+        let ev = api(
+            "conversations-api/get-conversation.json",
+            &format!("/conversations/{id}"),
+            None,
+        );
+        let (status, body, _) = call(&self.api, ev).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn send(&self, id: &str, sender: &str, text: &str) -> String {
+        let (status, body, headers) = call(&self.api, message_event(id, sender, text)).await;
+        assert_eq!(status, 202, "{body}");
+        let m = body["messageId"].as_str().unwrap().to_owned();
+        assert_eq!(
+            headers["location"],
+            format!("/conversations/{id}/messages/{m}")
+        );
+        m
+    }
+
+    async fn message(&self, id: &str, m: &str) -> Value {
+        let ev = api(
+            "conversations-api/get-message.json",
+            &format!("/conversations/{id}/messages/{m}"),
+            None,
+        );
+        let (status, body, _) = call(&self.api, ev).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn receipt(&self, id: &str, m: &str, status: &str) {
+        let (code, body, _) = call(&self.api, receipt_event(id, m, status)).await;
+        assert_eq!(code, 202, "{body}");
+    }
+
+    async fn close(&self, id: &str) {
+        let (status, body, headers) = call(&self.api, close_event(id)).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(headers["location"], format!("/conversations/{id}"));
+    }
+}
+
+fn start_event(skills: &[&str]) -> Value {
+    api(
+        "conversations-api/start-conversation.json",
+        "/conversations",
+        Some(&json!({"customerId": "cust-1", "channel": "chat", "skills": skills}).to_string()),
+    )
+}
+
+fn message_event(id: &str, sender: &str, text: &str) -> Value {
+    api(
+        "conversations-api/send-message.json",
+        &format!("/conversations/{id}/messages"),
+        Some(&json!({"sender": sender, "text": text}).to_string()),
+    )
+}
+
+fn receipt_event(id: &str, m: &str, status: &str) -> Value {
+    api(
+        "conversations-api/record-receipt.json",
+        &format!("/conversations/{id}/messages/{m}/receipts"),
+        Some(&json!({ "status": status }).to_string()),
+    )
+}
+
+fn close_event(id: &str) -> Value {
+    api(
+        "conversations-api/close-conversation.json",
+        &format!("/conversations/{id}/close"),
+        None,
+    )
+}
+
+/// `GET /conversations/{id}/messages` with these query parameters (strings).
+fn list_event(id: &str, query: &Value) -> Value {
+    let mut ev = api(
+        "conversations-api/list-messages.json",
+        &format!("/conversations/{id}/messages"),
+        None,
+    );
+    let raw: Vec<String> = query
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    ev["rawQueryString"] = raw.join("&").into();
+    ev["queryStringParameters"] = query.clone();
+    ev
+}
+
+fn count(events: &[(String, Value)], kind: &str) -> usize {
+    events.iter().filter(|(t, _)| t == kind).count()
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn a_conversation_is_visible_at_once_then_assigned_by_the_sync_match_and_the_event_agrees() {
+    let s = system().await;
+    s.agent("ann", &["billing"], 2, true).await;
+    s.env.published().await;
+
+    let mut ev = start_event(&["billing"]);
+    ev["headers"]["idempotency-key"] = "start-1".into();
+    let (status, first, _) = call(&s.api, ev.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (_, replay, _) = call(&s.api, ev).await;
+    assert_eq!(first, replay, "same key and body: same conversation");
+    let id = first["conversationId"].as_str().unwrap();
+    let pending = s.conversation(id).await;
+    assert_eq!(pending["status"], "PENDING");
+    assert_eq!(pending["channel"], "chat");
+    assert_eq!(pending["customerId"], "cust-1");
+    assert_eq!(pending["skills"], json!(["billing"]));
+    assert!(pending["createdAt"].is_string());
+
+    assert!(s.drain().await.is_empty());
+    let assigned = s.conversation(id).await;
+    assert_eq!(assigned["status"], "ASSIGNED");
+    assert_eq!(assigned["agentId"], "ann");
+    assert!(assigned["assignedAt"].is_string());
+    // The agents API's AgentMatched arrives too, and changes nothing.
+    assert!(s.drain().await.is_empty());
+    assert_eq!(s.conversation(id).await, assigned);
+    assert_eq!(s.agent_load("ann").await, 1);
+
+    let events = s.env.published().await;
+    assert_eq!(count(&events, "ConversationStarted"), 1, "{events:?}");
+    assert_eq!(count(&events, "AgentMatched"), 1);
+    assert_eq!(s.server.hits().len(), 1, "one match request");
+}
+
+#[tokio::test]
+async fn the_match_retries_with_growing_delays_the_breaker_opens_half_opens_and_closes() {
+    let mut s = system().await;
+    s.agent("ann", &[], 1, true).await;
+    let id = s.start(&[]).await;
+
+    // 500, 503, then an answer slower than the attempt timeout: three failed attempts.
+    s.server.fail_next(&[
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::Slow(Duration::from_millis(800)),
+    ]);
+    let started = Instant::now();
+    assert_eq!(
+        s.drain().await.len(),
+        1,
+        "the command fails, so SQS redelivers it"
+    );
+    let hits = s.server.hits();
+    assert_eq!(hits.len(), 3);
+    let gaps: Vec<Duration> = hits.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] >= Duration::from_millis(30), "{gaps:?}");
+    assert!(gaps[1] > gaps[0], "delays grow: {gaps:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by timeouts"
+    );
+    assert_eq!(s.worker.agents.breaker_state(), BreakerState::Open);
+    assert_eq!(
+        s.conversation(&id).await["status"],
+        "QUEUED",
+        "waits visibly, never lost"
+    );
+
+    // Open: the redelivery fails at once without a request.
+    let before = Instant::now();
+    assert_eq!(s.drain().await.len(), 1);
+    assert_eq!(s.server.hits().len(), 3, "short-circuited");
+    assert!(before.elapsed() < Duration::from_millis(1_500));
+
+    // Refused connections: after the cool-down one probe goes out, fails, and reopens.
+    s.server.stop().await;
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    assert_eq!(s.drain().await.len(), 1);
+    assert_eq!(s.worker.agents.breaker_state(), BreakerState::Open);
+
+    // The agents service is back: the next probe closes the breaker and the conversation is
+    // assigned, once.
+    s.server.restart().await;
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    assert!(s.drain().await.is_empty());
+    assert_eq!(s.worker.agents.breaker_state(), BreakerState::Closed);
+    let c = s.conversation(&id).await;
+    assert_eq!(
+        (c["status"].as_str(), c["agentId"].as_str()),
+        (Some("ASSIGNED"), Some("ann"))
+    );
+    assert!(s.drain().await.is_empty(), "AgentMatched agrees");
+    assert_eq!(s.agent_load("ann").await, 1, "never double-booked");
+    assert_eq!(s.env.depth(&s.env.queue_url("ConversationsQueue")).await, 0);
+    let dlq = s.env.stack.dlq("ConversationsQueue").unwrap().to_owned();
+    assert_eq!(s.env.depth(s.env.stack.queue_url(&dlq).unwrap()).await, 0);
+}
+
+#[tokio::test]
+async fn receipts_out_of_order_and_duplicated_never_move_a_message_back() {
+    let s = system().await;
+    s.agent("ann", &[], 5, true).await;
+    let id = s.start(&[]).await;
+    assert!(s.drain().await.is_empty());
+    let m = s.send(&id, "customer", "Hello").await;
+    assert_eq!(s.message(&id, &m).await["status"], "ACCEPTED");
+    assert!(s.drain().await.is_empty());
+    let sent = s.message(&id, &m).await;
+    assert_eq!(sent["status"], "SENT");
+    assert_eq!(sent["text"], "Hello");
+    assert_eq!(sent["sender"], "customer");
+    assert!(sent["updatedAt"].is_string());
+
+    for status in ["READ", "DELIVERED", "READ", "DELIVERED"] {
+        s.receipt(&id, &m, status).await;
+    }
+    // Delivered twice, as at-least-once delivery may.
+    let url = s.env.queue_url("ConversationsQueue");
+    let msgs = s.env.receive(&url, 30).await;
+    assert!(msgs.len() >= 4);
+    for _ in 0..2 {
+        let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+        assert!(resp.batch_item_failures.is_empty());
+    }
+    s.env.delete(&url, &msgs).await;
+    assert_eq!(s.message(&id, &m).await["status"], "READ");
+
+    // A receipt that overtakes its message: DELIVERED first, then SendMessage.
+    let m2 = s.send(&id, "agent", "How can I help?").await;
+    s.receipt(&id, &m2, "DELIVERED").await;
+    let mut msgs = s.env.receive(&url, 30).await;
+    msgs.reverse();
+    let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    s.env.delete(&url, &msgs).await;
+    assert_eq!(s.message(&id, &m2).await["status"], "DELIVERED");
+    let sent = count(&s.env.published().await, "MessageSent");
+    assert_eq!(sent, 2, "each message sent once");
+}
+
+#[tokio::test]
+async fn concurrent_messages_to_one_conversation_are_all_kept_in_order() {
+    let s = system().await;
+    s.agent("ann", &[], 5, true).await;
+    let id = s.start(&[]).await;
+    assert!(s.drain().await.is_empty());
+
+    let sends = (0..12).map(|i| {
+        let (s, id) = (&s, &id);
+        async move { s.send(id, "customer", &format!("message {i}")).await }
+    });
+    let ids = futures::future::join_all(sends).await;
+    for _ in 0..3 {
+        s.drain().await;
+    }
+
+    let mut listed: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = json!({"limit": "5"});
+        if let Some(c) = &cursor {
+            q["cursor"] = c.clone().into();
+        }
+        let (status, page, _) = call(&s.api, list_event(&id, &q)).await;
+        assert_eq!(status, 200, "{page}");
+        listed.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 12, "none lost");
+    let mut expected = ids.clone();
+    expected.sort();
+    let got: Vec<&str> = listed
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, expected, "listed once each, in id order");
+    let accepted: Vec<&str> = listed
+        .iter()
+        .map(|m| m["acceptedAt"].as_str().unwrap())
+        .collect();
+    let mut sorted = accepted.clone();
+    sorted.sort();
+    assert_eq!(accepted, sorted, "id order is acceptance order");
+    assert!(listed.iter().all(|m| m["status"] == "SENT"));
+}
+
+#[tokio::test]
+async fn a_queued_conversation_is_matched_when_an_agent_becomes_available() {
+    let s = system().await;
+    s.agent("bob", &["spanish"], 1, false).await;
+    let id = s.start(&["spanish"]).await;
+    assert!(s.drain().await.is_empty());
+    assert_eq!(
+        s.conversation(&id).await["status"],
+        "QUEUED",
+        "409: nobody free"
+    );
+
+    // bob comes online: AgentStateChanged reaches the conversations queue.
+    s.agent_state("bob", "AVAILABLE").await;
+    assert!(s.drain().await.is_empty());
+    let c = s.conversation(&id).await;
+    assert_eq!(c["status"], "ASSIGNED");
+    assert_eq!(c["agentId"], "bob");
+    assert_eq!(s.agent_load("bob").await, 1);
+}
+
+#[tokio::test]
+async fn two_conversations_compete_for_one_slot_and_the_freed_slot_goes_to_the_waiting_one() {
+    let s = system().await;
+    s.agent("solo", &["billing"], 1, true).await;
+    let a = s.start(&["billing"]).await;
+    let b = s.start(&["billing"]).await;
+    assert!(s.drain().await.is_empty(), "both start in one batch");
+    let (ca, cb) = (s.conversation(&a).await, s.conversation(&b).await);
+    let statuses = [
+        ca["status"].as_str().unwrap(),
+        cb["status"].as_str().unwrap(),
+    ];
+    assert!(
+        statuses == ["ASSIGNED", "QUEUED"] || statuses == ["QUEUED", "ASSIGNED"],
+        "exactly one gets the slot: {statuses:?}"
+    );
+    assert_eq!(s.agent_load("solo").await, 1);
+    let (winner, waiting) = if statuses[0] == "ASSIGNED" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+
+    s.close(&winner).await;
+    assert!(s.drain().await.is_empty());
+    let closed = s.conversation(&winner).await;
+    assert_eq!(closed["status"], "CLOSED");
+    assert!(closed["closedAt"].is_string());
+    // The agents service frees the slot; then the conversations service hands it on.
+    assert!(s.drain_agents().await.is_empty());
+    assert!(s.drain().await.is_empty());
+    let c = s.conversation(&waiting).await;
+    assert_eq!(c["status"], "ASSIGNED", "{c}");
+    assert_eq!(c["agentId"], "solo");
+    assert_eq!(s.agent_load("solo").await, 1);
+}
+
+#[tokio::test]
+async fn closing_twice_is_harmless_and_messages_to_closed_conversations_are_refused() {
+    let s = system().await;
+    s.agent("ann", &[], 1, true).await;
+    let id = s.start(&[]).await;
+    assert!(s.drain().await.is_empty());
+    s.env.published().await;
+
+    // A message accepted just before the close, but applied after it: rejected, not retried.
+    let late = s.send(&id, "customer", "wait!").await;
+    s.close(&id).await;
+    let url = s.env.queue_url("ConversationsQueue");
+    let mut msgs = s.env.receive(&url, 30).await;
+    msgs.reverse();
+    let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    s.env.delete(&url, &msgs).await;
+    let rejected = s.message(&id, &late).await;
+    assert_eq!(rejected["status"], "REJECTED");
+    assert_eq!(rejected["reason"], "the conversation is closed");
+    let (status, p, _) = call(&s.api, receipt_event(&id, &late, "READ")).await;
+    assert_eq!(status, 409, "{p}");
+
+    s.close(&id).await;
+    assert!(s.drain().await.is_empty());
+    let events = s.env.published().await;
+    let closed: Vec<&Value> = events
+        .iter()
+        .filter(|(t, _)| t == "ConversationClosed")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(closed.len(), 1, "closing twice publishes once: {events:?}");
+    assert_eq!(closed[0]["data"]["agentId"], "ann");
+    assert!(s.drain_agents().await.is_empty());
+    assert_eq!(s.agent_load("ann").await, 0, "the slot is freed");
+
+    let (status, p, h) = call(&s.api, message_event(&id, "customer", "hello?")).await;
+    assert_eq!(status, 409, "{p}");
+    assert_eq!(h["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn the_fixture_batch_applies_once_whatever_the_redeliveries() {
+    let s = system().await;
+    // Nobody AVAILABLE: the worker's match answers 409 and the fixture's AgentMatched assigns.
+    let batch = fixture("conversations-worker/sqs-batch.json");
+    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(batch).unwrap();
+    for _ in 0..2 {
+        let resp = conversations_worker::handle(&s.worker, event.clone()).await;
+        assert!(resp.batch_item_failures.is_empty());
+    }
+    let c = s.conversation("conv-1").await;
+    assert_eq!(c["status"], "CLOSED");
+    assert_eq!(c["agentId"], "agent-1");
+    assert_eq!(s.message("conv-1", "msg-1").await["status"], "READ");
+    let events = s.env.published().await;
+    for kind in ["ConversationStarted", "MessageSent", "ConversationClosed"] {
+        assert_eq!(count(&events, kind), 1, "{kind}: {events:?}");
+    }
+}
+
+#[tokio::test]
+async fn duplicates_change_nothing_and_a_poison_message_fails_alone_into_the_dlq() {
+    let s = system().await;
+    s.agent("ann", &[], 3, true).await;
+    let id = s.start(&[]).await;
+    let url = s.env.queue_url("ConversationsQueue");
+    let mut msgs = s.env.receive(&url, 30).await;
+    assert_eq!(msgs.len(), 1);
+    // The same command twice in one batch and once more later, beside a poison message.
+    s.env
+        .sqs
+        .send_message()
+        .queue_url(&url)
+        .message_body(r#"{"detail": {"type": "StartConversation", "data": {"conversationId": 7}}}"#)
+        .send()
+        .await
+        .unwrap();
+    msgs.extend(s.env.receive(&url, 30).await);
+    let mut batch = sqs_event(&msgs);
+    batch.records.push(batch.records[0].clone());
+    let resp = conversations_worker::handle(&s.worker, batch.clone()).await;
+    assert_eq!(resp.batch_item_failures.len(), 1, "only the poison fails");
+    let resp = conversations_worker::handle(&s.worker, batch).await;
+    assert_eq!(resp.batch_item_failures.len(), 1);
+    assert_eq!(s.conversation(&id).await["status"], "ASSIGNED");
+    assert_eq!(s.agent_load("ann").await, 1);
+    let events = s.env.published().await;
+    assert_eq!(count(&events, "ConversationStarted"), 1, "{events:?}");
+    let (poison, good): (Vec<_>, Vec<_>) = msgs
+        .into_iter()
+        .partition(|m| m.body().unwrap().contains("\"conversationId\": 7"));
+    s.env.delete(&url, &good).await;
+    s.env.retry_now(&url, &poison).await;
+
+    let dlq = s.env.stack.dlq("ConversationsQueue").unwrap().to_owned();
+    let dlq = s.env.stack.queue_url(&dlq).unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.env.depth(&dlq).await == 0 {
+        assert!(Instant::now() < deadline, "poison never reached the DLQ");
+        s.drain().await;
+    }
+    let dead = s.env.receive(&dlq, 30).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body().unwrap().contains("\"conversationId\": 7"));
+
+    // Hand-written bodies are decoded too (bare envelopes, e.g. redriven by hand).
+    let bare = json!({"id": "00000000-0000-4000-8000-0000000000aa", "correlationId": "t",
+        "occurredAt": "2026-11-25T18:00:00Z", "type": "CloseConversation",
+        "data": {"conversationId": id}})
+    .to_string();
+    let resp = conversations_worker::handle(&s.worker, sqs_bodies(&[bare.clone(), bare])).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(s.conversation(&id).await["status"], "CLOSED");
+    assert_eq!(count(&s.env.published().await, "ConversationClosed"), 1);
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_be_published_leaves_nothing_behind() {
+    let s = system().await;
+    let broken = conv_api(&s.env, "no-such-bus");
+    // (A missing bus is a misconfiguration, 500; an unreachable one would be 503.)
+    let (status, body, _) = call(&broken, start_event(&[])).await;
+    assert!(status >= 500, "{body}");
+    assert_eq!(
+        s.env.item_count("ConversationsTable").await,
+        0,
+        "the PENDING record was compensated"
+    );
+    let id = s.start(&[]).await;
+    let before = s.env.item_count("ConversationsTable").await;
+    let (status, _, _) = call(&broken, message_event(&id, "customer", "hi")).await;
+    assert!(status >= 500);
+    assert_eq!(s.env.item_count("ConversationsTable").await, before);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
+    let s = system().await;
+    let id = s.start(&[]).await;
+    let m = s.send(&id, "customer", "hi").await;
+    let items = s.env.item_count("ConversationsTable").await;
+    let queued = s.env.depth(&s.env.queue_url("ConversationsQueue")).await;
+
+    let with_body = |mut ev: Value, body: &str| {
+        ev["body"] = body.into();
+        ev
+    };
+    let with_method = |mut ev: Value, method: &str| {
+        ev["requestContext"]["http"]["method"] = method.into();
+        ev
+    };
+    let with_header = |mut ev: Value, k: &str, v: &str| {
+        ev["headers"][k] = v.into();
+        ev
+    };
+    let huge = format!(
+        r#"{{"sender": "customer", "text": "{}"}}"#,
+        "x".repeat(20_000)
+    );
+    let start = start_event(&[]);
+    let msg = message_event(&id, "customer", "x");
+    let rec = receipt_event(&id, &m, "READ");
+    let get = |path: &str| api("conversations-api/get-conversation.json", path, None);
+    let cases: Vec<(Value, u16, Option<&str>)> = vec![
+        (with_body(start.clone(), "{not json"), 400, None),
+        (with_body(start.clone(), ""), 400, None),
+        (with_body(start.clone(), "[1]"), 422, Some("body")),
+        (
+            with_body(start.clone(), r#"{"customerId": 5, "channel": "chat"}"#),
+            422,
+            Some("customerId"),
+        ),
+        (
+            with_body(start.clone(), r#"{"customerId": "c 1", "channel": "chat"}"#),
+            422,
+            Some("customerId"),
+        ),
+        (
+            with_body(start.clone(), r#"{"customerId": "c1", "channel": "fax"}"#),
+            422,
+            Some("channel"),
+        ),
+        (
+            with_body(start.clone(), r#"{"customerId": "c1"}"#),
+            422,
+            Some("body"),
+        ),
+        (
+            with_body(
+                start.clone(),
+                r#"{"customerId": "c1", "channel": "chat", "skills": ["ok", "no way"]}"#,
+            ),
+            422,
+            Some("skills[1]"),
+        ),
+        (
+            with_body(
+                start.clone(),
+                r#"{"customerId": "c1", "channel": "chat", "vip": true}"#,
+            ),
+            422,
+            Some("vip"),
+        ),
+        (
+            with_header(start.clone(), "content-type", "text/plain"),
+            415,
+            None,
+        ),
+        (
+            with_header(start.clone(), "idempotency-key", ""),
+            422,
+            Some("Idempotency-Key"),
+        ),
+        (with_body(msg.clone(), &huge), 413, None),
+        (
+            with_body(msg.clone(), r#"{"sender": "bot", "text": "x"}"#),
+            422,
+            Some("sender"),
+        ),
+        (
+            with_body(msg.clone(), r#"{"sender": "agent", "text": "   "}"#),
+            422,
+            Some("text"),
+        ),
+        (
+            with_body(msg.clone(), r#"{"sender": "agent", "text": 3}"#),
+            422,
+            Some("text"),
+        ),
+        (
+            with_header(msg.clone(), "content-type", "application/xml"),
+            415,
+            None,
+        ),
+        (
+            message_event("bad$id", "customer", "x"),
+            422,
+            Some("conversationId"),
+        ),
+        (message_event("nobody", "customer", "x"), 404, None),
+        (
+            with_body(rec.clone(), r#"{"status": "SENT"}"#),
+            422,
+            Some("status"),
+        ),
+        (
+            with_body(rec.clone(), r#"{"status": "read"}"#),
+            422,
+            Some("status"),
+        ),
+        (with_body(rec.clone(), "{}"), 422, Some("body")),
+        (receipt_event(&id, "bad$id", "READ"), 422, Some("messageId")),
+        (receipt_event(&id, "no-such-message", "READ"), 404, None),
+        (
+            with_header(
+                with_body(close_event(&id), r#"{"force": true}"#),
+                "content-type",
+                "application/json",
+            ),
+            422,
+            Some("force"),
+        ),
+        (
+            with_header(
+                with_body(close_event(&id), "{}"),
+                "content-type",
+                "text/plain",
+            ),
+            415,
+            None,
+        ),
+        (close_event(&"x".repeat(65)), 422, Some("conversationId")),
+        (close_event("nobody"), 404, None),
+        (get("/conversations/nobody"), 404, None),
+        (get("/conversations/bad$id"), 404, None),
+        (
+            get(&format!("/conversations/{id}/messages/nothing")),
+            404,
+            None,
+        ),
+        (get("/conversations/nobody/messages"), 404, None),
+        (get(&format!("/conversations/{id}/nowhere")), 404, None),
+        (
+            with_method(get(&format!("/conversations/{id}")), "DELETE"),
+            405,
+            None,
+        ),
+        (get("/conversations"), 405, None),
+    ];
+    for (ev, want, field) in cases {
+        let desc = format!(
+            "{} {} {}",
+            ev["requestContext"]["http"]["method"],
+            ev["rawPath"],
+            ev["body"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect::<String>()
+        );
+        let (status, body, headers) = call(&s.api, ev).await;
+        assert_eq!(status, want, "{desc}: {body}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{desc}"
+        );
+        for k in ["type", "title", "status", "detail"] {
+            assert!(!body[k].is_null(), "{desc}: problem lacks {k}: {body}");
+        }
+        if let Some(f) = field {
+            assert_eq!(body["field"], f, "{desc}: {body}");
+        }
+    }
+    // Query parameters too.
+    for (query, field) in [
+        (json!({"limit": "0"}), "limit"),
+        (json!({"limit": "many"}), "limit"),
+        (json!({"cursor": "garbage!"}), "cursor"),
+        // A well-formed cursor of another list.
+        (
+            json!({"cursor": "eyJwayI6IkFHRU5UI3giLCJzayI6IkFHRU5UIn0"}),
+            "cursor",
+        ),
+    ] {
+        let (status, body, _) = call(&s.api, list_event(&id, &query)).await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["field"], field);
+    }
+    assert_eq!(
+        s.env.item_count("ConversationsTable").await,
+        items,
+        "nothing written"
+    );
+    assert_eq!(
+        s.env.depth(&s.env.queue_url("ConversationsQueue")).await,
+        queued,
+        "nothing sent"
+    );
+}

@@ -1,0 +1,879 @@
+//! Trades, positions and ledger against a real moto server: handlers, queues (the trades FIFO
+//! queue, the positions and ledger queues fed by EventBridge rules) and their guarantees.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use serde_json::{Value, json};
+use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
+
+struct Apps {
+    trades: trades_api::AwsApp,
+    worker: trades_worker::AwsApp,
+    positions: positions_api::AwsApp,
+    positions_worker: positions_worker::AwsApp,
+    ledger: ledger_api::AwsApp,
+    ledger_worker: ledger_worker::AwsApp,
+}
+
+fn apps(env: &Env, bus: &str) -> Apps {
+    let (trades, positions, ledger) = (
+        env.table("TradesTable"),
+        env.table("PositionsTable"),
+        env.table("LedgerTable"),
+    );
+    Apps {
+        trades: trades_api::AwsApp::new(
+            &env.sdk,
+            trades_api::Config {
+                table_name: trades.clone(),
+                queue_url: env.queue_url("TradesQueue"),
+            },
+        ),
+        worker: trades_worker::AwsApp::new(
+            &env.sdk,
+            trades_worker::Config {
+                table_name: trades,
+                event_bus_name: bus.to_owned(),
+            },
+        ),
+        positions: positions_api::AwsApp::new(
+            &env.sdk,
+            positions_api::Config {
+                table_name: positions.clone(),
+            },
+        ),
+        positions_worker: positions_worker::AwsApp::new(
+            &env.sdk,
+            positions_worker::Config {
+                table_name: positions,
+            },
+        ),
+        ledger: ledger_api::AwsApp::new(
+            &env.sdk,
+            ledger_api::Config {
+                table_name: ledger.clone(),
+            },
+        ),
+        ledger_worker: ledger_worker::AwsApp::new(
+            &env.sdk,
+            ledger_worker::Config { table_name: ledger },
+        ),
+    }
+}
+
+type Answer = (u16, Value, lambda_http::http::HeaderMap);
+
+fn answer(resp: lambda_http::Response<lambda_http::Body>) -> Answer {
+    (
+        resp.status().as_u16(),
+        body_json(&resp),
+        resp.headers().clone(),
+    )
+}
+
+/// Routes an API Gateway event to the function that serves its path, as the HTTP API would.
+async fn call(a: &Apps, ev: Value) -> Answer {
+    let path = ev["rawPath"].as_str().unwrap_or("").to_owned();
+    let req = request(&ev);
+    if path.starts_with("/trades") {
+        answer(trades_api::handle(&a.trades, req).await)
+    } else if path.contains("/positions") {
+        answer(positions_api::handle(&a.positions, req).await)
+    } else {
+        answer(ledger_api::handle(&a.ledger, req).await)
+    }
+}
+
+/// Runs `handler` over what `queue` holds now, like the Lambda poller: failed items stay
+/// (visible again at once), the rest are deleted. Returns the failed message ids.
+async fn drain<F, Fut>(env: &Env, queue: &str, handler: F) -> Vec<String>
+where
+    F: Fn(SqsEvent) -> Fut,
+    Fut: Future<Output = SqsBatchResponse>,
+{
+    let url = env.queue_url(queue);
+    let msgs = env.receive(&url, 30).await;
+    if msgs.is_empty() {
+        return Vec::new();
+    }
+    let resp = handler(sqs_event(&msgs)).await;
+    let failed: Vec<String> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    let (retry, done): (Vec<_>, Vec<_>) = msgs
+        .into_iter()
+        .partition(|m| failed.iter().any(|f| Some(f.as_str()) == m.message_id()));
+    env.delete(&url, &done).await;
+    env.retry_now(&url, &retry).await;
+    failed
+}
+
+/// Drives everything queued through the trades worker and both consumers.
+async fn settle(env: &Env, a: &Apps) {
+    let failed = drain(env, "TradesQueue", |e| trades_worker::handle(&a.worker, e)).await;
+    assert!(failed.is_empty(), "trades worker failed {failed:?}");
+    let failed = drain(env, "PositionsQueue", |e| {
+        positions_worker::handle(&a.positions_worker, e)
+    })
+    .await;
+    assert!(failed.is_empty(), "positions worker failed {failed:?}");
+    let failed = drain(env, "LedgerQueue", |e| {
+        ledger_worker::handle(&a.ledger_worker, e)
+    })
+    .await;
+    assert!(failed.is_empty(), "ledger worker failed {failed:?}");
+}
+
+fn trade(body: Value, key: Option<&str>) -> Value {
+    let mut ev = api(
+        "trades-api/submit-trade.json",
+        "/trades",
+        Some(&body.to_string()),
+    );
+    let headers = ev["headers"].as_object_mut().unwrap();
+    match key {
+        Some(k) => headers.insert("idempotency-key".into(), k.into()),
+        None => headers.remove("idempotency-key"),
+    };
+    ev
+}
+
+fn order(account: &str, side: &str, qty: Value, price: Value) -> Value {
+    json!({"accountId": account, "symbol": "ACME", "side": side, "quantity": qty, "price": price})
+}
+
+fn get(fixture_path: &str, path: &str) -> Value {
+    let mut ev = api(fixture_path, path, None);
+    ev.as_object_mut().unwrap().remove("queryStringParameters");
+    ev["rawQueryString"] = "".into();
+    ev
+}
+
+/// Sets the query string (API Gateway passes both forms).
+fn with_query(mut ev: Value, q: Value) -> Value {
+    let raw: Vec<String> = q
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    ev["rawQueryString"] = raw.join("&").into();
+    ev["queryStringParameters"] = q;
+    ev
+}
+
+async fn get_trade(a: &Apps, id: &str) -> Value {
+    let (s, body, _) = call(
+        a,
+        get("trades-api/get-trade.json", &format!("/trades/{id}")),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    body
+}
+
+async fn position(a: &Apps, account: &str, symbol: &str) -> Value {
+    let path = format!("/accounts/{account}/positions/{symbol}");
+    let (s, body, _) = call(a, get("positions-api/get-position.json", &path)).await;
+    assert_eq!(s, 200, "{body}");
+    body
+}
+
+async fn balances(a: &Apps, account: &str) -> Value {
+    let path = format!("/accounts/{account}/balance");
+    let (s, body, _) = call(a, get("ledger-api/get-balance.json", &path)).await;
+    assert_eq!(s, 200, "{body}");
+    body
+}
+
+/// Every ledger entry of an account, following `nextCursor` with pages of `limit`.
+async fn all_entries(a: &Apps, account: &str, limit: u32) -> Vec<Value> {
+    let mut entries = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let ev = get(
+            "ledger-api/get-ledger.json",
+            &format!("/accounts/{account}/ledger"),
+        );
+        let mut q = json!({"limit": limit.to_string()});
+        if let Some(c) = &cursor {
+            q["cursor"] = c.clone().into();
+        }
+        let (s, body, _) = call(a, with_query(ev, q)).await;
+        assert_eq!(s, 200, "{body}");
+        entries.extend(body["entries"].as_array().unwrap().iter().cloned());
+        match body["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return entries,
+        }
+    }
+    panic!("pagination never ended");
+}
+
+#[tokio::test]
+async fn buy_buy_oversell_sell_gives_the_hand_calculated_position_and_ledger() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let rejected = env
+        .observe(
+            "rejected",
+            r#"{"source":["cqrs.trades"],"detail-type":["TradeRejected"]}"#,
+        )
+        .await;
+    let orders = [
+        order("acc-1", "BUY", json!(10), json!("100")),
+        order("acc-1", "BUY", json!("5"), json!(130.0)),
+        order("acc-1", "SELL", json!("20"), json!("150")),
+        order("acc-1", "SELL", json!(12), json!("150.00")),
+    ];
+    let mut ids = Vec::new();
+    for (i, o) in orders.iter().enumerate() {
+        let (s, body, headers) = call(&a, trade(o.clone(), Some(&format!("k-{i}")))).await;
+        assert_eq!(s, 202, "{body}");
+        let id = body["tradeId"].as_str().unwrap().to_owned();
+        assert_eq!(headers["location"], format!("/trades/{id}"));
+        // PENDING at once, before any worker ran.
+        assert_eq!(get_trade(&a, &id).await["status"], "PENDING");
+        ids.push(id);
+    }
+    settle(&env, &a).await;
+
+    let statuses: Vec<Value> = futures::future::join_all(ids.iter().map(|id| get_trade(&a, id)))
+        .await
+        .into_iter()
+        .map(|t| t["status"].clone())
+        .collect();
+    assert_eq!(statuses, ["EXECUTED", "EXECUTED", "REJECTED", "EXECUTED"]);
+    let oversell = get_trade(&a, &ids[2]).await;
+    let reason = oversell["reason"].as_str().unwrap();
+    assert!(reason.contains("insufficient holdings"), "{reason}");
+    let executed = get_trade(&a, &ids[3]).await;
+    assert_eq!(
+        executed["sequence"], 3,
+        "rejections take no sequence number"
+    );
+    assert_eq!(
+        (executed["quantity"].as_str(), executed["price"].as_str()),
+        (Some("12"), Some("150")),
+        "exact decimals, as strings"
+    );
+
+    // avg = (10·100 + 5·130) / 15 = 110; P&L = 12 · (150 − 110) = 480; 3 left.
+    let p = position(&a, "acc-1", "ACME").await;
+    assert_eq!(p["quantity"], "3");
+    assert_eq!(p["averagePrice"], "110");
+    assert_eq!(p["realizedPnl"], "480");
+    assert_eq!(p["accountId"], "acc-1");
+    let (s, list, _) = call(&a, fixture("positions-api/list-positions.json")).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
+    // cash: −1000 − 650 + 1800 = 150; securities:ACME the opposite.
+    let b = balances(&a, "acc-1").await;
+    assert_eq!(
+        b["balances"],
+        json!({"cash": "150", "securities:ACME": "-150"})
+    );
+    assert_eq!(b["total"], "0");
+    let entries = all_entries(&a, "acc-1", 1).await;
+    assert_eq!(entries.len(), 6, "two lines per executed trade");
+    for pair in entries.chunks(2) {
+        assert_eq!(pair[0]["tradeId"], pair[1]["tradeId"]);
+        let (x, y) = (
+            pair[0]["amount"].as_str().unwrap(),
+            pair[1]["amount"].as_str().unwrap(),
+        );
+        assert_eq!(format!("-{x}"), y, "equal and opposite");
+        for e in pair {
+            for k in ["entryId", "tradeId", "account", "amount"] {
+                assert!(e[k].is_string(), "{k} in {e}");
+            }
+        }
+    }
+    let seqs: Vec<u64> = entries
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 1, 2, 2, 3, 3], "entries list in trade order");
+
+    let msgs = env.receive(&rejected, 30).await;
+    assert_eq!(msgs.len(), 1, "one TradeRejected published");
+    assert!(msgs[0].body().unwrap().contains(&ids[2]));
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let first = trade(
+        order("acc-1", "BUY", json!(10), json!("1.5")),
+        Some("key-1"),
+    );
+    let (s1, b1, h1) = call(&a, first).await;
+    // The same order written differently is the same request.
+    let again = trade(
+        order("acc-1", "BUY", json!("10.0"), json!(1.50)),
+        Some("key-1"),
+    );
+    let (s2, b2, h2) = call(&a, again).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(b1, b2);
+    assert_eq!(h1["location"], h2["location"]);
+    assert_eq!(
+        env.depth(&env.queue_url("TradesQueue")).await,
+        1,
+        "one command queued"
+    );
+
+    let other = trade(
+        order("acc-1", "BUY", json!(11), json!("1.5")),
+        Some("key-1"),
+    );
+    let (s3, b3, h3) = call(&a, other).await;
+    assert_eq!(s3, 422, "{b3}");
+    assert_eq!(b3["field"], "Idempotency-Key");
+    assert_eq!(h3["content-type"], "application/problem+json");
+
+    // Keys are scoped per account: another account may use the same key.
+    let (s4, b4, _) = call(
+        &a,
+        trade(
+            order("acc-2", "BUY", json!(10), json!("1.5")),
+            Some("key-1"),
+        ),
+    )
+    .await;
+    assert_eq!(s4, 202);
+    assert_ne!(b4["tradeId"], b1["tradeId"]);
+
+    settle(&env, &a).await;
+    let id = b1["tradeId"].as_str().unwrap();
+    assert_eq!(get_trade(&a, id).await["status"], "EXECUTED");
+    // Replayed after execution: still the same answer, nothing new queued.
+    let (s5, b5, _) = call(
+        &a,
+        trade(
+            order("acc-1", "BUY", json!(10), json!("1.5")),
+            Some("key-1"),
+        ),
+    )
+    .await;
+    assert_eq!((s5, &b5), (202, &b1));
+    assert_eq!(env.depth(&env.queue_url("TradesQueue")).await, 0);
+    assert_eq!(position(&a, "acc-1", "ACME").await["quantity"], "10");
+}
+
+#[tokio::test]
+async fn trade_commands_apply_once_and_republish_after_a_failed_publish() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    // The fixture: BUY 10@100, BUY 5@130, SELL 20@150 (oversell), SELL 12@150, for acc-1.
+    let batch: SqsEvent = serde_json::from_value(fixture("trades-worker/sqs-batch.json")).unwrap();
+    // First attempt: decisions written, events not published (no such bus).
+    let broken = apps(&env, "no-such-bus");
+    let resp = trades_worker::handle(&broken.worker, batch.clone()).await;
+    assert_eq!(
+        resp.batch_item_failures.len(),
+        4,
+        "every message fails so SQS redelivers"
+    );
+    assert_eq!(env.depth(&env.queue_url("PositionsQueue")).await, 0);
+    // Redelivered twice: applied once, published once.
+    for _ in 0..2 {
+        let resp = trades_worker::handle(&a.worker, batch.clone()).await;
+        assert!(resp.batch_item_failures.is_empty());
+    }
+    let statuses: Vec<Value> = futures::future::join_all((0..4).map(|i| {
+        let a = &a;
+        async move {
+            get_trade(a, &format!("7c9e6679-7425-40de-944b-e07fc1f9000{i}")).await["status"].clone()
+        }
+    }))
+    .await;
+    assert_eq!(statuses, ["EXECUTED", "EXECUTED", "REJECTED", "EXECUTED"]);
+    let published = env.receive(&env.queue_url("PositionsQueue"), 30).await;
+    assert_eq!(published.len(), 3, "three TradeExecuted, each once");
+    env.retry_now(&env.queue_url("PositionsQueue"), &published)
+        .await;
+    settle(&env, &a).await;
+    assert_eq!(position(&a, "acc-1", "ACME").await["quantity"], "3");
+}
+
+#[tokio::test]
+async fn the_fifo_queue_holds_an_accounts_next_trade_until_the_previous_one_is_done() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let url = env.queue_url("TradesQueue");
+    let buy = order("acc-1", "BUY", json!("5"), json!("10"));
+    assert_eq!(call(&a, trade(buy, None)).await.0, 202);
+    let in_flight = env.receive(&url, 30).await;
+    assert_eq!(in_flight.len(), 1);
+    // The SELL that depends on the BUY, and another account's trade, arrive meanwhile.
+    let sell = order("acc-1", "SELL", json!("5"), json!("11"));
+    assert_eq!(call(&a, trade(sell, None)).await.0, 202);
+    let other = order("acc-2", "BUY", json!("1"), json!("1"));
+    assert_eq!(call(&a, trade(other, None)).await.0, 202);
+    // While acc-1's BUY is in flight, SQS hands out acc-2's trade but not acc-1's SELL.
+    let next = env.receive(&url, 30).await;
+    assert_eq!(next.len(), 1, "only the other account's trade");
+    assert!(next[0].body().unwrap().contains("acc-2"));
+    env.retry_now(&url, &next).await;
+    // The BUY completes; then the SELL is delivered and executes against it.
+    let resp = trades_worker::handle(&a.worker, sqs_event(&in_flight)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    env.delete(&url, &in_flight).await;
+    settle(&env, &a).await;
+    assert_eq!(position(&a, "acc-1", "ACME").await["quantity"], "0");
+    assert_eq!(position(&a, "acc-1", "ACME").await["realizedPnl"], "5");
+    assert_eq!(position(&a, "acc-2", "ACME").await["quantity"], "1");
+}
+
+fn executed_body(id: u32, account: &str, side: &str, qty: &str, price: &str, seq: u64) -> String {
+    json!({
+        "detail-type": "TradeExecuted", "source": "cqrs.trades",
+        "detail": {
+            "id": format!("00000000-0000-4000-8000-{id:012}"), "correlationId": "t",
+            "occurredAt": "2026-11-25T18:00:00Z", "type": "TradeExecuted",
+            "data": {
+                "tradeId": format!("10000000-0000-4000-8000-{id:012}"), "accountId": account,
+                "symbol": "ACME", "side": side, "quantity": qty, "price": price,
+                "sequence": seq, "executedAt": "2026-11-25T18:00:00Z"
+            }
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn consumers_apply_early_late_and_duplicate_events_in_trade_order_once() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let buy = executed_body(1, "acc-1", "BUY", "10", "100", 1);
+    let buy2 = executed_body(2, "acc-1", "BUY", "5", "130", 2);
+    let sell = executed_body(3, "acc-1", "SELL", "12", "150", 3);
+    let pw = |bodies: Vec<String>| {
+        let a = &a;
+        async move { positions_worker::handle(&a.positions_worker, sqs_bodies(&bodies)).await }
+    };
+    // Trade 2 arrives first: too early, it fails (SQS redelivers it) and changes nothing.
+    let resp = pw(vec![buy2.clone()]).await;
+    assert_eq!(resp.batch_item_failures.len(), 1);
+    let (s, _, _) = call(
+        &a,
+        get(
+            "positions-api/get-position.json",
+            "/accounts/acc-1/positions/ACME",
+        ),
+    )
+    .await;
+    assert_eq!(s, 404);
+    // A batch holding 3, 1, 2 (and 1 again) applies them in trade order.
+    let resp = pw(vec![sell.clone(), buy.clone(), buy2.clone(), buy.clone()]).await;
+    assert!(
+        resp.batch_item_failures.is_empty(),
+        "{:?}",
+        resp.batch_item_failures
+    );
+    // Late redeliveries and duplicates change nothing.
+    let resp = pw(vec![buy2.clone(), buy.clone(), sell.clone()]).await;
+    assert!(resp.batch_item_failures.is_empty());
+    let p = position(&a, "acc-1", "ACME").await;
+    assert_eq!(
+        (&p["quantity"], &p["averagePrice"], &p["realizedPnl"]),
+        (&json!("3"), &json!("110"), &json!("480"))
+    );
+    assert_eq!(p["lastSequence"], 3);
+
+    // The ledger: any order, each trade once.
+    for batch in [
+        vec![sell.clone(), buy.clone()],
+        vec![buy2, buy.clone(), sell],
+    ] {
+        let resp = ledger_worker::handle(&a.ledger_worker, sqs_bodies(&batch)).await;
+        assert!(resp.batch_item_failures.is_empty());
+    }
+    let resp = ledger_worker::handle(&a.ledger_worker, sqs_bodies(&[buy])).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(all_entries(&a, "acc-1", 100).await.len(), 6);
+    assert_eq!(
+        balances(&a, "acc-1").await["balances"],
+        json!({"cash": "150", "securities:ACME": "-150"})
+    );
+}
+
+/// SplitMix64, seeded: failures reproduce from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+#[tokio::test]
+async fn property_shuffled_and_duplicated_delivery_equals_in_order_application() {
+    use rust_decimal::Decimal;
+    use shared::domain::{positions::Position, trades::TradeExecuted};
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let seed = 0x5EED;
+    let mut rng = Rng(seed);
+    // A random valid sequence (never selling more than is held), with its in-order result.
+    let mut bodies = Vec::new();
+    let mut expected = Position::flat("acc-p".parse().unwrap(), "ACME".parse().unwrap());
+    let mut cash = Decimal::ZERO;
+    for seq in 1..=12u64 {
+        let held = expected.quantity.get();
+        let sell = held > Decimal::ZERO && rng.below(2) == 0;
+        let qty_units = 1 + rng.below(500) as i128;
+        let price_units = 1 + rng.below(20_000) as i128;
+        let mut qty = Decimal::from_i128_with_scale(qty_units, 2);
+        if sell && qty > held {
+            qty = held;
+        }
+        let side = if sell { "SELL" } else { "BUY" };
+        let price = Decimal::from_i128_with_scale(price_units, 2);
+        let body = executed_body(
+            seq as u32,
+            "acc-p",
+            side,
+            &qty.to_string(),
+            &price.to_string(),
+            seq,
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let t: TradeExecuted = serde_json::from_value(v["detail"]["data"].clone()).unwrap();
+        expected = expected.apply(&t).unwrap();
+        cash += if sell { qty * price } else { -(qty * price) };
+        bodies.push(body);
+    }
+    // Deliver in random batches of random order, with duplicates, retrying failures, until done.
+    let mut pending: Vec<String> = bodies
+        .iter()
+        .chain(bodies.iter().take(4))
+        .cloned()
+        .collect();
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        assert!(rounds < 200, "seed {seed}: never converged");
+        for i in (1..pending.len()).rev() {
+            pending.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let n = 1 + rng.below(pending.len().min(10) as u64) as usize;
+        let batch: Vec<String> = pending.drain(..n).collect();
+        let resp = positions_worker::handle(&a.positions_worker, sqs_bodies(&batch)).await;
+        let lr = ledger_worker::handle(&a.ledger_worker, sqs_bodies(&batch)).await;
+        assert!(
+            lr.batch_item_failures.is_empty(),
+            "the ledger takes any order"
+        );
+        for f in resp.batch_item_failures {
+            let i: usize = f.item_identifier[1..].parse().unwrap();
+            pending.push(batch[i].clone());
+        }
+    }
+    let p = position(&a, "acc-p", "ACME").await;
+    assert_eq!(p["quantity"], expected.quantity.to_string(), "seed {seed}");
+    assert_eq!(
+        p["averagePrice"],
+        expected.average_price.to_string(),
+        "seed {seed}"
+    );
+    assert_eq!(
+        p["realizedPnl"],
+        expected.realized_pnl.to_string(),
+        "seed {seed}"
+    );
+    let b = balances(&a, "acc-p").await;
+    assert_eq!(b["total"], "0", "seed {seed}: balanced");
+    assert_eq!(
+        b["balances"]["cash"],
+        cash.normalize().to_string(),
+        "seed {seed}"
+    );
+    assert_eq!(
+        all_entries(&a, "acc-p", 7).await.len(),
+        24,
+        "seed {seed}: once each"
+    );
+}
+
+#[tokio::test]
+async fn a_poison_trade_event_reaches_the_dlq_alone() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let url = env.queue_url("PositionsQueue");
+    // A sale of something never bought can never apply; the other account's trade can.
+    for body in [
+        executed_body(1, "acc-bad", "SELL", "5", "10", 1),
+        executed_body(2, "acc-good", "BUY", "5", "10", 1),
+    ] {
+        env.sqs
+            .send_message()
+            .queue_url(&url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let failed = drain(&env, "PositionsQueue", |e| {
+        positions_worker::handle(&a.positions_worker, e)
+    })
+    .await;
+    assert_eq!(failed.len(), 1, "only the poison message fails");
+    assert_eq!(position(&a, "acc-good", "ACME").await["quantity"], "5");
+
+    let dlq = env
+        .stack
+        .queue_url(env.stack.dlq("PositionsQueue").expect("dlq"))
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.depth(&dlq).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "poison message never reached the DLQ"
+        );
+        drain(&env, "PositionsQueue", |e| {
+            positions_worker::handle(&a.positions_worker, e)
+        })
+        .await;
+    }
+    let dead = env.receive(&dlq, 30).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body().unwrap().contains("acc-bad"));
+    assert_eq!(env.depth(&url).await, 0);
+}
+
+trait Tap {
+    fn tap_body(self, body: &str) -> Self;
+    fn tap_header(self, name: &str, value: &str) -> Self;
+}
+
+impl Tap for Value {
+    fn tap_body(mut self, body: &str) -> Self {
+        self["body"] = body.into();
+        self
+    }
+    fn tap_header(mut self, name: &str, value: &str) -> Self {
+        self["headers"][name] = value.into();
+        self
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let post = |body: &str| trade(json!({}), None).tap_body(body);
+    let with = |field: &str, value: Value| {
+        let mut o = order("acc-1", "BUY", json!("1"), json!("1"));
+        o[field] = value;
+        trade(o, None)
+    };
+    let mut cases: Vec<(Value, u16, Option<&str>)> = vec![
+        (post("{not json"), 400, None),
+        (post(""), 400, None),
+        (post("[1]"), 422, Some("body")),
+        (
+            post(&format!(r#"{{"x": "{}"}}"#, "y".repeat(20_000))),
+            413,
+            None,
+        ),
+        (
+            with("quantity", json!("1")).tap_header("content-type", "text/plain"),
+            415,
+            None,
+        ),
+        (
+            post(
+                r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": 1e400, "price": 1}"#,
+            ),
+            422,
+            Some("quantity"),
+        ),
+        (
+            post(
+                r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": 1, "price": 1e400}"#,
+            ),
+            422,
+            Some("price"),
+        ),
+        (
+            post(
+                r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": 1, "price": 0.000000001}"#,
+            ),
+            422,
+            Some("price"),
+        ),
+        (
+            post(r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": 1}"#),
+            422,
+            Some("body"),
+        ),
+        (
+            post(
+                r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": 1, "price": 1, "extra": 1}"#,
+            ),
+            422,
+            Some("extra"),
+        ),
+        (with("quantity", json!("1e400")), 422, Some("quantity")),
+        (
+            with("quantity", json!("0.123456789")),
+            422,
+            Some("quantity"),
+        ),
+        (
+            with("quantity", json!("123456789012345678901234567890")),
+            422,
+            Some("quantity"),
+        ),
+        (with("quantity", json!(0)), 422, Some("quantity")),
+        (with("quantity", json!("-5")), 422, Some("quantity")),
+        (with("quantity", json!(-5)), 422, Some("quantity")),
+        (with("quantity", json!(true)), 422, Some("quantity")),
+        (with("quantity", json!("ten")), 422, Some("quantity")),
+        (with("quantity", json!(null)), 422, Some("quantity")),
+        (
+            with("quantity", json!("1000000000.1")),
+            422,
+            Some("quantity"),
+        ),
+        (with("price", json!("0")), 422, Some("price")),
+        (with("price", json!(-1.5)), 422, Some("price")),
+        (with("price", json!([1])), 422, Some("price")),
+        (with("price", json!("1.000000001")), 422, Some("price")),
+        (with("side", json!("HOLD")), 422, Some("side")),
+        (with("side", json!(1)), 422, Some("side")),
+        (with("symbol", json!("AC#ME")), 422, Some("symbol")),
+        (with("symbol", json!("")), 422, Some("symbol")),
+        (with("accountId", json!("a b")), 422, Some("accountId")),
+        (with("accountId", json!(7)), 422, Some("accountId")),
+        (
+            trade(
+                order("acc-1", "BUY", json!("1000000000"), json!("1001")),
+                None,
+            ),
+            422,
+            Some("quantity"),
+        ),
+        (
+            with("quantity", json!("1")).tap_header("idempotency-key", ""),
+            422,
+            Some("Idempotency-Key"),
+        ),
+        (
+            get("trades-api/get-trade.json", "/trades/not-a-uuid"),
+            404,
+            None,
+        ),
+        (
+            get(
+                "trades-api/get-trade.json",
+                "/trades/3f1b7c2e-9a4d-5e6f-8a0b-1c2d3e4f5a6b",
+            ),
+            404,
+            None,
+        ),
+        (get("trades-api/get-trade.json", "/trades"), 405, None),
+        (
+            get(
+                "positions-api/get-position.json",
+                "/accounts/a%20b/positions",
+            ),
+            422,
+            Some("accountId"),
+        ),
+        (
+            get(
+                "positions-api/get-position.json",
+                "/accounts/acc-1/positions/A%23B",
+            ),
+            422,
+            Some("symbol"),
+        ),
+        (
+            get(
+                "positions-api/get-position.json",
+                "/accounts/acc-1/positions/ACME",
+            ),
+            404,
+            None,
+        ),
+        (
+            get("ledger-api/get-ledger.json", "/accounts/a$b/ledger"),
+            422,
+            Some("accountId"),
+        ),
+        (
+            get("ledger-api/get-balance.json", "/accounts/a$b/balance"),
+            422,
+            Some("accountId"),
+        ),
+    ];
+    for (route, path) in [
+        (
+            "positions-api/list-positions.json",
+            "/accounts/acc-1/positions",
+        ),
+        ("ledger-api/get-ledger.json", "/accounts/acc-1/ledger"),
+    ] {
+        for (k, v) in [
+            ("limit", "0"),
+            ("limit", "x"),
+            ("limit", "101"),
+            ("cursor", "garbage!"),
+        ] {
+            cases.push((with_query(get(route, path), json!({ k: v })), 422, Some(k)));
+        }
+    }
+    // A well-formed cursor of another account's partition is refused too.
+    let foreign = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"pk":"ACCOUNT#other","sk":"ENTRY#00000000000000000001#1"}"#)
+    };
+    let ev = get("ledger-api/get-ledger.json", "/accounts/acc-1/ledger");
+    cases.push((
+        with_query(ev, json!({ "cursor": foreign })),
+        422,
+        Some("cursor"),
+    ));
+
+    for (ev, want, field) in cases {
+        let desc = format!(
+            "{} {} {}",
+            ev["requestContext"]["http"]["method"], ev["rawPath"], ev["body"]
+        );
+        let (status, body, headers) = call(&a, ev).await;
+        assert_eq!(status, want, "{desc}: {body}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{desc}"
+        );
+        for k in ["type", "title", "status", "detail"] {
+            assert!(!body[k].is_null(), "{desc}: problem lacks {k}: {body}");
+        }
+        if let Some(f) = field {
+            assert_eq!(body["field"], f, "{desc}: {body}");
+        }
+    }
+    for table in ["TradesTable", "PositionsTable", "LedgerTable"] {
+        assert_eq!(env.item_count(table).await, 0, "nothing written to {table}");
+    }
+    assert_eq!(
+        env.depth(&env.queue_url("TradesQueue")).await,
+        0,
+        "nothing sent"
+    );
+}
