@@ -250,7 +250,7 @@ where
 }
 
 /// Turns a handler result into a response, errors through [`problem`].
-pub fn into_response(result: Result<Response<Body>, Error>) -> Response<Body> {
+fn into_response(result: Result<Response<Body>, Error>) -> Response<Body> {
     result.unwrap_or_else(|e| problem(&e))
 }
 

@@ -483,3 +483,127 @@ async fn report_lines_carry_duration_memory_and_init_duration() {
         );
     }
 }
+
+/// DESIGN §2 end to end: create → ASSIGNED (sync match) → message → READ (a late DELIVERED
+/// does not move it back) → close → the agent's slot is freed.
+#[tokio::test]
+async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
+    let skill = unique("sk");
+    let agent = unique("conv-agent");
+    register(&agent, &[&skill], 1).await;
+    wait_for_state(&agent, "OFFLINE", Duration::from_secs(30)).await;
+    change_state(&agent, "AVAILABLE").await;
+    wait_for_state(&agent, "AVAILABLE", Duration::from_secs(30)).await;
+
+    let body = json!({"customerId": "cust-1", "channel": "chat", "skills": [skill]}).to_string();
+    let created = send("POST", "/conversations", Some(&body), &[]).await;
+    assert_eq!(created.status, 202, "{:?}", created.body);
+    let id = created.body["conversationId"].as_str().unwrap().to_owned();
+    assert_eq!(created.header("location"), format!("/conversations/{id}"));
+    let path = format!("/conversations/{id}");
+    let conv = eventually("conversation ASSIGNED", Duration::from_secs(30), async || {
+        let a = send("GET", &path, None, &[]).await;
+        (a.status == 200 && a.body["status"] == "ASSIGNED").then_some(a.body)
+    })
+    .await;
+    assert_eq!(conv["agentId"], agent.as_str());
+    assert!(conv["assignedAt"].is_string());
+
+    let sent = send(
+        "POST",
+        &format!("{path}/messages"),
+        Some(r#"{"sender": "customer", "text": "hello"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(sent.status, 202, "{:?}", sent.body);
+    let message = format!("{path}/messages/{}", sent.body["messageId"].as_str().unwrap());
+    eventually("message SENT", Duration::from_secs(30), async || {
+        let a = send("GET", &message, None, &[]).await;
+        (a.status == 200 && a.body["status"] == "SENT").then_some(())
+    })
+    .await;
+    for receipt in ["READ", "DELIVERED"] {
+        let body = json!({ "status": receipt }).to_string();
+        let a = send("POST", &format!("{message}/receipts"), Some(&body), &[]).await;
+        assert_eq!(a.status, 202, "{receipt}: {:?}", a.body);
+    }
+    eventually("message READ", Duration::from_secs(30), async || {
+        let a = send("GET", &message, None, &[]).await;
+        (a.status == 200 && a.body["status"] == "READ").then_some(())
+    })
+    .await;
+
+    let closed = send("POST", &format!("{path}/close"), Some("{}"), &[]).await;
+    assert_eq!(closed.status, 202, "{:?}", closed.body);
+    eventually("conversation CLOSED", Duration::from_secs(30), async || {
+        let a = send("GET", &path, None, &[]).await;
+        (a.body["status"] == "CLOSED").then_some(())
+    })
+    .await;
+    let agent_path = format!("/agents/{agent}/state");
+    eventually("agent freed", Duration::from_secs(30), async || {
+        let a = send("GET", &agent_path, None, &[]).await;
+        (a.body["activeConversations"] == 0).then_some(())
+    })
+    .await;
+    // The READ stayed READ although DELIVERED was processed after it.
+    let a = send("GET", &message, None, &[]).await;
+    assert_eq!(a.body["status"], "READ");
+}
+
+/// DESIGN §2 end to end: buy 10 @ 100, buy 5 @ 130, sell 20 (more than held: REJECTED),
+/// sell 12 @ 150. By hand: average cost (1000 + 650) / 15 = 110; P&L 12 × (150 − 110) = 480;
+/// 3 left; cash −1650 + 1800 = 150 and securities −150, summing to zero.
+#[tokio::test]
+async fn trades_execute_in_order_into_positions_and_a_balanced_ledger() {
+    let account = unique("acct");
+    let orders = [
+        ("BUY", json!(10), json!("100")),
+        ("BUY", json!("5"), json!(130)),
+        ("SELL", json!("20"), json!("150")),
+        ("SELL", json!(12), json!("150.00")),
+    ];
+    let mut ids = Vec::new();
+    for (side, quantity, price) in orders {
+        let body = json!({"accountId": account, "symbol": "ACME", "side": side,
+                          "quantity": quantity, "price": price})
+        .to_string();
+        let key = unique("trade");
+        let a = send("POST", "/trades", Some(&body), &[("idempotency-key", &key)]).await;
+        assert_eq!(a.status, 202, "{:?}", a.body);
+        ids.push(a.body["tradeId"].as_str().unwrap().to_owned());
+    }
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let path = format!("/trades/{id}");
+        let status = eventually("trade decided", Duration::from_secs(60), async || {
+            let a = send("GET", &path, None, &[]).await;
+            let s = a.body["status"].as_str().unwrap_or("").to_owned();
+            (s == "EXECUTED" || s == "REJECTED").then_some(s)
+        })
+        .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, ["EXECUTED", "EXECUTED", "REJECTED", "EXECUTED"]);
+
+    let position = format!("/accounts/{account}/positions/ACME");
+    let p = eventually("position after the last sell", Duration::from_secs(60), async || {
+        let a = send("GET", &position, None, &[]).await;
+        (a.status == 200 && a.body["realizedPnl"] == "480").then_some(a.body)
+    })
+    .await;
+    assert_eq!(p["quantity"], "3");
+    assert_eq!(p["averagePrice"], "110");
+
+    let balance = format!("/accounts/{account}/balance");
+    let b = eventually("ledger balance", Duration::from_secs(60), async || {
+        let a = send("GET", &balance, None, &[]).await;
+        (a.status == 200 && a.body["balances"]["cash"] == "150").then_some(a.body)
+    })
+    .await;
+    assert_eq!(b["balances"]["securities:ACME"], "-150");
+    assert_eq!(b["total"], "0");
+    let ledger = send("GET", &format!("/accounts/{account}/ledger"), None, &[]).await;
+    assert_eq!(ledger.body["entries"].as_array().unwrap().len(), 6);
+}

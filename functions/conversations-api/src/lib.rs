@@ -104,7 +104,7 @@ pub async fn handle<S: ConversationStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Response<Body> {
-    shared::http::into_response(route(app, req).await)
+    shared::http::serve(req, |req| route(app, req)).await
 }
 
 async fn route<S: ConversationStore, B: EventBus, I: Idempotency>(

@@ -37,7 +37,7 @@ impl AwsApp {
 
 /// Handles one request; every error becomes a problem+json response here.
 pub async fn handle<S: PositionStore>(app: &App<S>, req: Request) -> Response<Body> {
-    shared::http::into_response(route(app, req).await)
+    shared::http::serve(req, |req| route(app, req)).await
 }
 
 async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {

@@ -87,7 +87,7 @@ pub async fn handle<S: TradeStore, Q: CommandQueue, I: Idempotency>(
     app: &App<S, Q, I>,
     req: Request,
 ) -> Response<Body> {
-    shared::http::into_response(route(app, req).await)
+    shared::http::serve(req, |req| route(app, req)).await
 }
 
 async fn route<S: TradeStore, Q: CommandQueue, I: Idempotency>(
