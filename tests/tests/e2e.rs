@@ -501,10 +501,14 @@ async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
     let id = created.body["conversationId"].as_str().unwrap().to_owned();
     assert_eq!(created.header("location"), format!("/conversations/{id}"));
     let path = format!("/conversations/{id}");
-    let conv = eventually("conversation ASSIGNED", Duration::from_secs(30), async || {
-        let a = send("GET", &path, None, &[]).await;
-        (a.status == 200 && a.body["status"] == "ASSIGNED").then_some(a.body)
-    })
+    let conv = eventually(
+        "conversation ASSIGNED",
+        Duration::from_secs(30),
+        async || {
+            let a = send("GET", &path, None, &[]).await;
+            (a.status == 200 && a.body["status"] == "ASSIGNED").then_some(a.body)
+        },
+    )
     .await;
     assert_eq!(conv["agentId"], agent.as_str());
     assert!(conv["assignedAt"].is_string());
@@ -517,7 +521,10 @@ async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
     )
     .await;
     assert_eq!(sent.status, 202, "{:?}", sent.body);
-    let message = format!("{path}/messages/{}", sent.body["messageId"].as_str().unwrap());
+    let message = format!(
+        "{path}/messages/{}",
+        sent.body["messageId"].as_str().unwrap()
+    );
     eventually("message SENT", Duration::from_secs(30), async || {
         let a = send("GET", &message, None, &[]).await;
         (a.status == 200 && a.body["status"] == "SENT").then_some(())
@@ -588,10 +595,14 @@ async fn trades_execute_in_order_into_positions_and_a_balanced_ledger() {
     assert_eq!(statuses, ["EXECUTED", "EXECUTED", "REJECTED", "EXECUTED"]);
 
     let position = format!("/accounts/{account}/positions/ACME");
-    let p = eventually("position after the last sell", Duration::from_secs(60), async || {
-        let a = send("GET", &position, None, &[]).await;
-        (a.status == 200 && a.body["realizedPnl"] == "480").then_some(a.body)
-    })
+    let p = eventually(
+        "position after the last sell",
+        Duration::from_secs(60),
+        async || {
+            let a = send("GET", &position, None, &[]).await;
+            (a.status == 200 && a.body["realizedPnl"] == "480").then_some(a.body)
+        },
+    )
     .await;
     assert_eq!(p["quantity"], "3");
     assert_eq!(p["averagePrice"], "110");
