@@ -9,7 +9,7 @@ export CARGO_TERM_COLOR ?= never
 
 ## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
 dev: tools
-	cargo run -p local --bin local -- dev
+	cargo run -p local --bin local -- dev $(ARGS)
 
 ## Everything CI checks: lint, unit tests, emulator tests.
 test: tools lint
