@@ -38,3 +38,13 @@ release:
 ## SAM build (needs cargo-lambda; CARGO_LAMBDA_COMPILER=cargo when zig is absent).
 sam-build:
 	sam build --beta-features
+
+## Moves a DLQ's messages back to its source (`make redrive QUEUE=agents [LIMIT=10]`), through
+## `POST /ops/dlq/$(QUEUE)/redrive` of a running `make dev`; prints the report of what moved.
+## Queue names: those `GET /ops/dlq` lists (agents, conversations, ..., event-delivery).
+.PHONY: redrive
+redrive:
+	@test -n "$(QUEUE)" || { echo 'usage: make redrive QUEUE=<name> [LIMIT=n]'; exit 2; }
+	curl -sS --fail-with-body -X POST \
+	  "http://127.0.0.1:$${PORT:-3000}/ops/dlq/$(QUEUE)/redrive$(if $(LIMIT),?limit=$(LIMIT))"
+	@echo

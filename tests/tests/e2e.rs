@@ -618,3 +618,164 @@ async fn trades_execute_in_order_into_positions_and_a_balanced_ledger() {
     let ledger = send("GET", &format!("/accounts/{account}/ledger"), None, &[]).await;
     assert_eq!(ledger.body["entries"].as_array().unwrap().len(), 6);
 }
+
+/// Observability end to end: the correlation id sent with one `POST /conversations` is in the
+/// log lines of every function the request reached (the API, the worker that applied it, the
+/// agents API its match call reached, the analytics worker that counted its events), and the
+/// analytics API serves the counts through the gateway.
+#[tokio::test]
+async fn one_correlation_id_follows_a_conversation_through_every_function() {
+    let rt = runner();
+    let skill = unique("corr-sk");
+    let agent = unique("corr-agent");
+    register(&agent, &[&skill], 1).await;
+    wait_for_state(&agent, "OFFLINE", Duration::from_secs(30)).await;
+    change_state(&agent, "AVAILABLE").await;
+    wait_for_state(&agent, "AVAILABLE", Duration::from_secs(30)).await;
+
+    let correlation = unique("corr");
+    let body = json!({"customerId": "cust-1", "channel": "chat", "skills": [skill]}).to_string();
+    let created = send(
+        "POST",
+        "/conversations",
+        Some(&body),
+        &[("x-correlation-id", &correlation)],
+    )
+    .await;
+    assert_eq!(created.status, 202, "{:?}", created.body);
+    let path = format!(
+        "/conversations/{}",
+        created.body["conversationId"].as_str().unwrap()
+    );
+    eventually(
+        "conversation ASSIGNED",
+        Duration::from_secs(30),
+        async || {
+            let a = send("GET", &path, None, &[]).await;
+            (a.body["status"] == "ASSIGNED").then_some(())
+        },
+    )
+    .await;
+    // The analytics worker counted the start and the match (events caused by this request).
+    let stats = format!("/analytics/agents/{agent}");
+    let counted = eventually(
+        "analytics counted the match",
+        Duration::from_secs(30),
+        async || {
+            let a = send("GET", &stats, None, &[]).await;
+            // Timed: both its ConversationStarted and its AgentMatched were counted.
+            (a.status == 200 && a.body["assignmentsTimed"] == 1).then_some(a.body)
+        },
+    )
+    .await;
+    assert_eq!(counted["agentId"], agent.as_str());
+    assert_eq!(counted["conversationsHandled"], 1);
+    assert!(
+        counted["meanTimeToAssignMs"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0)
+    );
+    let summary = send("GET", "/analytics/summary", None, &[]).await;
+    assert_eq!(summary.status, 200, "{:?}", summary.body);
+    assert!(summary.body["conversationsCreated"].as_u64().unwrap() >= 1);
+
+    for function in [
+        "ConversationsApiFunction",
+        "ConversationsWorkerFunction",
+        "AgentsApiFunction",
+        "AnalyticsWorkerFunction",
+    ] {
+        let prefix = format!("[{function}] ");
+        eventually(
+            &format!("{correlation} in the logs of {function}"),
+            Duration::from_secs(30),
+            async || (rt.count(&[&prefix, &correlation]) > 0).then_some(()),
+        )
+        .await;
+    }
+    // Each such line is one JSON log record carrying the id as a field, not just in a message.
+    for line in rt.matching(&[&correlation]) {
+        let Some((_, json)) = line.split_once("] ") else {
+            continue;
+        };
+        let record: Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert_eq!(
+            record["span"]["correlation_id"],
+            correlation.as_str(),
+            "{line}"
+        );
+    }
+}
+
+/// Every Embedded Metric Format line the functions printed is one CloudWatch accepts: an
+/// `_aws` object with a numeric `Timestamp` and `CloudWatchMetrics` directives whose
+/// dimensions and metrics name top-level members, the metric values numbers.
+#[tokio::test]
+async fn every_emf_line_is_valid_emf() {
+    let rt = runner();
+    // At least one API request and one worker batch.
+    let id = unique("e2e-emf");
+    register(&id, &[], 1).await;
+    wait_for_state(&id, "OFFLINE", Duration::from_secs(30)).await;
+    assert_eq!(
+        send("GET", "/analytics/summary", None, &[]).await.status,
+        200
+    );
+
+    // One snapshot (other tests keep logging): every line that mentions `_aws` is a
+    // function's JSON line with an `_aws` object.
+    let emf: Vec<(String, Value)> = rt
+        .lines()
+        .into_iter()
+        .filter(|line| line.contains("\"_aws\""))
+        .map(|line| {
+            let (prefix, json) = line
+                .split_once("] ")
+                .unwrap_or_else(|| panic!("not a function's line: {line}"));
+            let doc: Value = serde_json::from_str(json)
+                .unwrap_or_else(|e| panic!("EMF line is not JSON ({e}): {line}"));
+            assert!(doc["_aws"].is_object(), "{line}");
+            (prefix.trim_start_matches('[').to_owned(), doc)
+        })
+        .collect();
+    for function in [
+        "AgentsApiFunction",
+        "AgentsWorkerFunction",
+        "AnalyticsApiFunction",
+    ] {
+        assert!(
+            emf.iter().any(|(f, _)| f == function),
+            "no EMF line from {function}"
+        );
+    }
+    for (function, doc) in &emf {
+        let aws = &doc["_aws"];
+        assert!(
+            aws["Timestamp"].as_i64().is_some_and(|t| t > 0),
+            "{function}: {doc}"
+        );
+        let directives = aws["CloudWatchMetrics"]
+            .as_array()
+            .expect("CloudWatchMetrics");
+        assert!(!directives.is_empty(), "{function}: {doc}");
+        for d in directives {
+            assert!(
+                d["Namespace"].as_str().is_some_and(|n| !n.is_empty()),
+                "{doc}"
+            );
+            for set in d["Dimensions"].as_array().expect("Dimensions") {
+                for name in set.as_array().expect("dimension set") {
+                    let name = name.as_str().expect("dimension name");
+                    assert!(doc[name].is_string(), "{function}: dimension {name}: {doc}");
+                }
+            }
+            let metrics = d["Metrics"].as_array().expect("Metrics");
+            assert!(!metrics.is_empty(), "{doc}");
+            for m in metrics {
+                let name = m["Name"].as_str().expect("metric name");
+                assert!(doc[name].is_number(), "{function}: metric {name}: {doc}");
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::Error;
 
 pub mod agents;
+pub mod analytics;
 pub mod conversations;
 pub mod idempotency;
 pub mod inbox;

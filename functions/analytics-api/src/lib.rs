@@ -1,0 +1,101 @@
+//! The analytics HTTP API: reads the counters the analytics worker keeps.
+//!
+//! - `GET /analytics/summary`: conversations created / assigned / closed, messages, trades
+//!   executed / rejected, and per symbol the executed quantity and notional (`Σ quantity ×
+//!   price`) as exact decimal strings.
+//! - `GET /analytics/agents/{agentId}`: conversations handled (matched to the agent), messages
+//!   sent by the agent, and the mean time to assign: over the agent's conversations whose
+//!   `ConversationStarted` and `AgentMatched` both arrived, the mean of `matchedAt −
+//!   createdAt` in milliseconds (`null` while there is none). `404` for an agent no event
+//!   named, or an id that is not an agent id.
+//!
+//! Counters are eventually consistent with the commands (they follow the events).
+
+use lambda_http::{Body, Request, Response, http::Method};
+use serde::Serialize;
+use shared::{
+    Error, config,
+    domain::ids::AgentId,
+    http::json,
+    store::analytics::{AgentStats, AnalyticsStore, DynamoAnalyticsStore},
+};
+
+pub struct Config {
+    pub table_name: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, config::MissingVar> {
+        Ok(Config {
+            table_name: config::var("TABLE_NAME")?,
+        })
+    }
+}
+
+pub struct App<S> {
+    pub store: S,
+}
+
+pub type AwsApp = App<DynamoAnalyticsStore>;
+
+impl AwsApp {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        App {
+            store: DynamoAnalyticsStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
+        }
+    }
+}
+
+/// `GET /analytics/agents/{agentId}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentView {
+    agent_id: AgentId,
+    conversations_handled: u64,
+    messages_sent: u64,
+    /// How many conversations the mean is taken over.
+    assignments_timed: u64,
+    /// Milliseconds, to the microsecond; `None` (JSON `null`) before the first timed one.
+    mean_time_to_assign_ms: Option<f64>,
+}
+
+impl AgentView {
+    fn new(agent_id: AgentId, s: &AgentStats) -> Self {
+        let mean = (s.assignments_timed > 0).then(|| {
+            let micros =
+                (s.assign_millis_total as f64 * 1000.0 / s.assignments_timed as f64).round();
+            micros / 1000.0
+        });
+        AgentView {
+            agent_id,
+            conversations_handled: s.conversations_handled,
+            messages_sent: s.messages_sent,
+            assignments_timed: s.assignments_timed,
+            mean_time_to_assign_ms: mean,
+        }
+    }
+}
+
+pub async fn handle<S: AnalyticsStore>(app: &App<S>, req: Request) -> Response<Body> {
+    shared::http::serve(req, |req| route(app, req)).await
+}
+
+async fn route<S: AnalyticsStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["analytics", "summary"]) => Ok(json(200, &app.store.summary().await?)),
+        (Method::GET, ["analytics", "agents", id]) => agent(app, id).await,
+        (_, ["analytics", "summary"] | ["analytics", "agents", _]) => {
+            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
+        }
+        _ => Err(Error::NotFound(format!("no route for {path}"))),
+    }
+}
+
+async fn agent<S: AnalyticsStore>(app: &App<S>, id: &str) -> Result<Response<Body>, Error> {
+    let not_found = || Error::NotFound(format!("no analytics for agent {id}"));
+    let agent_id: AgentId = id.parse().map_err(|_| not_found())?;
+    let stats = app.store.agent(&agent_id).await?.ok_or_else(not_found)?;
+    Ok(json(200, &AgentView::new(agent_id, &stats)))
+}

@@ -1,0 +1,14 @@
+use analytics_api::{AwsApp, Config, handle};
+use lambda_http::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let config = Config::from_env()?;
+    let sdk = shared::aws::load().await;
+    let app = &AwsApp::new(&sdk, config);
+    run(service_fn(move |req| async move {
+        Ok::<_, std::convert::Infallible>(handle(app, req).await)
+    }))
+    .await
+}

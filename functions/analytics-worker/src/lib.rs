@@ -1,0 +1,265 @@
+//! The analytics worker: keeps the counters of `GET /analytics/*` from conversation, agent and
+//! trade events, each event counted **exactly once**: its increments and its inbox record
+//! (keyed by the event id) are one DynamoDB transaction, so a redelivered event (the same id,
+//! in another batch or twice in one) fails on its record and adds nothing.
+//!
+//! What each event counts:
+//! - `ConversationStarted`: conversations created (once per conversation);
+//! - `AgentMatched`: conversations assigned, and the agent's conversations handled (once per
+//!   conversation: the agents service reserves one agent per conversation);
+//! - `ConversationClosed`: conversations closed (once per conversation, although a
+//!   conversation closed before its match arrived is announced closed twice);
+//! - `MessageSent`: messages; with sender `agent`, the agent's messages sent (the event names
+//!   the conversation's agent);
+//! - `TradeExecuted`: trades executed and the symbol's volume (quantity and `quantity × price`,
+//!   exact); `TradeRejected`: trades rejected;
+//! - `AgentRegistered`: makes the agent known (all its counters at zero).
+//!
+//! Time to assign of a conversation = `AgentMatched.matchedAt − ConversationStarted.createdAt`
+//! (acceptance of `POST /conversations` to the agent's reservation), in whole milliseconds,
+//! clamped at 0 (the two times come from different functions' clocks). The two events arrive
+//! in either order; whichever comes second adds the conversation's time to its agent's total.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use rust_decimal::Decimal;
+use shared::{
+    Error,
+    bus::EventBus,
+    config,
+    domain::{agents::AgentMatched, conversations::Sender, money::exact_mul},
+    events::{Envelope, Message},
+    store::{
+        analytics::{
+            AnalyticsStore, DynamoAnalyticsStore, Fact, Increment, Target, Timeline,
+            TimelineUpdate, Write,
+        },
+        inbox::InboxRecord,
+    },
+    worker::{Applied, exactly_once, process_batch},
+};
+
+pub struct Config {
+    pub table_name: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, config::MissingVar> {
+        Ok(Config {
+            table_name: config::var("TABLE_NAME")?,
+        })
+    }
+}
+
+pub struct App<S> {
+    pub store: S,
+}
+
+pub type AwsApp = App<DynamoAnalyticsStore>;
+
+impl AwsApp {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        App {
+            store: DynamoAnalyticsStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
+        }
+    }
+}
+
+/// Analytics is a sink: applying an event never publishes one, so [`exactly_once`] is given a
+/// bus that refuses to publish (reaching it would be a bug, reported as such).
+struct Sink;
+
+impl EventBus for Sink {
+    async fn publish(&self, events: &[Envelope]) -> Result<(), Error> {
+        Err(Error::Internal(format!(
+            "the analytics worker publishes no events ({} given)",
+            events.len()
+        )))
+    }
+}
+
+/// Retries when the conversation's timeline changes between read and write (another event of
+/// the same conversation applied concurrently, in another batch).
+const WRITE_ATTEMPTS: usize = 5;
+
+pub async fn handle<S: AnalyticsStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
+    process_batch(event, order_key, |env| apply(app, env)).await
+}
+
+/// Events of one conversation are applied in batch order (they share its timeline); all the
+/// rest concurrently.
+fn order_key(env: &Envelope) -> String {
+    match &env.message {
+        Message::ConversationStarted(e) => e.conversation_id.to_string(),
+        Message::AgentMatched(e) => e.conversation_id.to_string(),
+        Message::ConversationClosed(e) => e.conversation_id.to_string(),
+        Message::MessageSent(e) => e.conversation_id.to_string(),
+        _ => env.id.to_string(),
+    }
+}
+
+fn one(name: &'static str) -> (&'static str, Decimal) {
+    (name, Decimal::ONE)
+}
+
+fn summary(name: &'static str) -> Increment {
+    Increment {
+        target: Target::Summary,
+        deltas: vec![one(name)],
+    }
+}
+
+async fn apply<S: AnalyticsStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
+    exactly_once(&app.store, &Sink, &env, || count(app, &env)).await
+}
+
+async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applied, Error> {
+    let increments = match &env.message {
+        Message::ConversationStarted(e) => {
+            return timed(app, env, &e.conversation_id, |seen| {
+                let fact = Fact::Created(e.created_at);
+                if seen.created_at.is_some() {
+                    return None;
+                }
+                let mut incs = vec![summary("conversationsCreated")];
+                if let Some((agent, matched_at)) = &seen.matched {
+                    incs.push(assign_time(agent, e.created_at, *matched_at, Vec::new()));
+                }
+                Some((fact, incs))
+            })
+            .await;
+        }
+        Message::AgentMatched(m) => return matched(app, env, m).await,
+        Message::ConversationClosed(e) => {
+            return timed(app, env, &e.conversation_id, |seen| {
+                (!seen.closed).then(|| {
+                    (
+                        Fact::Closed(e.closed_at),
+                        vec![summary("conversationsClosed")],
+                    )
+                })
+            })
+            .await;
+        }
+        Message::MessageSent(e) => {
+            let mut incs = vec![summary("messages")];
+            if let (Sender::Agent, Some(agent)) = (e.sender, &e.agent_id) {
+                incs.push(Increment {
+                    target: Target::Agent(agent.clone()),
+                    deltas: vec![one("messagesSent")],
+                });
+            }
+            incs
+        }
+        Message::TradeExecuted(t) => {
+            let notional = exact_mul(t.quantity.get(), t.price.get())
+                .map_err(|e| Error::invalid("price", e.to_string()))?;
+            vec![
+                summary("tradesExecuted"),
+                Increment {
+                    target: Target::Volume(t.symbol.clone()),
+                    deltas: vec![("quantity", t.quantity.get()), ("notional", notional)],
+                },
+            ]
+        }
+        Message::TradeRejected(_) => vec![summary("tradesRejected")],
+        Message::AgentRegistered(e) => vec![Increment {
+            target: Target::Agent(e.agent_id.clone()),
+            deltas: vec![("conversationsHandled", Decimal::ZERO)],
+        }],
+        other => {
+            return Err(Error::invalid(
+                "detail-type",
+                format!(
+                    "the analytics worker does not count {}",
+                    other.detail_type()
+                ),
+            ));
+        }
+    };
+    let record = InboxRecord::new(env.id, Vec::new());
+    match app.store.apply(&record, None, &increments).await? {
+        Write::Done => Ok(Applied::Done(Vec::new())),
+        // Without a timeline update there is no other condition than the inbox record's.
+        Write::Duplicate | Write::Conflict => Ok(Applied::Duplicate),
+    }
+}
+
+async fn matched<S: AnalyticsStore>(
+    app: &App<S>,
+    env: &Envelope,
+    m: &AgentMatched,
+) -> Result<Applied, Error> {
+    timed(app, env, &m.conversation_id, |seen| {
+        if seen.matched.is_some() {
+            return None;
+        }
+        let deltas = vec![one("conversationsHandled")];
+        let agent = match seen.created_at {
+            Some(created_at) => assign_time(&m.agent_id, created_at, m.matched_at, deltas),
+            None => Increment {
+                target: Target::Agent(m.agent_id.clone()),
+                deltas,
+            },
+        };
+        Some((
+            Fact::Matched(m.agent_id.clone(), m.matched_at),
+            vec![summary("conversationsAssigned"), agent],
+        ))
+    })
+    .await
+}
+
+/// The agent's increment `deltas` plus one timed assignment of `matched_at − created_at`.
+fn assign_time(
+    agent: &shared::domain::ids::AgentId,
+    created_at: chrono::DateTime<chrono::Utc>,
+    matched_at: chrono::DateTime<chrono::Utc>,
+    mut deltas: Vec<(&'static str, Decimal)>,
+) -> Increment {
+    let millis = (matched_at - created_at).num_milliseconds().max(0);
+    deltas.push(one("assignmentsTimed"));
+    deltas.push(("assignMillisTotal", Decimal::from(millis)));
+    Increment {
+        target: Target::Agent(agent.clone()),
+        deltas,
+    }
+}
+
+/// Applies an event that records a fact in its conversation's timeline. `decide` maps the
+/// timeline as read to the fact and increments, or `None` when the fact is known already (the
+/// event is then only recorded in the inbox). A concurrent change of the timeline makes the
+/// write fail its condition: read again and decide again.
+async fn timed<S, D>(
+    app: &App<S>,
+    env: &Envelope,
+    conversation: &shared::domain::ids::ConversationId,
+    decide: D,
+) -> Result<Applied, Error>
+where
+    S: AnalyticsStore,
+    D: Fn(&Timeline) -> Option<(Fact, Vec<Increment>)>,
+{
+    let record = InboxRecord::new(env.id, Vec::new());
+    for _ in 0..WRITE_ATTEMPTS {
+        let seen = app.store.timeline(conversation).await?;
+        let write = match decide(&seen) {
+            Some((fact, increments)) => {
+                let update = TimelineUpdate {
+                    conversation: conversation.clone(),
+                    seen,
+                    fact,
+                };
+                app.store.apply(&record, Some(&update), &increments).await?
+            }
+            None => app.store.apply(&record, None, &[]).await?,
+        };
+        match write {
+            Write::Done => return Ok(Applied::Done(Vec::new())),
+            Write::Duplicate => return Ok(Applied::Duplicate),
+            Write::Conflict => continue,
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "conversation {conversation} kept changing while counting"
+    )))
+}

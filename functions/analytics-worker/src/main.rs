@@ -1,0 +1,15 @@
+use analytics_worker::{AwsApp, Config, handle};
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let config = Config::from_env()?;
+    let sdk = shared::aws::load().await;
+    let app = &AwsApp::new(&sdk, config);
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(handle(app, event.payload).await)
+    }))
+    .await
+}
