@@ -369,3 +369,46 @@ pub fn sqs_bodies(bodies: &[String]) -> SqsEvent {
 pub fn body_json(resp: &lambda_http::Response<lambda_http::Body>) -> Value {
     serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null)
 }
+
+/// A TCP proxy in front of the emulator that a test switches off and on, to play an outage.
+/// Off, it accepts connections and then says nothing (a black hole, the harshest outage: only
+/// timeouts end the wait) and cuts the connections it was forwarding.
+pub struct Proxy {
+    pub endpoint: String,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(target: &str) -> Proxy {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (target, mut watch) = (target.clone(), watch.clone());
+                tokio::spawn(async move {
+                    if !*watch.borrow() {
+                        // Hold the socket without answering until the test ends.
+                        let _ = watch.wait_for(|up| *up).await;
+                        return;
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { endpoint, up }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}

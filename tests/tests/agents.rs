@@ -669,3 +669,78 @@ impl Tap for Value {
         self
     }
 }
+
+/// The emulator goes dark and comes back while commands keep arriving: during the outage the
+/// API answers 503 quickly; every command that got a 202 is applied in the end.
+#[tokio::test]
+async fn an_outage_under_load_answers_503_fast_and_loses_no_accepted_command() {
+    let env = Env::new().await;
+    let proxy = system_tests::Proxy::start(system_tests::endpoint()).await;
+    let sdk = shared::aws::configure(aws_config::defaults(aws_config::BehaviorVersion::latest()))
+        .endpoint_url(&proxy.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    let app = agents_api::AwsApp::new(
+        &sdk,
+        agents_api::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    );
+    let worker = worker_app(&env, &env.bus());
+
+    let mut accepted = Vec::new();
+    let mut unavailable = 0;
+    for round in 0..3 {
+        proxy.set_up(round != 1);
+        let app = &app;
+        let results = futures::future::join_all((0..8).map(|i| async move {
+            let id = format!("r{round}-{i}");
+            let started = Instant::now();
+            let (status, _, _) = call(app, register_event(&id, "Load", &[], 1)).await;
+            (id, status, started.elapsed())
+        }))
+        .await;
+        for (id, status, took) in results {
+            match status {
+                202 => accepted.push(id),
+                503 => {
+                    unavailable += 1;
+                    assert!(took < Duration::from_secs(3), "503 took {took:?}");
+                }
+                other => panic!("{id}: unexpected {other}"),
+            }
+        }
+    }
+    assert!(
+        unavailable >= 8,
+        "the dark round answered 503: {unavailable}"
+    );
+    assert!(
+        accepted.len() >= 16,
+        "the two lit rounds were accepted: {accepted:?}"
+    );
+
+    proxy.set_up(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        drain(&env, &worker).await;
+        let mut missing = Vec::new();
+        for id in &accepted {
+            if get_agent(&app, id).await.0 != 200 {
+                missing.push(id.clone());
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "accepted but never applied: {missing:?}"
+        );
+    }
+}

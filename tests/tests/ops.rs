@@ -64,6 +64,34 @@ async fn health_answers_503_quickly_when_the_emulator_is_unreachable() {
     );
 }
 
+/// The emulator behind a proxy that goes dark and comes back: 503 naming every dependency
+/// within the probe timeout, then 200 again.
+#[tokio::test]
+async fn health_follows_an_outage_and_the_recovery() {
+    let env = Env::new().await;
+    let proxy = system_tests::Proxy::start(system_tests::endpoint()).await;
+    let sdk = system_tests::sdk_for(&proxy.endpoint).await;
+    let app = health_api::App::new(&sdk, health_config(&env, vec![env.table("AgentsTable")]));
+    assert_eq!(health(&app).await.0, 200);
+
+    proxy.set_up(false);
+    let started = Instant::now();
+    let (status, report) = health(&app).await;
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["failing"].as_array().unwrap().len(), 4, "{report}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    proxy.set_up(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&app).await.0 != 200 {
+        assert!(Instant::now() < deadline, "health never recovered");
+    }
+}
+
 fn ops_app(env: &Env) -> ops_api::App {
     let raw = format!(
         "agents|{}|{},event-delivery|{}|bus:{}",
