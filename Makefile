@@ -5,7 +5,7 @@ export AWS_ACCESS_KEY_ID ?= test
 export AWS_SECRET_ACCESS_KEY ?= test
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test tools lint fmt unit build release sam-build
+.PHONY: dev test tools lint fmt unit build release sam-build fuzz
 
 ## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
 dev: tools
@@ -14,6 +14,12 @@ dev: tools
 ## Everything CI checks: lint, unit tests, emulator tests.
 test: tools lint
 	cargo test --workspace --no-fail-fast
+	$(MAKE) fuzz
+
+## Fuzzes the HTTP API (schemathesis, driven by openapi.yaml) against a real `local dev`:
+## 0 server errors, 0 responses that break the spec. FUZZ_EXAMPLES cases per operation.
+fuzz: tools
+	bash scripts/fuzz-api.sh
 
 ## Python tools the tests and the local stack use (moto server, cfn-lint), installed when missing.
 tools:

@@ -16,3 +16,6 @@ pub mod telemetry;
 pub mod worker;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod fuzz_tests;

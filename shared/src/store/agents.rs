@@ -111,6 +111,30 @@ fn agent_key(id: &AgentId) -> AttributeValue {
     s(format!("AGENT#{id}"))
 }
 
+/// A list cursor is a `byState` position: the index key (`state`, `agentId`) of an agent
+/// profile and its table key, in the state the list is filtered by. Anything else would make
+/// DynamoDB fail the request (a 500), so it is refused here (`422`).
+fn check_list_cursor(
+    key: &std::collections::HashMap<String, AttributeValue>,
+    filter: &AgentFilter,
+) -> Result<(), Error> {
+    let text = |k: &str| key.get(k).and_then(|v| v.as_s().ok());
+    let state = text("state").and_then(|v| v.parse::<AgentState>().ok());
+    let agent = text("agentId").and_then(|v| v.parse::<AgentId>().ok());
+    let ours = key.len() == 4
+        && state.is_some_and(|st| filter.state.is_none_or(|f| f == st))
+        && agent.is_some_and(|a| key.get("pk") == Some(&agent_key(&a)))
+        && text("sk").is_some_and(|v| v == "PROFILE");
+    if ours {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "cursor",
+            "not a cursor returned by this list",
+        ))
+    }
+}
+
 fn reservation_key(id: &ConversationId) -> AttributeValue {
     s(format!("RESERVATION#{id}"))
 }
@@ -194,6 +218,9 @@ impl AgentStore for DynamoAgentStore {
         cursor: Option<&str>,
     ) -> Result<Page<Agent>, Error> {
         let start = cursor.map(decode_cursor).transpose()?;
+        if let Some(key) = &start {
+            check_list_cursor(key, filter)?;
+        }
         let (items, last) = match filter.state {
             Some(state) => {
                 let out = self

@@ -1,0 +1,62 @@
+//! `GET /openapi.json`: the API's contract, `openapi.yaml` at the repository root, embedded at
+//! compile time and converted to JSON once at init. No AWS access, so no IAM policy.
+
+use lambda_http::{Body, Request, Response, http::Method};
+use shared::Error;
+
+/// The spec as written (YAML).
+pub const OPENAPI_YAML: &str = include_str!("../../../openapi.yaml");
+
+/// The spec as a JSON value.
+pub fn spec() -> Result<serde_json::Value, serde_yaml::Error> {
+    serde_yaml::from_str(OPENAPI_YAML)
+}
+
+pub struct App {
+    /// The spec, serialized once.
+    json: String,
+}
+
+impl App {
+    pub fn new() -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(App {
+            json: serde_json::to_string(&spec()?)?,
+        })
+    }
+}
+
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    shared::http::serve(req, |req| async move {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/openapi.json") => Ok(Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("cache-control", "max-age=300")
+                .body(Body::Text(app.json.clone()))
+                .expect("static status and headers are valid")),
+            (_, "/openapi.json") => Err(Error::MethodNotAllowed("use GET /openapi.json".into())),
+            (_, path) => Err(Error::NotFound(format!("no route for {path}"))),
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_the_spec_as_json() {
+        let app = App::new().expect("openapi.yaml parses");
+        let req = lambda_http::http::Request::builder()
+            .uri("/openapi.json")
+            .body(Body::Empty)
+            .unwrap();
+        let resp = handle(&app, req).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        assert_eq!(v["openapi"], "3.1.0");
+        assert!(v["paths"]["/openapi.json"]["get"].is_object());
+    }
+}
