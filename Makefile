@@ -5,7 +5,7 @@ export AWS_ACCESS_KEY_ID ?= test
 export AWS_SECRET_ACCESS_KEY ?= test
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test tools lint fmt unit build release sam-build fuzz
+.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick
 
 ## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
 dev: tools
@@ -44,6 +44,17 @@ release:
 ## SAM build (needs cargo-lambda; CARGO_LAMBDA_COMPILER=cargo when zig is absent).
 sam-build:
 	sam build --beta-features
+
+## Benchmarks of DESIGN §7 (release builds, emulator, `local dev --release`): writes BENCHMARKS.md + .png.
+## The harness's stdout is the functions' EMF lines; its progress goes to stderr.
+bench: tools
+	cargo build --release --workspace --bins
+	$${CARGO_TARGET_DIR:-target}/release/bench >/dev/null
+
+## Under two minutes on a warm build; fails only when a ratio budget is broken by 2x, never on time.
+bench-quick: tools
+	cargo build --release --workspace --bins
+	$${CARGO_TARGET_DIR:-target}/release/bench --quick --out $${CARGO_TARGET_DIR:-target}/bench-quick >/dev/null
 
 ## Moves a DLQ's messages back to its source (`make redrive QUEUE=agents [LIMIT=10]`), through
 ## `POST /ops/dlq/$(QUEUE)/redrive` of a running `make dev`; prints the report of what moved.

@@ -1,0 +1,154 @@
+//! The agents worker in-process: a batch of 10 independent messages vs one against the
+//! emulator, and CPU time per event with every AWS call answered instantly from memory.
+
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_runtime_api::http::{Response, StatusCode};
+use aws_smithy_types::body::SdkBody;
+
+use agents_worker::{AwsApp, Config};
+
+/// `n` `RegisterAgent` commands for distinct new agents, as EventBridge delivers them.
+pub fn batch(n: usize) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = (0..n)
+        .map(|_| {
+            let agent = uuid::Uuid::new_v4().simple().to_string();
+            let detail = serde_json::json!({
+                "id": uuid::Uuid::new_v4(),
+                "correlationId": "bench",
+                "occurredAt": chrono::Utc::now(),
+                "type": "RegisterAgent",
+                "data": {"agentId": format!("bench-{}", &agent[..12]), "name": "Bench",
+                         "skills": ["billing"], "capacity": 2, "version": 1},
+            });
+            let mut m = SqsMessage::default();
+            m.message_id = Some(uuid::Uuid::new_v4().to_string());
+            m.body = Some(
+                serde_json::json!({"detail-type": "RegisterAgent",
+                    "source": "cqrs.agents.command", "detail": detail})
+                .to_string(),
+            );
+            m
+        })
+        .collect();
+    event
+}
+
+/// Alternates batches of one and of ten, `reps` each: (one, ten) durations.
+pub async fn batch_vs_one(app: &AwsApp, reps: usize) -> (Vec<Duration>, Vec<Duration>) {
+    // Warm the connection pool (and moto's code paths) first.
+    agents_worker::handle(app, batch(10)).await;
+    let (mut one, mut ten) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        for (n, out) in [(1, &mut one), (10, &mut ten)] {
+            let event = batch(n);
+            let started = Instant::now();
+            let resp = agents_worker::handle(app, event).await;
+            out.push(started.elapsed());
+            if !resp.batch_item_failures.is_empty() {
+                eprintln!("batch of {n}: {} failures", resp.batch_item_failures.len());
+            }
+        }
+    }
+    (one, ten)
+}
+
+/// Answers every AWS call after `delay` (zero: at once): `{}` for DynamoDB (no item, write
+/// accepted) and a successful `PutEvents`. Calls never wait for each other, as on AWS.
+#[derive(Debug, Clone)]
+struct Canned {
+    delay: Duration,
+}
+
+impl HttpConnector for Canned {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let body = if target.ends_with("PutEvents") {
+            r#"{"FailedEntryCount":0,"Entries":[{"EventId":"1"}]}"#
+        } else {
+            "{}"
+        };
+        let mut response =
+            Response::new(StatusCode::try_from(200).expect("200"), SdkBody::from(body));
+        response
+            .headers_mut()
+            .insert("content-type", "application/x-amz-json-1.0");
+        if self.delay.is_zero() {
+            return HttpConnectorFuture::ready(Ok(response));
+        }
+        let delay = self.delay;
+        HttpConnectorFuture::new(async move {
+            tokio::time::sleep(delay).await;
+            Ok(response)
+        })
+    }
+}
+
+impl HttpClient for Canned {
+    fn http_connector(
+        &self,
+        _: &HttpConnectorSettings,
+        _: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(self.clone())
+    }
+}
+
+/// SDK configuration whose every call is answered by [`Canned`] after `delay`.
+pub async fn canned_sdk(delay: Duration) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url("http://canned.invalid")
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "bench",
+        ))
+        .http_client(SharedHttpClient::new(Canned { delay }))
+        .load()
+        .await
+}
+
+/// CPU time of this process per event over `batches` batches of 10 (all AWS calls canned);
+/// (CPU per event, wall per event).
+pub async fn cpu_per_event(batches: usize) -> (Duration, Duration) {
+    let app = canned_app(Duration::ZERO).await;
+    agents_worker::handle(&app, batch(10)).await;
+    let events: Vec<SqsEvent> = (0..batches).map(|_| batch(10)).collect();
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    for event in events {
+        let resp = agents_worker::handle(&app, event).await;
+        debug_assert!(resp.batch_item_failures.is_empty());
+    }
+    let n = (batches * 10) as u32;
+    ((cpu_time() - cpu0) / n, wall0.elapsed() / n)
+}
+
+/// CPU time consumed by this process so far (all threads).
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The agents worker with every AWS call answered by [`Canned`] after `delay`.
+pub async fn canned_app(delay: Duration) -> AwsApp {
+    AwsApp::new(
+        &canned_sdk(delay).await,
+        Config {
+            table_name: "agents".into(),
+            event_bus_name: "bus".into(),
+        },
+    )
+}

@@ -1,0 +1,291 @@
+//! `make bench`: measures the budgets of DESIGN §7 side by side with their baselines in one
+//! run and writes `BENCHMARKS.md` and `BENCHMARKS.png`. `--quick` (make bench-quick) takes
+//! fewer samples, skips RSS, writes under `--out` and exits non-zero only when a ratio budget
+//! is broken by a wide margin ([`MARGIN`]× the budget), never on an absolute time.
+
+mod cold;
+mod inproc;
+mod local_api;
+mod report;
+mod stats;
+mod stub;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use local::provision::{ProvisionOptions, Stack, provision};
+use local::template::Template;
+
+use crate::cold::Target;
+use crate::report::{BATCH_BUDGET, INIT_BUDGET, QUERY_BUDGET, Results};
+
+/// `--quick` fails when a ratio exceeds its budget by this factor.
+const MARGIN: f64 = 2.0;
+const STACK: &str = "bench";
+/// Latency of each AWS call in the simulated batch (a DynamoDB round trip inside a region).
+const SIMULATED_LATENCY: Duration = Duration::from_millis(5);
+
+/// Sample counts of a run.
+struct Plan {
+    cold_rounds: usize,
+    rss_invocations: usize,
+    batch_reps: usize,
+    cpu_batches: usize,
+    e2e: usize,
+    /// Rounds of (API, GetItem), alternating.
+    query_rounds: usize,
+    query_per_round: usize,
+    per_client_16: usize,
+}
+
+const FULL: Plan = Plan {
+    cold_rounds: 21,
+    rss_invocations: 50,
+    batch_reps: 20,
+    cpu_batches: 2000,
+    e2e: 50,
+    query_rounds: 5,
+    query_per_round: 100,
+    per_client_16: 10,
+};
+
+const QUICK: Plan = Plan {
+    cold_rounds: 7,
+    rss_invocations: 0,
+    batch_reps: 5,
+    cpu_batches: 300,
+    e2e: 10,
+    query_rounds: 2,
+    query_per_round: 50,
+    per_client_16: 3,
+};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| root.clone(), PathBuf::from);
+    let plan = if quick { QUICK } else { FULL };
+    let mut r = Results {
+        quick,
+        command: format!(
+            "make bench{}` (after the release build it runs `{}`)",
+            if quick { "-quick" } else { "" },
+            args.join(" ")
+        ),
+        ..Results::default()
+    };
+    if let Err(e) = run(&root, &plan, &mut r).await {
+        r.missing.push(format!("run stopped early: {e}"));
+    }
+    std::fs::create_dir_all(&out).expect("output directory");
+    let plot = out.join("BENCHMARKS.png");
+    if let Err(e) = report::plot(&r, &plot) {
+        r.missing.push(e);
+    }
+    let notes = std::fs::read_to_string(root.join("bench/NOTES.md")).unwrap_or_default();
+    let md = report::markdown(&r, "BENCHMARKS.png", if quick { "" } else { &notes });
+    std::fs::write(out.join("BENCHMARKS.md"), &md).expect("write BENCHMARKS.md");
+    eprintln!("wrote {}", out.join("BENCHMARKS.md").display());
+    if quick && broken(&r) {
+        std::process::exit(1);
+    }
+}
+
+/// True when a ratio budget is broken by more than [`MARGIN`]×.
+fn broken(r: &Results) -> bool {
+    let checks = [
+        ("init", r.worst_init_ratio(), INIT_BUDGET),
+        ("warm query", r.query_ratio(), QUERY_BUDGET),
+        ("batch of 10", r.sim_batch_ratio(), BATCH_BUDGET),
+    ];
+    let mut bad = false;
+    for (what, ratio, budget) in checks {
+        if let Some(q) = ratio.filter(|q| *q > budget * MARGIN) {
+            eprintln!("{what}: {q:.2}× is over {MARGIN}× its budget of {budget}×");
+            bad = true;
+        }
+    }
+    bad
+}
+
+async fn run(root: &std::path::Path, plan: &Plan, r: &mut Results) -> Result<(), String> {
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("release");
+    let scratch = release.join("bench-scratch");
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let template = Template::load(root.join("template.yaml")).map_err(|e| e.to_string())?;
+
+    // One emulator with the stack provisioned: functions init and run against it.
+    let emulator = local::emulator::spawn_on_free_port().map_err(|e| e.to_string())?;
+    let sdk = local::emulator::sdk_config(&emulator.endpoint).await;
+    let stack = provision_stack(&template, &sdk).await?;
+    let base: BTreeMap<String, String> = [
+        ("AWS_ENDPOINT_URL", emulator.endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("TZ", ":UTC"),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+
+    let mut targets = vec![Target {
+        name: "bench-hello (baseline)".into(),
+        binary: release.join("bench-hello"),
+        env: base.clone(),
+        events: vec![serde_json::json!({"hello": "world"})],
+    }];
+    for f in template.functions.values() {
+        let mut env = base.clone();
+        env.extend(
+            stack
+                .function_env(&f.logical_id)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        targets.push(Target {
+            name: f.binary.clone(),
+            binary: release.join(&f.binary),
+            env,
+            events: cold::fixtures(root, &f.binary),
+        });
+    }
+
+    eprintln!(
+        "cold starts: {} rounds of {} binaries",
+        plan.cold_rounds,
+        targets.len()
+    );
+    let mut figures = cold::cold_starts(&targets, plan.cold_rounds).await;
+    for (t, f) in targets.iter().zip(figures.iter_mut()) {
+        cold::sizes(&t.binary, &scratch, f);
+        if plan.rss_invocations > 0 && f.error.is_none() {
+            eprintln!("max RSS: {}", t.name);
+            let n = if t.name.ends_with("-worker") {
+                plan.rss_invocations / 5
+            } else {
+                plan.rss_invocations
+            };
+            cold::max_rss(t, n, f).await;
+        }
+    }
+    r.targets = targets.into_iter().map(|t| t.name).zip(figures).collect();
+    if plan.rss_invocations == 0 {
+        r.missing
+            .push("max RSS (quick mode: absolute figures are never checked there)".into());
+    }
+
+    eprintln!("worker batch of 10 vs 1");
+    let app = agents_worker::AwsApp::new(
+        &sdk,
+        agents_worker::Config {
+            table_name: stack
+                .table_name("AgentsTable")
+                .ok_or("no AgentsTable")?
+                .into(),
+            event_bus_name: stack.bus_name("EventBus").ok_or("no EventBus")?.into(),
+        },
+    );
+    (r.one, r.ten) = inproc::batch_vs_one(&app, plan.batch_reps).await;
+
+    eprintln!("worker batch of 10 vs 1, AWS calls answered in {SIMULATED_LATENCY:?}");
+    let simulated = inproc::canned_app(SIMULATED_LATENCY).await;
+    (r.sim_one, r.sim_ten) = inproc::batch_vs_one(&simulated, plan.batch_reps).await;
+
+    eprintln!("CPU per event");
+    r.cpu = Some(inproc::cpu_per_event(plan.cpu_batches).await);
+    drop(emulator);
+
+    local_latency(root, &release, &template, plan, r).await
+}
+
+async fn provision_stack(
+    template: &Template,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Stack, String> {
+    let opts = ProvisionOptions {
+        stack_name: STACK.into(),
+        ..ProvisionOptions::default()
+    };
+    provision(template, sdk, &opts)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Through `local dev --release` with an emulator of its own.
+async fn local_latency(
+    root: &std::path::Path,
+    release: &std::path::Path,
+    template: &Template,
+    plan: &Plan,
+    r: &mut Results,
+) -> Result<(), String> {
+    let emulator = local::emulator::spawn_on_free_port().map_err(|e| e.to_string())?;
+    eprintln!("local dev --release");
+    if let Some(dir) = std::env::var_os(local_api::TARGET_DIR_ENV) {
+        r.missing.push(format!(
+            "`local dev` ran with its binaries from {} ({} set): see the notes",
+            PathBuf::from(dir).display(),
+            local_api::TARGET_DIR_ENV
+        ));
+    }
+    let log = release.join("bench-scratch/local-dev.log");
+    let dev = local_api::LocalDev::start(
+        &release.join("local"),
+        root,
+        &emulator.endpoint,
+        STACK,
+        &log,
+    )
+    .map_err(|e| format!("{e}; log: {}", log.display()))?;
+    let sdk = local::emulator::sdk_config(&emulator.endpoint).await;
+    // Idempotent: the names `local dev` created.
+    let stack = provision_stack(template, &sdk).await?;
+    let table = stack.table_name("AgentsTable").ok_or("no AgentsTable")?;
+
+    eprintln!("command → visible: {}", plan.e2e);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for i in 0..plan.e2e {
+        let id = format!("b{}-{i}", &run[..8]);
+        r.e2e.push(
+            dev.command_to_visible(&id, Duration::from_millis(2))
+                .await?,
+        );
+    }
+    let id = format!("b{}-0", &run[..8]);
+    let path = format!("/agents/{id}/state");
+    let db = aws_sdk_dynamodb::Client::new(&sdk);
+    let api = || async {
+        match dev.send("GET", &path, None).await? {
+            200 => Ok(()),
+            s => Err(format!("GET {path}: {s}")),
+        }
+    };
+    let get = || local_api::get_item(&db, table, &id);
+    eprintln!("warm query, 1 and 16 clients");
+    // Warm both paths (instances, connections) before measuring.
+    local_api::concurrent(16, 2, api).await;
+    local_api::concurrent(16, 2, get).await;
+    for _ in 0..plan.query_rounds {
+        r.api1
+            .extend(local_api::concurrent(1, plan.query_per_round, api).await);
+        r.get1
+            .extend(local_api::concurrent(1, plan.query_per_round, get).await);
+        r.api16
+            .extend(local_api::concurrent(16, plan.per_client_16, api).await);
+        r.get16
+            .extend(local_api::concurrent(16, plan.per_client_16, get).await);
+    }
+    Ok(())
+}
