@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxRecord};
-use super::{Page, cancellation_codes, decode_cursor, encode_cursor, n, s};
+use super::items::{build_err, failed, from_item, transact};
+use super::{Page, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
 use crate::domain::ids::{AgentId, ConversationId};
 use crate::{Error, aws::classify};
@@ -139,18 +140,8 @@ fn reservation_key(id: &ConversationId) -> AttributeValue {
     s(format!("RESERVATION#{id}"))
 }
 
-fn from_item<T: serde::de::DeserializeOwned>(
-    item: std::collections::HashMap<String, AttributeValue>,
-) -> Result<T, Error> {
-    serde_dynamo::from_item(item).map_err(|e| Error::Internal(format!("decoding item: {e}")))
-}
-
 fn to_av<T: Serialize>(v: &T) -> Result<AttributeValue, Error> {
     serde_dynamo::to_attribute_value(v).map_err(|e| Error::Internal(format!("encoding: {e}")))
-}
-
-fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
-    Error::Internal(format!("building request: {e}"))
 }
 
 impl DynamoAgentStore {
@@ -162,28 +153,6 @@ impl DynamoAgentStore {
             inbox,
         }
     }
-
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Option<Vec<String>>, Error> {
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(None),
-            Err(e) => match cancellation_codes(&e) {
-                Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => {
-                    Ok(Some(codes))
-                }
-                _ => Err(classify("TransactWriteItems", e)),
-            },
-        }
-    }
-}
-
-fn failed(codes: &[String], i: usize) -> bool {
-    codes.get(i).is_some_and(|c| c == "ConditionalCheckFailed")
 }
 
 impl Inbox for DynamoAgentStore {
@@ -309,7 +278,7 @@ impl AgentStore for DynamoAgentStore {
                 .build(),
             self.inbox.put(record)?,
         ];
-        Ok(match self.transact(items).await? {
+        Ok(match transact(&self.client, items).await? {
             None => Write::Done,
             Some(codes) if failed(&codes, 1) => Write::Duplicate,
             Some(_) => Write::Conflict,
@@ -317,10 +286,12 @@ impl AgentStore for DynamoAgentStore {
     }
 
     async fn record(&self, record: &InboxRecord) -> Result<Write, Error> {
-        Ok(match self.transact(vec![self.inbox.put(record)?]).await? {
-            None => Write::Done,
-            Some(_) => Write::Duplicate,
-        })
+        Ok(
+            match transact(&self.client, vec![self.inbox.put(record)?]).await? {
+                None => Write::Done,
+                Some(_) => Write::Duplicate,
+            },
+        )
     }
 
     async fn available(&self) -> Result<Vec<Agent>, Error> {
@@ -393,7 +364,7 @@ impl AgentStore for DynamoAgentStore {
             TransactWriteItem::builder().put(put).build(),
             TransactWriteItem::builder().update(take_slot).build(),
         ];
-        Ok(match self.transact(items).await? {
+        Ok(match transact(&self.client, items).await? {
             None => Reserve::Reserved,
             Some(codes) if failed(&codes, 0) => Reserve::AlreadyReserved,
             Some(_) => Reserve::AgentUnavailable,
@@ -425,7 +396,7 @@ impl AgentStore for DynamoAgentStore {
             TransactWriteItem::builder().update(free_slot).build(),
             self.inbox.put(record)?,
         ];
-        Ok(match self.transact(items).await? {
+        Ok(match transact(&self.client, items).await? {
             None => Write::Done,
             Some(codes) if failed(&codes, 2) => Write::Duplicate,
             Some(_) => Write::Conflict,

@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::agents::Write;
 use super::inbox::{DynamoInbox, Inbox, InboxRecord};
-use super::{Page, cancellation_codes, decode_cursor, encode_cursor, n, s};
+use super::items::{failed, transact};
+use super::{Page, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{AgentState, Skills};
 use crate::domain::conversations::{Conversation, ConversationStatus, Message, MessageStatus};
 use crate::domain::ids::{AgentId, ConversationId, MessageId};
@@ -228,24 +229,11 @@ impl DynamoConversationStore {
         if let Some(r) = record {
             items.push(self.inbox.put(r)?);
         }
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(Write::Done),
-            Err(e) => match cancellation_codes(&e) {
-                Some(codes) if codes.get(1).is_some_and(|c| c == "ConditionalCheckFailed") => {
-                    Ok(Write::Duplicate)
-                }
-                Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => {
-                    Ok(Write::Conflict)
-                }
-                _ => Err(classify("TransactWriteItems", e)),
-            },
-        }
+        Ok(match transact(&self.client, items).await? {
+            None => Write::Done,
+            Some(codes) if failed(&codes, 1) => Write::Duplicate,
+            Some(_) => Write::Conflict,
+        })
     }
 }
 
@@ -380,17 +368,12 @@ impl ConversationStore for DynamoConversationStore {
     }
 
     async fn record(&self, record: &InboxRecord) -> Result<Write, Error> {
-        match self
-            .client
-            .transact_write_items()
-            .transact_items(self.inbox.put(record)?)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(Write::Done),
-            Err(e) if cancellation_codes(&e).is_some() => Ok(Write::Duplicate),
-            Err(e) => Err(classify("TransactWriteItems inbox", e)),
-        }
+        Ok(
+            match transact(&self.client, vec![self.inbox.put(record)?]).await? {
+                None => Write::Done,
+                Some(_) => Write::Duplicate,
+            },
+        )
     }
 
     async fn agent(&self, id: &AgentId) -> Result<Option<AgentView>, Error> {

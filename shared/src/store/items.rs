@@ -1,4 +1,4 @@
-//! Small DynamoDB helpers the trades, positions and ledger stores share: typed items and
+//! Small DynamoDB helpers every store shares: typed items and
 //! transactions whose cancellation reasons say which condition failed.
 
 use std::collections::HashMap;
