@@ -1,10 +1,9 @@
 //! Trades, positions and ledger against a real moto server: handlers, queues (the trades FIFO
 //! queue, the positions and ledger queues fed by EventBridge rules) and their guarantees.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::{Value, json};
 use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
 
@@ -86,45 +85,23 @@ async fn call(a: &Apps, ev: Value) -> Answer {
     }
 }
 
-/// Runs `handler` over what `queue` holds now, like the Lambda poller: failed items stay
-/// (visible again at once), the rest are deleted. Returns the failed message ids.
-async fn drain<F, Fut>(env: &Env, queue: &str, handler: F) -> Vec<String>
-where
-    F: Fn(SqsEvent) -> Fut,
-    Fut: Future<Output = SqsBatchResponse>,
-{
-    let url = env.queue_url(queue);
-    let msgs = env.receive(&url, 30).await;
-    if msgs.is_empty() {
-        return Vec::new();
-    }
-    let resp = handler(sqs_event(&msgs)).await;
-    let failed: Vec<String> = resp
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
-    let (retry, done): (Vec<_>, Vec<_>) = msgs
-        .into_iter()
-        .partition(|m| failed.iter().any(|f| Some(f.as_str()) == m.message_id()));
-    env.delete(&url, &done).await;
-    env.retry_now(&url, &retry).await;
-    failed
-}
-
 /// Drives everything queued through the trades worker and both consumers.
 async fn settle(env: &Env, a: &Apps) {
-    let failed = drain(env, "TradesQueue", |e| trades_worker::handle(&a.worker, e)).await;
+    let failed = env
+        .drain("TradesQueue", |e| trades_worker::handle(&a.worker, e))
+        .await;
     assert!(failed.is_empty(), "trades worker failed {failed:?}");
-    let failed = drain(env, "PositionsQueue", |e| {
-        positions_worker::handle(&a.positions_worker, e)
-    })
-    .await;
+    let failed = env
+        .drain("PositionsQueue", |e| {
+            positions_worker::handle(&a.positions_worker, e)
+        })
+        .await;
     assert!(failed.is_empty(), "positions worker failed {failed:?}");
-    let failed = drain(env, "LedgerQueue", |e| {
-        ledger_worker::handle(&a.ledger_worker, e)
-    })
-    .await;
+    let failed = env
+        .drain("LedgerQueue", |e| {
+            ledger_worker::handle(&a.ledger_worker, e)
+        })
+        .await;
     assert!(failed.is_empty(), "ledger worker failed {failed:?}");
 }
 
@@ -625,10 +602,11 @@ async fn a_poison_trade_event_reaches_the_dlq_alone() {
             .await
             .unwrap();
     }
-    let failed = drain(&env, "PositionsQueue", |e| {
-        positions_worker::handle(&a.positions_worker, e)
-    })
-    .await;
+    let failed = env
+        .drain("PositionsQueue", |e| {
+            positions_worker::handle(&a.positions_worker, e)
+        })
+        .await;
     assert_eq!(failed.len(), 1, "only the poison message fails");
     assert_eq!(position(&a, "acc-good", "ACME").await["quantity"], "5");
 
@@ -643,7 +621,7 @@ async fn a_poison_trade_event_reaches_the_dlq_alone() {
             Instant::now() < deadline,
             "poison message never reached the DLQ"
         );
-        drain(&env, "PositionsQueue", |e| {
+        env.drain("PositionsQueue", |e| {
             positions_worker::handle(&a.positions_worker, e)
         })
         .await;
