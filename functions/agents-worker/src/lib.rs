@@ -13,7 +13,8 @@ use shared::{
     },
     events::{Envelope, Message},
     store::{
-        agents::{AgentStore, DynamoAgentStore, Write},
+        Write,
+        agents::{AgentStore, DynamoAgentStore},
         inbox::InboxRecord,
     },
     worker::{Applied, exactly_once, process_batch},
@@ -89,17 +90,9 @@ async fn apply<S: AgentStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Re
     }
 }
 
-fn outcome(write: Write, events: Vec<Envelope>) -> Option<Applied> {
-    match write {
-        Write::Done => Some(Applied::Done(events)),
-        Write::Duplicate => Some(Applied::Duplicate),
-        Write::Conflict => None,
-    }
-}
-
 async fn nothing_to_do<S: AgentStore>(store: &S, env: &Envelope) -> Result<Applied, Error> {
     let write = store.record(&InboxRecord::new(env.id, Vec::new())).await?;
-    Ok(outcome(write, Vec::new()).unwrap_or(Applied::Duplicate))
+    Ok(write.applied(Vec::new()).unwrap_or(Applied::Duplicate))
 }
 
 async fn register<S: AgentStore, B>(
@@ -116,7 +109,7 @@ async fn register<S: AgentStore, B>(
         let events = vec![Envelope::caused_by(env, Message::AgentRegistered(event))];
         let record = InboxRecord::new(env.id, events.clone());
         let write = app.store.save(current.as_ref(), &next, &record).await?;
-        if let Some(applied) = outcome(write, events) {
+        if let Some(applied) = write.applied(events) {
             return Ok(applied);
         }
     }
@@ -146,7 +139,7 @@ async fn change_state<S: AgentStore, B>(
             .collect();
         let record = InboxRecord::new(env.id, events.clone());
         let write = app.store.save(Some(&current), &next, &record).await?;
-        if let Some(applied) = outcome(write, events) {
+        if let Some(applied) = write.applied(events) {
             return Ok(applied);
         }
     }

@@ -33,7 +33,7 @@ use shared::{
     events::{Envelope, Message},
     http::{correlation_id, json, limit, parse_command, query},
     store::{
-        agents::Write,
+        Write,
         conversations::{ConversationStore, DynamoConversationStore},
         idempotency::{DynamoIdempotency, Idempotency},
     },

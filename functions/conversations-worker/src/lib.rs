@@ -33,7 +33,7 @@ use shared::{
     },
     events::{Envelope, Message},
     store::{
-        agents::Write,
+        Write,
         conversations::{AgentView, ConversationStore, DynamoConversationStore},
         inbox::InboxRecord,
     },
@@ -142,15 +142,6 @@ async fn apply<S: ConversationStore, B: EventBus>(
     }
 }
 
-/// Maps a write with the message's record to what was applied; `None`: read again.
-fn outcome(write: Write, events: Vec<Envelope>) -> Option<Applied> {
-    match write {
-        Write::Done => Some(Applied::Done(events)),
-        Write::Duplicate => Some(Applied::Duplicate),
-        Write::Conflict => None,
-    }
-}
-
 /// Records a message whose effect is only `events` (possibly none).
 async fn record_only<S: ConversationStore>(
     store: &S,
@@ -160,7 +151,7 @@ async fn record_only<S: ConversationStore>(
     let write = store
         .record(&InboxRecord::new(env.id, events.clone()))
         .await?;
-    Ok(outcome(write, events).unwrap_or(Applied::Duplicate))
+    Ok(write.applied(events).unwrap_or(Applied::Duplicate))
 }
 
 fn kept_changing() -> Error {
@@ -227,7 +218,7 @@ async fn start<S: ConversationStore, B>(
         };
         let record = InboxRecord::new(env.id, events.clone());
         let write = app.store.save(expected, &next, Some(&record)).await?;
-        if let Some(applied) = outcome(write, events.clone()) {
+        if let Some(applied) = write.applied(events.clone()) {
             return Ok(applied);
         }
     }
@@ -289,7 +280,7 @@ async fn send<S: ConversationStore, B>(
             .store
             .save_message(expected, &next, Some(&record))
             .await?;
-        if let Some(applied) = outcome(write, events) {
+        if let Some(applied) = write.applied(events) {
             return Ok(applied);
         }
     }
@@ -318,7 +309,7 @@ async fn receipt<S: ConversationStore, B>(
             .store
             .save_message(Some(current.version), &next, Some(&record))
             .await?;
-        if let Some(applied) = outcome(write, Vec::new()) {
+        if let Some(applied) = write.applied(Vec::new()) {
             return Ok(applied);
         }
     }
@@ -348,7 +339,7 @@ async fn close<S: ConversationStore, B>(
             .store
             .save(Some(current.version), &next, Some(&record))
             .await?;
-        if let Some(applied) = outcome(write, events) {
+        if let Some(applied) = write.applied(events) {
             return Ok(applied);
         }
     }
@@ -378,7 +369,7 @@ async fn matched<S: ConversationStore, B>(
             .store
             .save(Some(current.version), &next, Some(&record))
             .await?;
-        if let Some(applied) = outcome(write, Vec::new()) {
+        if let Some(applied) = write.applied(Vec::new()) {
             return Ok(applied);
         }
     }
@@ -415,7 +406,7 @@ async fn agent_changed<S: ConversationStore, B>(
         .store
         .save_agent(known.map(|a| a.version), &view, &record)
         .await?;
-    match outcome(write, events.clone()) {
+    match write.applied(events.clone()) {
         Some(applied) => Ok(applied),
         // Another event of this agent was written meanwhile: it decides the projection.
         None => record_only(&app.store, env, events).await,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxRecord};
 use super::items::{build_err, failed, from_item, transact};
-use super::{Page, decode_cursor, encode_cursor, n, s};
+use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
 use crate::domain::ids::{AgentId, ConversationId};
 use crate::{Error, aws::classify};
@@ -28,16 +28,6 @@ pub struct Reservation {
     /// Absent (not NULL) until released: the release condition is `attribute_not_exists`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<DateTime<Utc>>,
-}
-
-/// The outcome of a conditional write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    Done,
-    /// The agent changed since it was read: read again and decide again.
-    Conflict,
-    /// The message was already processed (its inbox record exists).
-    Duplicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

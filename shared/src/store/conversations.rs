@@ -16,10 +16,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-use super::agents::Write;
 use super::inbox::{DynamoInbox, Inbox, InboxRecord};
 use super::items::{failed, transact};
-use super::{Page, decode_cursor, encode_cursor, n, s};
+use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{AgentState, Skills};
 use crate::domain::conversations::{Conversation, ConversationStatus, Message, MessageStatus};
 use crate::domain::ids::{AgentId, ConversationId, MessageId};

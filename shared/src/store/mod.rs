@@ -20,6 +20,29 @@ pub mod ledger;
 pub mod positions;
 pub mod trades;
 
+/// The outcome of a conditional write of an effect together with its inbox record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Done,
+    /// The aggregate changed since it was read: read again and decide again.
+    Conflict,
+    /// The message was already processed (its inbox record exists).
+    Duplicate,
+}
+
+impl Write {
+    /// What the write means to [`crate::worker::exactly_once`]: `events` to publish when done,
+    /// `None` when the caller must read again and decide again.
+    pub fn applied(self, events: Vec<crate::events::Envelope>) -> Option<crate::worker::Applied> {
+        use crate::worker::Applied;
+        match self {
+            Write::Done => Some(Applied::Done(events)),
+            Write::Duplicate => Some(Applied::Duplicate),
+            Write::Conflict => None,
+        }
+    }
+}
+
 /// One page of a list: `nextCursor` is absent on the last page.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
