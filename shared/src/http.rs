@@ -23,11 +23,7 @@ pub fn parse_command<T: DeserializeOwned>(req: &Request) -> Result<(Value, T), E
     if !value.is_object() {
         return Err(Error::invalid("body", "expected a JSON object"));
     }
-    let typed = serde_path_to_error::deserialize(&value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".into() } else { path };
-        Error::invalid(field, strip_position(&e.into_inner().to_string()))
-    })?;
+    let typed = serde_path_to_error::deserialize(&value).map_err(invalid_field)?;
     Ok((value, typed))
 }
 
@@ -45,11 +41,7 @@ pub fn parse_exact<T: DeserializeOwned>(req: &Request) -> Result<T, Error> {
         return Err(Error::invalid("body", "expected a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".into() } else { path };
-        Error::invalid(field, strip_position(&e.into_inner().to_string()))
-    })
+    serde_path_to_error::deserialize(&mut de).map_err(invalid_field)
 }
 
 /// The body of a JSON request: `415` unless the content type is JSON, `413` when too big,
@@ -86,6 +78,13 @@ fn body_bytes(req: &Request) -> Result<&[u8], Error> {
 fn parse_body(req: &Request) -> Result<Value, Error> {
     let bytes = body_bytes(req)?;
     serde_json::from_slice(bytes).map_err(|e| Error::Malformed(format!("malformed JSON: {e}")))
+}
+
+/// A type or validation error at a JSON path: `422` naming the field (`body` for the root).
+fn invalid_field(e: serde_path_to_error::Error<serde_json::Error>) -> Error {
+    let path = e.path().to_string();
+    let field = if path == "." { "body".into() } else { path };
+    Error::invalid(field, strip_position(&e.into_inner().to_string()))
 }
 
 /// serde's messages end in " at line 1 column 17", which means nothing to a caller who sent
