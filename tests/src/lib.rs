@@ -13,6 +13,8 @@ use local::{
 };
 use serde_json::Value;
 
+pub mod faults;
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -744,3 +744,229 @@ async fn an_outage_under_load_answers_503_fast_and_loses_no_accepted_command() {
         );
     }
 }
+
+/// The AgentRegistered events among `events`, as (agent, envelope id).
+fn registrations(events: &[(String, Value)]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|(kind, _)| kind == "AgentRegistered")
+        .map(|(_, e)| {
+            let agent = e["data"]["agentId"].as_str().unwrap_or_default().to_owned();
+            (agent, e["id"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
+    let env = Env::new().await;
+    let app = api_app(&env);
+    let ids: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        let (status, body, _) = call(&app, register_event(id, "Kim", &["billing"], 2)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    env.published().await;
+    let url = env.queue_url("AgentsQueue");
+    let batch = env.receive(&url, 60).await;
+    assert_eq!(batch.len(), 10, "the ten commands, in one batch");
+
+    // The worker dies right after the emulator committed its 4th transaction: the rest of the
+    // batch is in flight or not started, nothing is answered to SQS, nothing deleted.
+    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
+    let dying = agents_worker::AwsApp::new(
+        &sdk,
+        agents_worker::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    );
+    faults.crash_after_transactions(4);
+    tokio::select! {
+        biased;
+        () = faults.crashed() => {}
+        resp = agents_worker::handle(&dying, system_tests::sqs_event(&batch)) => {
+            panic!("the worker finished the batch instead of dying: {resp:?}")
+        }
+    }
+    drop(dying);
+    let mut written = 0;
+    for id in &ids {
+        written += usize::from(get_agent(&app, id).await.0 == 200);
+    }
+    let before = registrations(&env.published().await);
+    assert!(
+        written >= 4,
+        "the crash came after 4 commits, saw {written}"
+    );
+    assert!(
+        before.len() <= 4,
+        "at most the committed ones published before dying: {before:?}"
+    );
+
+    // SQS redelivers the whole batch (the visibility timeout ends; made immediate here), to a
+    // new worker, twice for good measure: every command applied once, every event published.
+    env.retry_now(&url, &batch).await;
+    let worker = worker_app(&env, &env.bus());
+    let again = env.receive(&url, 60).await;
+    assert_eq!(again.len(), 10, "nothing lost: all ten redelivered");
+    let resp = agents_worker::handle(&worker, system_tests::sqs_event(&again)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    let resp = agents_worker::handle(&worker, system_tests::sqs_event(&again)).await;
+    assert!(
+        resp.batch_item_failures.is_empty(),
+        "a duplicate changes nothing"
+    );
+    env.delete(&url, &again).await;
+
+    let after = registrations(&env.published().await);
+    for id in &ids {
+        let (status, agent) = get_agent(&app, id).await;
+        assert_eq!(
+            (status, &agent["name"]),
+            (200, &json!("Kim")),
+            "{id}: {agent}"
+        );
+        // Consumers deduplicate by envelope id: one id per agent means one application, even
+        // where the crash makes the bus deliver the same event twice.
+        let event_ids: std::collections::BTreeSet<&String> = before
+            .iter()
+            .chain(&after)
+            .filter(|(agent, _)| agent == id)
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(
+            event_ids.len(),
+            1,
+            "{id}: exactly one AgentRegistered: {event_ids:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_duplicate_deliveries_applies_once() {
+    let env = Env::new().await;
+    let app = api_app(&env);
+    call(&app, register_event("dup", "Dee", &["billing"], 3)).await;
+    let url = env.queue_url("AgentsQueue");
+    let original = env.receive(&url, 60).await;
+    assert_eq!(original.len(), 1);
+    env.published().await;
+
+    // Eight workers get the same message at once, three times in each batch.
+    let workers: Vec<Worker> = (0..8).map(|_| worker_app(&env, &env.bus())).collect();
+    let body = original[0].body().unwrap().to_owned();
+    let results = futures::future::join_all(workers.iter().map(|w| {
+        agents_worker::handle(w, sqs_bodies(&[body.clone(), body.clone(), body.clone()]))
+    }))
+    .await;
+    for resp in results {
+        assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    }
+    env.delete(&url, &original).await;
+    let (_, agent) = get_agent(&app, "dup").await;
+    assert_eq!(
+        (&agent["capacity"], &agent["version"]),
+        (&json!(3), &json!(0)),
+        "{agent}"
+    );
+    let published = registrations(&env.published().await);
+    let distinct: std::collections::BTreeSet<_> = published.iter().map(|(_, e)| e).collect();
+    assert!(!published.is_empty(), "the event is published");
+    assert_eq!(
+        distinct.len(),
+        1,
+        "one event, maybe delivered twice: {published:?}"
+    );
+}
+
+#[tokio::test]
+async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the_dlq() {
+    let env = Env::new().await;
+    let app = api_app(&env);
+    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
+    let worker = agents_worker::AwsApp::new(
+        &sdk,
+        agents_worker::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    );
+
+    // A short burst of throttling: the SDK retries after a backoff, the message succeeds.
+    call(&app, register_event("t1", "Tom", &[], 1)).await;
+    faults.throttle(1);
+    let failed = env
+        .drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+        .await;
+    assert!(failed.is_empty(), "retried within the invocation");
+    assert_eq!(faults.throttled(), 1);
+    assert_eq!(get_agent(&app, "t1").await.0, 200);
+
+    // Sustained throttling: every attempt of every delivery is throttled, the message fails
+    // each time (retryable), and after maxReceiveCount (5) SQS moves it to the DLQ.
+    call(&app, register_event("t2", "Tim", &[], 1)).await;
+    faults.throttle(usize::MAX);
+    let dlq = env
+        .stack
+        .queue_url(env.stack.dlq("AgentsQueue").expect("dlq"))
+        .unwrap()
+        .to_owned();
+    let (mut deliveries, deadline) = (0, Instant::now() + Duration::from_secs(120));
+    while env.depth(&dlq).await == 0 {
+        assert!(Instant::now() < deadline, "never reached the DLQ");
+        let before = faults.throttled();
+        let failed = env
+            .drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+            .await;
+        if !failed.is_empty() {
+            deliveries += 1;
+            assert!(
+                faults.throttled() - before >= 2,
+                "the SDK retries a throttled call before the message fails"
+            );
+        }
+    }
+    assert_eq!(deliveries, 5, "maxReceiveCount deliveries, then the DLQ");
+
+    // Meanwhile a query answers 503 fast (with Retry-After), never hangs or 500s.
+    let api = agents_api::AwsApp::new(
+        &sdk,
+        agents_api::Config {
+            table_name: env.table("AgentsTable"),
+            event_bus_name: env.bus(),
+        },
+    );
+    let started = Instant::now();
+    let resp = agents_api::handle(&api, request(&api_event_get("t1"))).await;
+    assert_eq!(resp.status(), 503, "{}", body_json(&resp));
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Once the throttling ends, the dead command redriven from the DLQ is applied.
+    faults.throttle(0);
+    let dead = env.receive(&dlq, 30).await;
+    assert_eq!(dead.len(), 1);
+    env.sqs
+        .send_message()
+        .queue_url(env.queue_url("AgentsQueue"))
+        .message_body(dead[0].body().unwrap())
+        .send()
+        .await
+        .unwrap();
+    env.delete(&dlq, &dead).await;
+    assert!(drain(&env, &worker).await.is_empty());
+    assert_eq!(get_agent(&app, "t2").await.0, 200, "nothing lost");
+}
+
+fn api_event_get(id: &str) -> Value {
+    api(
+        "agents-api/get-agent-state.json",
+        &format!("/agents/{id}/state"),
+        None,
+    )
+}

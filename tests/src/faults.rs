@@ -1,0 +1,157 @@
+//! Fault injection at the HTTP transport of the real AWS SDK clients: every request still goes
+//! to the emulator, but DynamoDB can be made to throttle, and a "crash" can be triggered right
+//! after the emulator committed the n-th transaction, which the test turns into the death of
+//! the worker by dropping its future there (as a killed process, it never answers SQS).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_runtime_api::http::{Response, StatusCode};
+use aws_smithy_types::body::SdkBody;
+use tokio::sync::watch;
+
+/// The switches of a faulty transport, shared with the test.
+#[derive(Debug)]
+pub struct Faults {
+    /// DynamoDB requests still to answer with a throttling error (`usize::MAX`: all).
+    throttle: AtomicUsize,
+    /// DynamoDB requests answered with a throttling error so far.
+    throttled: AtomicUsize,
+    /// `TransactWriteItems` the emulator committed so far.
+    transactions: AtomicUsize,
+    /// Fire [`Faults::crashed`] once this many transactions are committed (0: never).
+    crash_after: AtomicUsize,
+    crashed: watch::Sender<bool>,
+}
+
+impl Faults {
+    /// Throttles the next `n` DynamoDB requests (`usize::MAX`: until told otherwise).
+    pub fn throttle(&self, n: usize) {
+        self.throttle.store(n, Ordering::SeqCst);
+    }
+
+    pub fn throttled(&self) -> usize {
+        self.throttled.load(Ordering::SeqCst)
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.transactions.load(Ordering::SeqCst)
+    }
+
+    /// Arms the crash: [`Faults::crashed`] completes once `n` more transactions committed.
+    pub fn crash_after_transactions(&self, n: usize) {
+        self.crash_after
+            .store(self.transactions() + n, Ordering::SeqCst);
+    }
+
+    /// Completes when the armed crash point is reached.
+    pub async fn crashed(&self) {
+        let mut rx = self.crashed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// The throttling error DynamoDB sends when a table or account is over its throughput.
+    fn throttling_response() -> Response<SdkBody> {
+        let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
+        let mut response =
+            Response::new(StatusCode::try_from(400).expect("400"), SdkBody::from(body));
+        response
+            .headers_mut()
+            .insert("content-type", "application/x-amz-json-1.0");
+        response
+    }
+}
+
+/// SDK configuration like the functions' own (`shared::aws::configure`: their timeouts and
+/// retries, so backoff behaves as deployed) whose transport obeys the returned [`Faults`].
+pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
+    // The SDK's own client (hyper), plain HTTP: the emulator is not behind TLS.
+    let inner = aws_smithy_http_client::Builder::new().build_http();
+    let faults = Arc::new(Faults {
+        throttle: AtomicUsize::new(0),
+        throttled: AtomicUsize::new(0),
+        transactions: AtomicUsize::new(0),
+        crash_after: AtomicUsize::new(0),
+        crashed: watch::channel(false).0,
+    });
+    let client = Faulty {
+        inner,
+        faults: Arc::clone(&faults),
+    };
+    let loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .http_client(SharedHttpClient::new(client));
+    (shared::aws::configure(loader).load().await, faults)
+}
+
+#[derive(Debug, Clone)]
+struct Faulty {
+    inner: SharedHttpClient,
+    faults: Arc<Faults>,
+}
+
+impl HttpClient for Faulty {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(FaultyConnector {
+            inner: self.inner.http_connector(settings, components),
+            faults: Arc::clone(&self.faults),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct FaultyConnector {
+    inner: SharedHttpConnector,
+    faults: Arc<Faults>,
+}
+
+impl HttpConnector for FaultyConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let target = request
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or_default()
+            .to_owned();
+        let faults = Arc::clone(&self.faults);
+        if target.starts_with("DynamoDB_") {
+            let throttling = faults
+                .throttle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                    0 => None,
+                    usize::MAX => Some(usize::MAX),
+                    n => Some(n - 1),
+                })
+                .is_ok();
+            if throttling {
+                faults.throttled.fetch_add(1, Ordering::SeqCst);
+                return HttpConnectorFuture::ready(Ok(Faults::throttling_response()));
+            }
+        }
+        let sent = self.inner.call(request);
+        HttpConnectorFuture::new(async move {
+            let response = sent.await?;
+            if target.ends_with(".TransactWriteItems") && response.status().is_success() {
+                let done = faults.transactions.fetch_add(1, Ordering::SeqCst) + 1;
+                if done == faults.crash_after.load(Ordering::SeqCst) {
+                    faults.crashed.send_replace(true);
+                }
+            }
+            Ok(response)
+        })
+    }
+}
