@@ -15,8 +15,12 @@ type Api = ApiApp<DynamoAgentStore, EventBridgeBus, DynamoIdempotency>;
 type Worker = WorkerApp<DynamoAgentStore, EventBridgeBus>;
 
 fn api_app(env: &Env) -> Api {
+    api_app_on(env, &env.sdk)
+}
+
+fn api_app_on(env: &Env, sdk: &aws_config::SdkConfig) -> Api {
     agents_api::AwsApp::new(
-        &env.sdk,
+        sdk,
         agents_api::Config {
             table_name: env.table("AgentsTable"),
             event_bus_name: env.bus(),
@@ -25,8 +29,12 @@ fn api_app(env: &Env) -> Api {
 }
 
 fn worker_app(env: &Env, bus: &str) -> Worker {
+    worker_app_on(env, &env.sdk, bus)
+}
+
+fn worker_app_on(env: &Env, sdk: &aws_config::SdkConfig, bus: &str) -> Worker {
     agents_worker::AwsApp::new(
-        &env.sdk,
+        sdk,
         agents_worker::Config {
             table_name: env.table("AgentsTable"),
             event_bus_name: bus.to_owned(),
@@ -745,6 +753,13 @@ async fn an_outage_under_load_answers_503_fast_and_loses_no_accepted_command() {
     }
 }
 
+/// The API and worker of `env` on a transport whose faults the returned switches control.
+async fn faulty_apps(env: &Env) -> (Api, Worker, std::sync::Arc<system_tests::faults::Faults>) {
+    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
+    let worker = worker_app_on(env, &sdk, &env.bus());
+    (api_app_on(env, &sdk), worker, faults)
+}
+
 /// The AgentRegistered events among `events`, as (agent, envelope id).
 fn registrations(events: &[(String, Value)]) -> Vec<(String, String)> {
     events
@@ -773,14 +788,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
 
     // The worker dies right after the emulator committed its 4th transaction: the rest of the
     // batch is in flight or not started, nothing is answered to SQS, nothing deleted.
-    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
-    let dying = agents_worker::AwsApp::new(
-        &sdk,
-        agents_worker::Config {
-            table_name: env.table("AgentsTable"),
-            event_bus_name: env.bus(),
-        },
-    );
+    let (_, dying, faults) = faulty_apps(&env).await;
     faults.crash_after_transactions(4);
     tokio::select! {
         biased;
@@ -884,14 +892,7 @@ async fn a_burst_of_duplicate_deliveries_applies_once() {
 async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the_dlq() {
     let env = Env::new().await;
     let app = api_app(&env);
-    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
-    let worker = agents_worker::AwsApp::new(
-        &sdk,
-        agents_worker::Config {
-            table_name: env.table("AgentsTable"),
-            event_bus_name: env.bus(),
-        },
-    );
+    let (api, worker, faults) = faulty_apps(&env).await;
 
     // A short burst of throttling: the SDK retries after a backoff, the message succeeds.
     call(&app, register_event("t1", "Tom", &[], 1)).await;
@@ -930,13 +931,6 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
     assert_eq!(deliveries, 5, "maxReceiveCount deliveries, then the DLQ");
 
     // Meanwhile a query answers 503 fast (with Retry-After), never hangs or 500s.
-    let api = agents_api::AwsApp::new(
-        &sdk,
-        agents_api::Config {
-            table_name: env.table("AgentsTable"),
-            event_bus_name: env.bus(),
-        },
-    );
     let started = Instant::now();
     let resp = agents_api::handle(&api, request(&api_event_get("t1"))).await;
     assert_eq!(resp.status(), 503, "{}", body_json(&resp));
