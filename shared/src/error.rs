@@ -13,6 +13,9 @@ pub enum Error {
     Invalid { field: String, detail: String },
     #[error("{0}")]
     NotFound(String),
+    /// The caller is authenticated but may not touch this resource (another trader's account).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     #[error("request body larger than {limit} bytes")]
@@ -43,6 +46,7 @@ impl Error {
             Error::Malformed(_) => StatusCode::BAD_REQUEST,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -171,6 +171,7 @@ pub fn problem(err: &Error) -> Response<Body> {
         Error::Malformed(_) => ("malformed-request", "Malformed request"),
         Error::Invalid { .. } => ("validation", "Invalid request"),
         Error::NotFound(_) => ("not-found", "Not found"),
+        Error::Forbidden(_) => ("forbidden", "Forbidden"),
         Error::Conflict(_) => ("conflict", "Conflict"),
         Error::TooLarge { .. } => ("payload-too-large", "Payload too large"),
         Error::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),

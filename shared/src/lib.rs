@@ -1,7 +1,8 @@
 //! Everything the functions share: domain types and rules (no AWS imports in `domain`), the
-//! event envelope, the store and event-bus traits with their AWS adapters, one error type mapped
+//! verified caller, the event envelope, the store and event-bus traits with their AWS adapters, one error type mapped
 //! to HTTP once, configuration, AWS client set-up and telemetry.
 
+pub mod auth;
 pub mod aws;
 pub mod bus;
 pub mod command;

@@ -335,6 +335,24 @@ pub fn api(fixture_path: &str, path: &str, body: Option<&str>) -> Value {
     ev
 }
 
+/// The event as API Gateway passes it for a trader whose token's `accounts` claim is
+/// `accounts` (space-separated, as the functions read it).
+pub fn as_trader(mut event: Value, accounts: &str) -> Value {
+    event["requestContext"]["authorizer"] = serde_json::json!({"jwt": {
+        "claims": {"sub": "trader", "scope": "traders", "accounts": accounts},
+        "scopes": ["traders"],
+    }});
+    event
+}
+
+/// The event without the authorizer's verified claims: a request that skipped the authorizer.
+pub fn unauthenticated(mut event: Value) -> Value {
+    if let Some(ctx) = event["requestContext"].as_object_mut() {
+        ctx.remove("authorizer");
+    }
+    event
+}
+
 /// The SQS messages as the event Lambda would hand to the worker.
 pub fn sqs_event(msgs: &[aws_sdk_sqs::types::Message]) -> SqsEvent {
     let mut event = SqsEvent::default();

@@ -555,6 +555,7 @@ async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
             ),
         );
         ev["headers"]["idempotency-key"] = uuid::Uuid::new_v4().to_string().into();
+        let ev = system_tests::as_trader(ev, "acct-1");
         let (code, body) = status_of(trades_api::handle(&trades, request(&ev)).await);
         assert_eq!(code, 202, "{body}");
     }

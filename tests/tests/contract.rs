@@ -66,6 +66,96 @@ fn every_template_route_is_in_the_spec_and_every_spec_route_in_the_template() {
     assert!(routes.len() >= 20, "{routes:?}");
 }
 
+/// The scopes `template.yaml` gives a route (`None`: public), from its event's `Auth`.
+fn template_scopes(t: &Template) -> BTreeMap<(String, String), Option<BTreeSet<String>>> {
+    let mut out = BTreeMap::new();
+    for f in t.functions.values() {
+        let events = &t.resources[&f.logical_id].properties["Events"];
+        for r in &f.routes {
+            let auth = &events[&r.event]["Properties"]["Auth"];
+            let scopes = if auth["Authorizer"] == "NONE" {
+                None
+            } else {
+                Some(
+                    auth["AuthorizationScopes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect(),
+                )
+            };
+            out.insert((r.method.clone(), r.path.clone()), scopes);
+        }
+    }
+    out
+}
+
+/// Each route is as protected as the spec says: public exactly where the spec has
+/// `security: []`, otherwise the same scopes (the spec lists them as alternatives, one
+/// requirement each, which is how the JWT authorizer reads a route's `AuthorizationScopes`).
+/// A route without scopes would let any valid token in, so none may lack them.
+#[test]
+fn every_route_requires_the_scopes_the_spec_documents() {
+    let t = template();
+    let api = &t.resources["HttpApi"].properties["Auth"];
+    assert_eq!(
+        api["DefaultAuthorizer"], "Jwt",
+        "every route protected by default"
+    );
+    let jwt = &api["Authorizers"]["Jwt"];
+    assert_eq!(jwt["IdentitySource"], "$request.header.Authorization");
+    assert_eq!(
+        jwt["JwtConfiguration"]["issuer"],
+        json!({"Ref": "JwtIssuer"})
+    );
+    assert_eq!(
+        jwt["JwtConfiguration"]["audience"],
+        json!([{"Ref": "JwtAudience"}])
+    );
+
+    let spec = spec();
+    let mut bad = Vec::new();
+    for ((method, path), scopes) in template_scopes(&t) {
+        let op = &operations(&spec)[&(method.clone(), path.clone())];
+        let documented: Option<BTreeSet<String>> = match op["security"].as_array() {
+            Some(reqs) if reqs.is_empty() => None,
+            Some(reqs) => Some(
+                reqs.iter()
+                    .flat_map(|r| r["bearer"].as_array().into_iter().flatten())
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect(),
+            ),
+            None => Some(BTreeSet::from(["<missing security>".to_owned()])),
+        };
+        if scopes.as_ref().is_some_and(BTreeSet::is_empty) {
+            bad.push(format!(
+                "{method} {path}: protected but no AuthorizationScopes"
+            ));
+        }
+        if scopes != documented {
+            bad.push(format!(
+                "{method} {path}: template {scopes:?}, openapi.yaml {documented:?}"
+            ));
+        }
+    }
+    let public: Vec<_> = template_scopes(&t)
+        .into_iter()
+        .filter(|(_, s)| s.is_none())
+        .map(|((m, p), _)| format!("{m} {p}"))
+        .collect();
+    assert_eq!(public, ["GET /health", "GET /openapi.json"]);
+    for (route, scope) in [("/ops/dlq", "operators"), ("/trades", "traders")] {
+        let wanted = BTreeSet::from([scope.to_owned()]);
+        let got = template_scopes(&t)
+            .into_iter()
+            .find(|((_, p), _)| p == route)
+            .and_then(|(_, s)| s);
+        assert_eq!(got, Some(wanted), "{route}");
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
 // ------------------------------------------------------------------ documented errors
 
 /// What each operation must document, derived from what the shared HTTP edge can answer:
@@ -133,6 +223,10 @@ fn contract_violations(spec: &Value) -> Vec<String> {
         if params_in("query").next().is_some() {
             required.push("422");
         }
+        // The gateway's JWT authorizer answers these before any function runs.
+        if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+            required.extend(["401", "403"]);
+        }
         if params_in("header").any(|p| p["name"] == "Idempotency-Key") {
             required.push("422");
         }
@@ -181,7 +275,14 @@ fn contract_violations(spec: &Value) -> Vec<String> {
                     bad.push(format!("{name}: 202 without a required Location header"));
                 }
             }
-            if code.starts_with('4') || code.starts_with('5') {
+            if code == "401" {
+                let gateway = &response["content"]["application/json"]["schema"]["$ref"];
+                if gateway != "#/components/schemas/GatewayMessage" {
+                    bad.push(format!(
+                        "{name}: 401 comes from the gateway, as a GatewayMessage"
+                    ));
+                }
+            } else if code.starts_with('4') || code.starts_with('5') {
                 // Health's 503 is its report; every other error is a problem.
                 let problem = &response["content"]["application/problem+json"]["schema"];
                 let problem_ref = problem["$ref"].as_str().unwrap_or_default();
@@ -727,8 +828,9 @@ impl Run {
 }
 
 /// An API Gateway v2 event for `method path` with `body` (JSON) and extra headers.
+/// A request of a trader owning `acc-1` (the account this run trades in).
 fn event(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Value {
-    let mut ev = fixture("health-api/health.json");
+    let mut ev = system_tests::as_trader(fixture("health-api/health.json"), "acc-1");
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     ev["rawPath"] = path.into();
     ev["requestContext"]["http"]["path"] = path.into();
@@ -1272,6 +1374,17 @@ async fn responses_of_a_real_run_validate_against_the_spec() {
         b["balances"],
         json!({"cash": "-125.0000000000000001", "securities:ACME": "125.0000000000000001"}),
         "both trades posted, exactly"
+    );
+    let (s, b) = call!(
+        ledger_h,
+        "GET",
+        route,
+        "/accounts/acc-2/balance".to_string()
+    );
+    assert_eq!(
+        (s, &b["type"]),
+        (403, &json!("/problems/forbidden")),
+        "not the caller's"
     );
 
     // Health, operations, docs.

@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::{Value, json};
-use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
+use system_tests::{
+    Env, api, as_trader, body_json, fixture, request, sqs_bodies, sqs_event, unauthenticated,
+};
+
+/// Every account the tests of this file trade in: the caller of [`call`] owns them all.
+const OWNED: &str = "acc-1 acc-2 acc-p acc-good acc-bad";
 
 struct Apps {
     trades: trades_api::AwsApp,
@@ -72,8 +77,14 @@ fn answer(resp: lambda_http::Response<lambda_http::Body>) -> Answer {
     )
 }
 
-/// Routes an API Gateway event to the function that serves its path, as the HTTP API would.
+/// Routes an API Gateway event to the function that serves its path, as the HTTP API would,
+/// for a trader owning [`OWNED`].
 async fn call(a: &Apps, ev: Value) -> Answer {
+    send(a, as_trader(ev, OWNED)).await
+}
+
+/// Routes the event as it is, whoever its caller.
+async fn send(a: &Apps, ev: Value) -> Answer {
     let path = ev["rawPath"].as_str().unwrap_or("").to_owned();
     let req = request(&ev);
     if path.starts_with("/trades") {
@@ -853,5 +864,73 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         env.depth(&env.queue_url("TradesQueue")).await,
         0,
         "nothing sent"
+    );
+}
+
+#[tokio::test]
+async fn a_trader_sees_and_trades_only_their_own_accounts() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    let (s, body, _) = call(&a, trade(order("acc-2", "BUY", json!(1), json!(10)), None)).await;
+    assert_eq!(s, 202, "{body}");
+    let theirs = body["tradeId"].as_str().unwrap().to_owned();
+    settle(&env, &a).await;
+    let written = env.item_count("TradesTable").await;
+    let trader = |ev| send(&a, as_trader(ev, "acc-1"));
+
+    let (s, body, _) = trader(trade(order("acc-2", "BUY", json!(1), json!(10)), None)).await;
+    assert_eq!(
+        (s, body["type"].as_str()),
+        (403, Some("/problems/forbidden")),
+        "{body}"
+    );
+    let (s, body, _) = trader(get(
+        "trades-api/get-trade.json",
+        &format!("/trades/{theirs}"),
+    ))
+    .await;
+    assert_eq!(s, 404, "another account's trade looks missing: {body}");
+    for (fixture, path) in [
+        (
+            "positions-api/list-positions.json",
+            "/accounts/acc-2/positions",
+        ),
+        (
+            "positions-api/get-position.json",
+            "/accounts/acc-2/positions/ACME",
+        ),
+        ("ledger-api/get-ledger.json", "/accounts/acc-2/ledger"),
+        ("ledger-api/get-balance.json", "/accounts/acc-2/balance"),
+    ] {
+        let (s, body, headers) = trader(get(fixture, path)).await;
+        assert_eq!(s, 403, "{path}: {body}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(body["detail"].as_str().unwrap().contains("acc-2"), "{body}");
+        let (s, body, _) = send(&a, unauthenticated(get(fixture, path))).await;
+        assert_eq!(s, 403, "no verified caller, {path}: {body}");
+    }
+    // Their own account answers as usual, and the owner of acc-2 sees what they traded.
+    let (s, body, _) = trader(get(
+        "ledger-api/get-balance.json",
+        "/accounts/acc-1/balance",
+    ))
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(position(&a, "acc-2", "ACME").await["quantity"], "1");
+    let (s, body, _) = send(
+        &a,
+        unauthenticated(trade(order("acc-1", "BUY", json!(1), json!(10)), None)),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(
+        env.depth(&env.queue_url("TradesQueue")).await,
+        0,
+        "refused orders never queue"
+    );
+    assert_eq!(
+        env.item_count("TradesTable").await,
+        written,
+        "refused orders write nothing"
     );
 }

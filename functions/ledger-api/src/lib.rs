@@ -3,7 +3,9 @@
 use lambda_http::{Body, Request, Response, http::Method};
 use serde_json::json as value;
 use shared::{
-    Error, config,
+    Error,
+    auth::Caller,
+    config,
     domain::{ids::AccountId, money::exact_add},
     http::{json, limit, query},
     store::ledger::{DynamoLedgerStore, LedgerStore},
@@ -45,7 +47,7 @@ async fn route<S: LedgerStore>(app: &App<S>, req: Request) -> Result<Response<Bo
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["accounts", account, "ledger"]) => {
-            let account = account_id(account)?;
+            let account = account_id(&req, account)?;
             let limit = limit(&req)?;
             let cursor = query::<String>(&req, "cursor")?;
             let page = app
@@ -57,7 +59,9 @@ async fn route<S: LedgerStore>(app: &App<S>, req: Request) -> Result<Response<Bo
                 &value!({ "entries": page.items, "nextCursor": page.next_cursor }),
             ))
         }
-        (Method::GET, ["accounts", account, "balance"]) => balance(app, account_id(account)?).await,
+        (Method::GET, ["accounts", account, "balance"]) => {
+            balance(app, account_id(&req, account)?).await
+        }
         (_, ["accounts", _, "ledger" | "balance"]) => {
             Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
         }
@@ -85,7 +89,11 @@ async fn balance<S: LedgerStore>(
     ))
 }
 
-fn account_id(raw: &str) -> Result<AccountId, Error> {
-    raw.parse()
-        .map_err(|e: String| Error::invalid("accountId", e))
+/// The account of the path, once the caller is known to own it (`403` otherwise).
+fn account_id(req: &Request, raw: &str) -> Result<AccountId, Error> {
+    let account = raw
+        .parse()
+        .map_err(|e: String| Error::invalid("accountId", e))?;
+    Caller::of(req)?.require_account(&account)?;
+    Ok(account)
 }

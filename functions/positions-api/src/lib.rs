@@ -3,7 +3,9 @@
 
 use lambda_http::{Body, Request, Response, http::Method};
 use shared::{
-    Error, config,
+    Error,
+    auth::Caller,
+    config,
     domain::{ids::AccountId, trades::Symbol},
     http::{json, limit, query},
     store::positions::{DynamoPositionStore, PositionStore},
@@ -45,7 +47,7 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["accounts", account, "positions"]) => {
-            let account = account_id(account)?;
+            let account = account_id(&req, account)?;
             let limit = limit(&req)?;
             let cursor = query::<String>(&req, "cursor")?;
             Ok(json(
@@ -54,7 +56,7 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
             ))
         }
         (Method::GET, ["accounts", account, "positions", symbol]) => {
-            let account = account_id(account)?;
+            let account = account_id(&req, account)?;
             let symbol: Symbol = symbol
                 .parse()
                 .map_err(|e: String| Error::invalid("symbol", e))?;
@@ -72,7 +74,11 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
     }
 }
 
-fn account_id(raw: &str) -> Result<AccountId, Error> {
-    raw.parse()
-        .map_err(|e: String| Error::invalid("accountId", e))
+/// The account of the path, once the caller is known to own it (`403` otherwise).
+fn account_id(req: &Request, raw: &str) -> Result<AccountId, Error> {
+    let account = raw
+        .parse()
+        .map_err(|e: String| Error::invalid("accountId", e))?;
+    Caller::of(req)?.require_account(&account)?;
+    Ok(account)
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::{
     Error,
+    auth::Caller,
     command::{self, Accept},
     config,
     domain::{
@@ -98,7 +99,7 @@ async fn route<S: TradeStore, Q: CommandQueue, I: Idempotency>(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::POST, ["trades"]) => submit(app, &req).await,
-        (Method::GET, ["trades", id]) => get_trade(app, id).await,
+        (Method::GET, ["trades", id]) => get_trade(app, &Caller::of(&req)?, id).await,
         (_, ["trades"] | ["trades", _]) => {
             Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
         }
@@ -106,26 +107,32 @@ async fn route<S: TradeStore, Q: CommandQueue, I: Idempotency>(
     }
 }
 
+/// Another account's trade answers `404` like a missing one: trade ids must not reveal
+/// whether someone else traded.
 async fn get_trade<S: TradeStore, Q, I>(
     app: &App<S, Q, I>,
+    caller: &Caller,
     id: &str,
 ) -> Result<Response<Body>, Error> {
     let not_found = || Error::NotFound(format!("no trade {id}"));
     let trade_id: Uuid = id.parse().map_err(|_| not_found())?;
     match app.store.get(trade_id).await? {
-        Some(trade) => Ok(json(200, &trade)),
-        None => Err(not_found()),
+        Some(trade) if caller.owns(&trade.account_id) => Ok(json(200, &trade)),
+        _ => Err(not_found()),
     }
 }
 
 /// Accepts an order. With an `Idempotency-Key` the trade id is derived from the account and
 /// the key, so a retry after an ambiguous failure (the queue took the command but the answer
-/// was lost) names the same trade and can never execute a second one.
+/// was lost) names the same trade and can never execute a second one. Only the caller's own
+/// accounts can trade (`403` otherwise).
 async fn submit<S: TradeStore, Q: CommandQueue, I: Idempotency>(
     app: &App<S, Q, I>,
     req: &Request,
 ) -> Result<Response<Body>, Error> {
+    let caller = Caller::of(req)?;
     let body: TradeBody = parse_exact(req)?;
+    caller.require_account(&body.account_id)?;
     let (quantity, price) = (body.quantity.0, body.price.0);
     if exact_mul(quantity.get(), price.get()).map_or(true, |n| n > MAX_NOTIONAL) {
         return Err(Error::invalid(
