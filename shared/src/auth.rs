@@ -56,6 +56,16 @@ impl Caller {
         self.accounts.iter().any(|a| a == account.as_str())
     }
 
+    /// The account named by a path segment (`422` when not an id) once the caller of `req`
+    /// is known to own it (`403` otherwise).
+    pub fn own_account(req: &Request, raw: &str) -> Result<AccountId, Error> {
+        let account = raw
+            .parse()
+            .map_err(|e: String| Error::invalid("accountId", e))?;
+        Caller::of(req)?.require_account(&account)?;
+        Ok(account)
+    }
+
     /// `403` unless the caller owns `account`.
     pub fn require_account(&self, account: &AccountId) -> Result<(), Error> {
         if self.owns(account) {

@@ -47,7 +47,7 @@ async fn route<S: LedgerStore>(app: &App<S>, req: Request) -> Result<Response<Bo
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["accounts", account, "ledger"]) => {
-            let account = account_id(&req, account)?;
+            let account = Caller::own_account(&req, account)?;
             let limit = limit(&req)?;
             let cursor = query::<String>(&req, "cursor")?;
             let page = app
@@ -60,7 +60,7 @@ async fn route<S: LedgerStore>(app: &App<S>, req: Request) -> Result<Response<Bo
             ))
         }
         (Method::GET, ["accounts", account, "balance"]) => {
-            balance(app, account_id(&req, account)?).await
+            balance(app, Caller::own_account(&req, account)?).await
         }
         (_, ["accounts", _, "ledger" | "balance"]) => {
             Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
@@ -87,13 +87,4 @@ async fn balance<S: LedgerStore>(
             "total": shared::domain::money::Amount::new(total),
         }),
     ))
-}
-
-/// The account of the path, once the caller is known to own it (`403` otherwise).
-fn account_id(req: &Request, raw: &str) -> Result<AccountId, Error> {
-    let account = raw
-        .parse()
-        .map_err(|e: String| Error::invalid("accountId", e))?;
-    Caller::of(req)?.require_account(&account)?;
-    Ok(account)
 }

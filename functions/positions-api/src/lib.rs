@@ -6,7 +6,7 @@ use shared::{
     Error,
     auth::Caller,
     config,
-    domain::{ids::AccountId, trades::Symbol},
+    domain::trades::Symbol,
     http::{json, limit, query},
     store::positions::{DynamoPositionStore, PositionStore},
 };
@@ -47,7 +47,7 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["accounts", account, "positions"]) => {
-            let account = account_id(&req, account)?;
+            let account = Caller::own_account(&req, account)?;
             let limit = limit(&req)?;
             let cursor = query::<String>(&req, "cursor")?;
             Ok(json(
@@ -56,7 +56,7 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
             ))
         }
         (Method::GET, ["accounts", account, "positions", symbol]) => {
-            let account = account_id(&req, account)?;
+            let account = Caller::own_account(&req, account)?;
             let symbol: Symbol = symbol
                 .parse()
                 .map_err(|e: String| Error::invalid("symbol", e))?;
@@ -72,13 +72,4 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
         }
         _ => Err(Error::NotFound(format!("no route for {path}"))),
     }
-}
-
-/// The account of the path, once the caller is known to own it (`403` otherwise).
-fn account_id(req: &Request, raw: &str) -> Result<AccountId, Error> {
-    let account = raw
-        .parse()
-        .map_err(|e: String| Error::invalid("accountId", e))?;
-    Caller::of(req)?.require_account(&account)?;
-    Ok(account)
 }
