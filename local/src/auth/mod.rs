@@ -71,12 +71,20 @@ pub fn key_dir(template: &Path) -> PathBuf {
         .join("auth")
 }
 
-/// The issuer and first audience of the template's JWT authorizers, resolved against `stack`:
-/// what `local token` signs for. An error when the template has none, or several that differ.
-pub fn issuer(template: &Template, stack: &Stack) -> Result<Issuer, AuthError> {
+/// The issuer and first audience of the template's JWT authorizers: what `local token` and the
+/// tests sign for. Resolved as `local dev --stack <stack_name>` resolves them, which for an
+/// issuer or audience means parameters' defaults and pseudo parameters (`AWS_REGION`, default
+/// `us-east-1`). An error when the template has none, or several that differ.
+pub fn issuer(template: &Template, stack_name: &str) -> Result<Issuer, AuthError> {
+    let region = std::env::var("AWS_REGION")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "us-east-1".into());
+    // Nothing is created here: a reference to a resource fails with a clear message.
+    let stack = Stack::new(template, stack_name, &region, "");
     let mut found: Vec<Issuer> = Vec::new();
     for (id, a) in &template.authorizers {
-        let (issuer, audiences) = resolve(id, &a.issuer, &a.audience, stack)?;
+        let (issuer, audiences) = resolve(id, &a.issuer, &a.audience, &stack)?;
         let first = Issuer {
             issuer,
             audience: audiences.into_iter().next().unwrap_or_default(),

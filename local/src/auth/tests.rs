@@ -334,7 +334,7 @@ fn authorizers_of_the_template_check_its_routes() {
         authorizers.check(&access("/ops"), &HeaderMap::new(), NOW),
         Err(Refusal::Missing)
     );
-    let issuer = issuer(&t, &stack(&t)).unwrap();
+    let issuer = issuer(&t, "test").unwrap();
     assert_eq!(
         issuer,
         Issuer {
@@ -374,7 +374,7 @@ fn a_template_without_authorizers_needs_no_keys() {
     assert!(!dir.exists());
     let access = &t.functions["F"].routes[0].access;
     assert_eq!(authorizers.check(access, &HeaderMap::new(), NOW), Ok(None));
-    let err = issuer(&t, &stack(&t)).unwrap_err().to_string();
+    let err = issuer(&t, "test").unwrap_err().to_string();
     assert!(err.contains("declares no JWT authorizer"), "{err}");
 }
 
@@ -382,7 +382,7 @@ fn a_template_without_authorizers_needs_no_keys() {
 fn the_real_templates_issuer_is_its_parameters_defaults() {
     let t = crate::template::tests::real_template();
     assert_eq!(
-        issuer(&t, &stack(&t)).unwrap(),
+        issuer(&t, "test").unwrap(),
         Issuer {
             issuer: "https://issuer.local.invalid".into(),
             audience: "cqrs-api".into()

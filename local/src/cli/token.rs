@@ -5,7 +5,6 @@
 
 use super::{Args, CliError};
 use crate::auth::{self, Role, TokenRequest};
-use crate::provision::Stack;
 use crate::template::Template;
 
 pub(super) fn run(args: &Args) -> Result<(), CliError> {
@@ -16,14 +15,7 @@ pub(super) fn run(args: &Args) -> Result<(), CliError> {
             "--accounts are a trader's accounts: add --role trader".into(),
         ));
     }
-    let region = std::env::var("AWS_REGION")
-        .ok()
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "us-east-1".into());
-    // No resources exist here: only parameters and pseudo parameters resolve, which is all an
-    // issuer or audience may sensibly use.
-    let stack = Stack::new(&template, &args.stack, &region, "");
-    let mut request = TokenRequest::new(&auth::issuer(&template, &stack)?, &opts.roles);
+    let mut request = TokenRequest::new(&auth::issuer(&template, &args.stack)?, &opts.roles);
     request.accounts.clone_from(&opts.accounts);
     if let Some(subject) = &opts.subject {
         request.subject.clone_from(subject);
