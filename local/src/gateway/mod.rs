@@ -96,7 +96,7 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
         .check(access, &parts.headers, now.timestamp())
     {
         Ok(context) => context,
-        Err(refusal) => return refused(&refusal, access),
+        Err(refusal) => return refused(&refusal, access.scopes()),
     };
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
@@ -138,12 +138,9 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
     }
 }
 
-/// The `401`/`403` of a refused token, with its `www-authenticate` challenge.
-fn refused(refusal: &Refusal, access: &crate::template::Access) -> Response {
-    let scopes = match access {
-        crate::template::Access::Jwt { scopes, .. } => scopes.as_slice(),
-        crate::template::Access::Public => &[],
-    };
+/// The `401`/`403` of a refused token, with its `www-authenticate` challenge naming the
+/// route's `scopes`.
+fn refused(refusal: &Refusal, scopes: &[String]) -> Response {
     let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let mut response = message(status, refusal.message());
     if let Ok(challenge) = HeaderValue::from_str(&refusal.challenge(scopes)) {

@@ -52,6 +52,16 @@ pub enum Access {
     },
 }
 
+impl Access {
+    /// The scopes of which a token needs one (none for a public route or any token).
+    pub fn scopes(&self) -> &[String] {
+        match self {
+            Access::Public => &[],
+            Access::Jwt { scopes, .. } => scopes,
+        }
+    }
+}
+
 /// What one API's `Auth` declares.
 #[derive(Debug, Default)]
 struct ApiAuth {
