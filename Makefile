@@ -5,7 +5,7 @@ export AWS_ACCESS_KEY_ID ?= test
 export AWS_SECRET_ACCESS_KEY ?= test
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick
+.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick token
 
 ## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
 dev: tools
@@ -56,12 +56,22 @@ bench-quick: tools
 	cargo build --release --workspace --bins
 	$${CARGO_TARGET_DIR:-target}/release/bench --quick --out $${CARGO_TARGET_DIR:-target}/bench-quick >/dev/null
 
+## Prints a dev JWT that `make dev` accepts: `make token ROLE=trader ACCOUNTS="ACC-1 ACC-2"`.
+## ROLE: agent, supervisor, trader, operator (scopes agents, supervisors, traders, operators),
+## several at once with ROLE="supervisor operator"; SUB= subject, TTL= seconds (default 12 h).
+## Only the token reaches stdout: curl -H "authorization: Bearer $$(make -s token ROLE=agent)".
+token:
+	@test -n "$(ROLE)" || { echo 'usage: make token ROLE=agent|supervisor|trader|operator [ACCOUNTS="ACC-1 ACC-2"] [SUB=...] [TTL=seconds]' >&2; exit 2; }
+	@cargo run -q -p local --bin local -- token --role "$(ROLE)" $(if $(ACCOUNTS),--accounts "$(ACCOUNTS)") $(if $(SUB),--sub "$(SUB)") $(if $(TTL),--ttl "$(TTL)")
+
 ## Moves a DLQ's messages back to its source (`make redrive QUEUE=agents [LIMIT=10]`), through
-## `POST /ops/dlq/$(QUEUE)/redrive` of a running `make dev`; prints the report of what moved.
-## Queue names: those `GET /ops/dlq` lists (agents, conversations, ..., event-delivery).
+## `POST /ops/dlq/$(QUEUE)/redrive` of a running `make dev` (with an operator's dev token);
+## prints the report of what moved. Queue names: those `GET /ops/dlq` lists (agents,
+## conversations, ..., event-delivery).
 .PHONY: redrive
 redrive:
 	@test -n "$(QUEUE)" || { echo 'usage: make redrive QUEUE=<name> [LIMIT=n]'; exit 2; }
-	curl -sS --fail-with-body -X POST \
+	@token="$$(cargo run -q -p local --bin local -- token --role operator --ttl 300)" && \
+	  curl -sS --fail-with-body -X POST -H "authorization: Bearer $$token" \
 	  "http://127.0.0.1:$${PORT:-3000}/ops/dlq/$(QUEUE)/redrive$(if $(LIMIT),?limit=$(LIMIT))"
 	@echo

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the HTTP API with schemathesis against a real `local dev` (every function as its real
 # binary, its own moto server), driven by the spec the API itself serves at GET /openapi.json.
-# Fails on any 5xx and on any response that breaks the spec.
+# Fails on any 5xx and on any response that breaks the spec. Every request carries a dev JWT
+# with every role (scopes agents, supervisors, traders, operators), minted by `local token`
+# with the key pair `local dev` verifies with.
 #
 #   scripts/fuzz-api.sh                  # FUZZ_EXAMPLES (default 15) cases per operation
 #   FUZZ_EXAMPLES=100 scripts/fuzz-api.sh
@@ -35,6 +37,7 @@ PY
 )
 # shellcheck disable=SC2046
 cargo build -q $(printf -- '--bin %s ' $bins)
+token="$(cargo run -q -p local --bin local -- token --role 'agent supervisor trader operator' --ttl 7200)"
 
 started=$SECONDS
 # Own process group, so stopping it stops the runner, its functions and its emulator.
@@ -78,6 +81,7 @@ status=0
 # From the scratch directory: schemathesis keeps a cache (.schemathesis/) where it runs.
 (cd "$work" && schemathesis --no-color run "$base/openapi.json" \
     --url "$base" \
+    --header "Authorization: Bearer $token" \
     --checks not_a_server_error,response_schema_conformance \
     --max-examples "$examples" \
     --workers "$workers" \

@@ -25,6 +25,9 @@ pub struct LocalDev {
     child: Child,
     _stdin: ChildStdin,
     http: Http,
+    /// `Bearer <dev token>` of an agent and supervisor: the template's authorizer protects
+    /// every route the benchmark calls.
+    authorization: String,
 }
 
 impl LocalDev {
@@ -38,6 +41,7 @@ impl LocalDev {
         stack: &str,
         log: &Path,
     ) -> Result<Self, String> {
+        let authorization = format!("Bearer {}", dev_token(root, stack)?);
         let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let log_out = log.try_clone().map_err(|e| e.to_string())?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -79,6 +83,7 @@ impl LocalDev {
             child,
             _stdin: stdin,
             http: Client::builder(TokioExecutor::new()).build_http(),
+            authorization,
         })
     }
 
@@ -88,6 +93,7 @@ impl LocalDev {
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
+            .header("authorization", &self.authorization)
             .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
             .map_err(|e| e.to_string())?;
         let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
@@ -118,6 +124,17 @@ impl LocalDev {
         }
         Err(format!("{id} not visible within 10 s"))
     }
+}
+
+/// A token `local dev` (started in `root`, so verifying with `root/.dev/auth` or
+/// `LOCAL_AUTH_DIR`) accepts for the routes the benchmark calls.
+fn dev_token(root: &Path, stack: &str) -> Result<String, String> {
+    use local::auth::{Role, TokenRequest};
+    let path = root.join("template.yaml");
+    let template = local::template::Template::load(&path).map_err(|e| e.to_string())?;
+    let issuer = local::auth::issuer(&template, stack).map_err(|e| e.to_string())?;
+    let request = TokenRequest::new(&issuer, &[Role::Supervisor, Role::Agent]);
+    local::auth::mint(&local::auth::key_dir(&path), &request).map_err(|e| e.to_string())
 }
 
 impl Drop for LocalDev {

@@ -3,9 +3,10 @@
 //! [`template`] reads the SAM template, [`emulator`] finds or starts the AWS emulator,
 //! [`provision`] creates the template's resources in it, [`runtime`] runs the functions'
 //! binaries behind the Lambda Runtime API, [`gateway`] serves the HTTP API routes and
-//! [`poller`] feeds SQS event sources to their functions. [`cli`] wires them together for the
-//! `local` binary.
+//! [`poller`] feeds SQS event sources to their functions, [`auth`] signs and checks the JWTs of
+//! the template's authorizers. [`cli`] wires them together for the `local` binary.
 
+pub mod auth;
 pub mod cli;
 pub mod emulator;
 pub mod gateway;

@@ -4,7 +4,12 @@
 //! long forms (`{"Ref": ..}`, `{"Fn::GetAtt": [..]}`, ...) while loading, so every later stage
 //! sees one representation: a [`serde_json::Value`] tree in which intrinsic functions are
 //! single-key objects. Resolution of those intrinsics belongs to [`crate::provision`], because
-//! their values (queue URLs, ARNs) only exist once the resources do.
+//! their values (queue URLs, ARNs) only exist once the resources do. [`auth`] reads who may
+//! call each route.
+
+mod auth;
+
+pub use auth::{Access, AuthorizerId, IMPLICIT_API, JwtAuthorizer};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +70,8 @@ pub struct HttpRoute {
     pub method: String,
     /// Path with `{param}` and `{proxy+}` placeholders, e.g. `/agents/{agentId}`.
     pub path: String,
+    /// Who may call it (its API's default authorizer applied).
+    pub access: Access,
 }
 
 /// An `SQS` event source of a function.
@@ -108,6 +115,8 @@ pub struct Template {
     pub resources: BTreeMap<String, Resource>,
     /// Every `AWS::Serverless::Function`, by logical id.
     pub functions: BTreeMap<String, Function>,
+    /// Every JWT authorizer of every HTTP API, issuer and audience unresolved.
+    pub authorizers: BTreeMap<AuthorizerId, JwtAuthorizer>,
 }
 
 impl Template {
@@ -215,16 +224,14 @@ fn build(root: &Value, path: PathBuf) -> Result<Template, String> {
             .collect::<Result<_, String>>()?,
         Some(_) => return Err("Parameters is not a mapping".into()),
     };
-    let globals = root
-        .get("Globals")
-        .and_then(|g| g.get("Function"))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let all_globals = root.get("Globals").cloned().unwrap_or(Value::Null);
+    let globals = all_globals.get("Function").cloned().unwrap_or(Value::Null);
     let resources_map = match root.get("Resources") {
         Some(Value::Object(r)) if !r.is_empty() => r,
         Some(_) => return Err("Resources must be a non-empty mapping".into()),
         None => return Err("no Resources section".into()),
     };
+    let apis = auth::Apis::read(resources_map, &all_globals)?;
     let mut resources = BTreeMap::new();
     let mut functions = BTreeMap::new();
     for (id, res) in resources_map {
@@ -238,7 +245,7 @@ fn build(root: &Value, path: PathBuf) -> Result<Template, String> {
             Some(_) => return Err(format!("resource {id}: Properties is not a mapping")),
         };
         if kind == "AWS::Serverless::Function" {
-            let f = function(id, res, &properties, &globals)
+            let f = function(id, res, &properties, &globals, &apis)
                 .map_err(|e| format!("function {id}: {e}"))?;
             functions.insert(id.clone(), f);
         }
@@ -256,10 +263,17 @@ fn build(root: &Value, path: PathBuf) -> Result<Template, String> {
         parameters,
         resources,
         functions,
+        authorizers: apis.jwt_authorizers(),
     })
 }
 
-fn function(id: &str, res: &Value, props: &Value, globals: &Value) -> Result<Function, String> {
+fn function(
+    id: &str,
+    res: &Value,
+    props: &Value,
+    globals: &Value,
+    apis: &auth::Apis,
+) -> Result<Function, String> {
     let binary = res
         .pointer("/Metadata/BuildProperties/Binary")
         .and_then(Value::as_str)
@@ -289,7 +303,7 @@ fn function(id: &str, res: &Value, props: &Value, globals: &Value) -> Result<Fun
         for (name, event) in events {
             let ep = event.get("Properties").cloned().unwrap_or(Value::Null);
             match event.get("Type").and_then(Value::as_str) {
-                Some("HttpApi") => routes.push(http_route(name, &ep)?),
+                Some("HttpApi") => routes.push(http_route(name, &ep, apis)?),
                 Some("SQS") => sqs_sources.push(sqs_source(name, &ep)?),
                 Some(other) => {
                     tracing::warn!(
@@ -319,7 +333,7 @@ fn function(id: &str, res: &Value, props: &Value, globals: &Value) -> Result<Fun
 }
 
 /// An `HttpApi` event without `Method`/`Path` is the API's `$default` catch-all (`ANY /{proxy+}`).
-fn http_route(name: &str, props: &Value) -> Result<HttpRoute, String> {
+fn http_route(name: &str, props: &Value, apis: &auth::Apis) -> Result<HttpRoute, String> {
     let field = |key: &str, default: &str| -> Result<String, String> {
         match props.get(key) {
             None | Some(Value::Null) => Ok(default.to_string()),
@@ -332,10 +346,14 @@ fn http_route(name: &str, props: &Value) -> Result<HttpRoute, String> {
     if !path.starts_with('/') {
         return Err(format!("event {name}: Path {path:?} must start with '/'"));
     }
+    let access = apis
+        .access(props)
+        .map_err(|e| format!("event {name}: {e}"))?;
     Ok(HttpRoute {
         event: name.to_string(),
         method,
         path,
+        access,
     })
 }
 
@@ -390,7 +408,7 @@ fn scalar_string(v: &Value) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 

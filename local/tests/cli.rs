@@ -150,6 +150,73 @@ fn bad_arguments_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown option \"--bogus\""));
 }
 
+/// `local token` signs with the key pair it creates beside the template, for the issuer and
+/// audience of the template's authorizer, and the gateway's verifier accepts the token.
+#[test]
+fn token_prints_a_jwt_the_templates_authorizer_accepts() {
+    let template = TEMPLATE.replace(
+        "    Type: AWS::Serverless::HttpApi\n",
+        "    Type: AWS::Serverless::HttpApi\n    Properties:\n      Auth:\n        DefaultAuthorizer: Jwt\n        Authorizers:\n          Jwt: {JwtConfiguration: {issuer: https://iss.test, audience: [aud]}}\n",
+    );
+    let dir = workspace("token", &template, false);
+    let token = |args: &[&str]| {
+        let mut all = vec!["token"];
+        all.extend_from_slice(args);
+        local(&dir, &all)
+            .env_remove("LOCAL_AUTH_DIR")
+            .output()
+            .unwrap()
+    };
+    let out = token(&[
+        "--role",
+        "trader operator",
+        "--accounts",
+        "A-1 A-2",
+        "--ttl",
+        "60",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(jwt.lines().count(), 1, "only the token on stdout: {jwt}");
+    let jwks_path = dir.join(".dev/auth/jwks.json");
+    let jwks = serde_json::from_slice(&std::fs::read(&jwks_path).unwrap()).unwrap();
+    let verifier = local::auth::Verifier::new(
+        "authorization",
+        "https://iss.test".into(),
+        vec!["aud".into()],
+        &jwks,
+    );
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {}", jwt.trim()).parse().unwrap(),
+    );
+    let now = chrono::Utc::now().timestamp();
+    let ok = verifier.check(&headers, &["traders".into()], now).unwrap();
+    assert_eq!(ok.claims["sub"], "dev-trader");
+    assert_eq!(ok.claims["scope"], "traders operators");
+    assert_eq!(ok.claims["accounts"], "A-1 A-2");
+    assert_eq!(
+        ok.claims["exp"].as_i64().unwrap() - ok.claims["iat"].as_i64().unwrap(),
+        60
+    );
+
+    let usage = token(&["--role", "agent", "--accounts", "A-1"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("add --role trader"));
+    let plain = workspace("token-none", TEMPLATE, false);
+    let err = failure(
+        local(&plain, &["token", "--role", "agent"])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("declares no JWT authorizer"), "{err}");
+}
+
 /// `GET` over a raw socket: status line and body.
 fn get(port: u16, path: &str) -> (u16, String) {
     request(port, "GET", path, None)

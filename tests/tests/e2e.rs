@@ -3,8 +3,14 @@
 //! process serves every test (started on first use; it builds the binaries itself), each test
 //! using ids of its own. Run with `--nocapture` to see the measured latencies and init
 //! durations.
+//!
+//! Every route but `/health` and `/openapi.json` needs a JWT (template.yaml's authorizer):
+//! requests carry a dev token with every role, minted with the key pair `local dev` verifies
+//! with (`.dev/auth/`, or `LOCAL_AUTH_DIR`, which both inherit); a test acting on accounts
+//! brings a trader token naming them.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use local::auth::{Issuer, Role, TokenRequest};
 use serde_json::{Value, json};
 
 /// Stack name given to `local dev`: resources are `e2e-AgentsQueue`, `e2e-AgentsDLQ`, ...
@@ -143,8 +150,55 @@ impl Answer {
     }
 }
 
-/// One request to the local API with a real HTTP client.
+/// The issuer and audience `local dev` accepts (template.yaml's parameters' defaults) and the
+/// directory of the key pair it verifies with.
+fn dev_issuer() -> &'static (Issuer, PathBuf) {
+    static ISSUER: OnceLock<(Issuer, PathBuf)> = OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let path = system_tests::root().join("template.yaml");
+        let template = local::template::Template::load(&path).expect("template.yaml");
+        let issuer = local::auth::issuer(&template, STACK).expect("the template's JWT issuer");
+        (issuer, local::auth::key_dir(&path))
+    })
+}
+
+/// A dev token request for `roles`, issued now for 12 hours.
+fn token_request(roles: &[Role]) -> TokenRequest {
+    TokenRequest::new(&dev_issuer().0, roles)
+}
+
+/// `request` as a token signed with the dev key (created here when `local dev` has not yet).
+fn mint(request: &TokenRequest) -> String {
+    local::auth::mint(&dev_issuer().1, request).expect("mint a dev token")
+}
+
+/// A trader (and every other role) acting on `accounts`.
+fn trader_token(accounts: &[&str]) -> String {
+    let mut request = token_request(&Role::ALL);
+    request.accounts = accounts.iter().map(|a| a.to_string()).collect();
+    mint(&request)
+}
+
+/// What [`send`] authenticates with: every role, no accounts.
+fn default_token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| mint(&token_request(&Role::ALL)))
+}
+
+/// One request to the local API with a real HTTP client, carrying [`default_token`].
 async fn send(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    send_as(Some(default_token()), method, path, body, headers).await
+}
+
+/// One request to the local API with a real HTTP client, carrying `token` as a bearer token
+/// (no `authorization` header when `None`).
+async fn send_as(
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let rt = runner();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = http::Request::builder()
@@ -152,6 +206,9 @@ async fn send(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &s
         .uri(format!("{}{path}", rt.base));
     if body.is_some() {
         req = req.header("content-type", "application/json");
+    }
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
     }
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -565,6 +622,10 @@ async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
 #[tokio::test]
 async fn trades_execute_in_order_into_positions_and_a_balanced_ledger() {
     let account = unique("acct");
+    let token = trader_token(&[&account]);
+    let send = async |method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]| {
+        send_as(Some(&token), method, path, body, headers).await
+    };
     let orders = [
         ("BUY", json!(10), json!("100")),
         ("BUY", json!("5"), json!(130)),
@@ -777,5 +838,135 @@ async fn every_emf_line_is_valid_emf() {
                 assert!(doc[name].is_number(), "{function}: metric {name}: {doc}");
             }
         }
+    }
+}
+
+/// JWT authorization through the real gateway, as API Gateway's JWT authorizer does it: no
+/// token, a bad one (expired, another issuer, another audience, a forged signature, not a JWT)
+/// → `401`, a valid one without the route's scope → `403`, and in neither case does the
+/// function run; a valid token with the scope reaches it; public routes need none.
+#[tokio::test]
+async fn the_gateway_checks_tokens_before_any_function_runs() {
+    let rt = runner();
+    for public in ["/health", "/openapi.json"] {
+        let a = send_as(None, "GET", public, None, &[]).await;
+        assert_eq!(a.status, 200, "{public} is public: {:?}", a.body);
+    }
+
+    let agent = unique("e2e-auth");
+    register(&agent, &[], 1).await;
+    let path = format!("/agents/{agent}/state");
+    let expired = {
+        let mut r = token_request(&[Role::Agent]);
+        r.issued_at -= 7200;
+        r.ttl_secs = 3600;
+        mint(&r)
+    };
+    let foreign_issuer = {
+        let mut r = token_request(&[Role::Agent]);
+        r.issuer = "https://issuer.elsewhere.invalid".into();
+        mint(&r)
+    };
+    let foreign_audience = {
+        let mut r = token_request(&[Role::Agent]);
+        r.audience = "another-api".into();
+        mint(&r)
+    };
+    // A valid header and payload (an operator's) with the signature of another payload.
+    let forged = {
+        let operator = mint(&token_request(&[Role::Operator]));
+        let agent = mint(&token_request(&[Role::Agent]));
+        let (head, _) = operator.rsplit_once('.').unwrap();
+        let (_, signature) = agent.rsplit_once('.').unwrap();
+        format!("{head}.{signature}")
+    };
+    let mut refused = Vec::new();
+    for (what, token, expected_description) in [
+        ("no token", None, None),
+        ("expired", Some(expired.as_str()), Some("expired")),
+        ("another issuer", Some(&foreign_issuer), Some("issuer")),
+        (
+            "another audience",
+            Some(&foreign_audience),
+            Some("audience"),
+        ),
+        ("forged", Some(&forged), Some("signature")),
+        ("not a JWT", Some("not-a-jwt"), Some("not a valid JWT")),
+    ] {
+        let correlation = unique("refused");
+        let a = send_as(
+            token,
+            "GET",
+            &path,
+            None,
+            &[("x-correlation-id", &correlation)],
+        )
+        .await;
+        assert_eq!(a.status, 401, "{what}: {:?}", a.body);
+        assert_eq!(a.body, json!({"message": "Unauthorized"}), "{what}");
+        assert_eq!(a.header("content-type"), "application/json", "{what}");
+        let challenge = a.header("www-authenticate");
+        match expected_description {
+            None => assert_eq!(challenge, "Bearer", "{what}"),
+            Some(reason) => {
+                assert!(
+                    challenge
+                        .starts_with(r#"Bearer scope="agents supervisors" error="invalid_token""#)
+                        && challenge.contains(reason),
+                    "{what}: {challenge}"
+                );
+            }
+        }
+        refused.push(correlation);
+    }
+
+    // An agent may read an agent's state but not the DLQs: 403, the ops function never runs.
+    let agent_token = mint(&token_request(&[Role::Agent]));
+    let correlation = unique("forbidden");
+    let a = send_as(
+        Some(&agent_token),
+        "GET",
+        "/ops/dlq",
+        None,
+        &[("x-correlation-id", &correlation)],
+    )
+    .await;
+    assert_eq!(a.status, 403, "{:?}", a.body);
+    assert_eq!(a.body, json!({"message": "Forbidden"}));
+    assert!(
+        a.header("www-authenticate")
+            .starts_with(r#"Bearer scope="operators" error="insufficient_scope""#),
+        "{}",
+        a.header("www-authenticate")
+    );
+    refused.push(correlation);
+
+    // The same agent token on a route of its scope reaches the function (its log has the id).
+    let allowed = unique("allowed");
+    let state = eventually("the agent's state", Duration::from_secs(30), async || {
+        let a = send_as(
+            Some(&agent_token),
+            "GET",
+            &path,
+            None,
+            &[("x-correlation-id", &allowed)],
+        )
+        .await;
+        (a.status == 200).then_some(a.body)
+    })
+    .await;
+    assert_eq!(state["agentId"], agent.as_str());
+    let operator = mint(&token_request(&[Role::Operator]));
+    let dlq = send_as(Some(&operator), "GET", "/ops/dlq", None, &[]).await;
+    assert_eq!(dlq.status, 200, "{:?}", dlq.body);
+    eventually(
+        "the allowed request in the agents API's log",
+        Duration::from_secs(30),
+        async || (rt.count(&["[AgentsApiFunction] ", &allowed]) > 0).then_some(()),
+    )
+    .await;
+    for correlation in &refused {
+        let reached = rt.matching(&[correlation]);
+        assert!(reached.is_empty(), "a refused request ran: {reached:?}");
     }
 }

@@ -14,11 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{Args, CliError, provision_options};
+use crate::auth::{self, Authorizers};
 use crate::gateway::{self, Gateway, RouteTable};
 use crate::poller::{self, Pollers, SqsBinding};
 use crate::provision::Stack;
 use crate::runtime::{FunctionSpec, Runtime, RuntimeOptions};
-use crate::template::Template;
+use crate::template::{Access, Template};
 use crate::{emulator, provision};
 
 pub(super) async fn run(args: &Args) -> Result<(), CliError> {
@@ -56,6 +57,8 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     ));
     let bindings = sqs_bindings(&template, &stack)?;
     let routes = RouteTable::from_template(&template);
+    let key_dir = auth::key_dir(&args.template);
+    let authorizers = Authorizers::load(&template, &stack, &key_dir)?;
     print_table(
         &routes,
         &bindings,
@@ -64,10 +67,17 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
         guard.started(),
         args.port,
     );
+    if !template.authorizers.is_empty() {
+        println!(
+            "JWT auth  dev keys in {} (a token: make token ROLE=agent|supervisor|trader|operator)",
+            key_dir.display()
+        );
+    }
 
     let (stop, stopped) = watch::channel(false);
     let gateway = Gateway {
         routes,
+        authorizers,
         runtime: Arc::clone(&runtime),
         account_id: stack.account_id.clone(),
     };
@@ -232,7 +242,15 @@ fn print_table(
 ) {
     println!("HTTP API  http://127.0.0.1:{port}");
     for r in routes.routes() {
-        println!("  {:<7} {:<40} -> {}", r.method, r.path, r.function);
+        let access = match &r.access {
+            Access::Public => "public".to_string(),
+            Access::Jwt { scopes, .. } if scopes.is_empty() => "any token".to_string(),
+            Access::Jwt { scopes, .. } => format!("scopes {}", scopes.join("|")),
+        };
+        println!(
+            "  {:<7} {:<40} -> {:<28} {access}",
+            r.method, r.path, r.function
+        );
     }
     println!("SQS event sources");
     for b in bindings {

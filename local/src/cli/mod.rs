@@ -1,13 +1,15 @@
 //! Command line: `local dev` runs the whole template, `local provision` only creates its
-//! resources. Every failure is a [`CliError`] printed as one clear line; the binary maps it to
-//! a non-zero exit code.
+//! resources, `local token` prints a dev JWT for its authorizer. Every failure is a
+//! [`CliError`] printed as one clear line; the binary maps it to a non-zero exit code.
 
 mod dev;
+mod token;
 
 pub use dev::EXIT_ON_STDIN_EOF_ENV;
 
 use std::path::PathBuf;
 
+use crate::auth::Role;
 use crate::provision::{DEFAULT_STACK_NAME, ProvisionError, ProvisionOptions};
 use crate::template::{Template, TemplateError};
 use crate::{emulator, provision};
@@ -15,10 +17,13 @@ use crate::{emulator, provision};
 const USAGE: &str = "usage:
   local dev [--template template.yaml] [--port 3000] [--release] [--no-build] [--stack cqrs-local]
   local provision [--template template.yaml] [--port 3000] [--stack cqrs-local]
+  local token --role agent|supervisor|trader|operator [--role ...] [--accounts 'ACC-1 ACC-2']
+              [--sub subject] [--ttl seconds] [--template template.yaml]
 
 environment: AWS_ENDPOINT_URL (emulator, default http://127.0.0.1:4566), PORT,
 LOCAL_MAX_INSTANCES (instances per function, default 4), LOCAL_RETRY_DELAY_SECONDS,
-LOCAL_EXIT_ON_STDIN_EOF (also stop when stdin closes; for harnesses that pipe it)";
+LOCAL_EXIT_ON_STDIN_EOF (also stop when stdin closes; for harnesses that pipe it),
+LOCAL_AUTH_DIR (dev JWT key pair, default .dev/auth/ beside the template)";
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,12 +34,28 @@ pub struct Args {
     pub release: bool,
     pub build: bool,
     pub stack: String,
+    /// What `local token` mints (empty for the other commands).
+    pub token: TokenArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Command {
     Dev,
     Provision,
+    Token,
+}
+
+/// The options of `local token`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenArgs {
+    /// `--role`, repeatable, each a space- or comma-separated list; at least one.
+    pub roles: Vec<Role>,
+    /// `--accounts`, the same way: the trader's accounts.
+    pub accounts: Vec<String>,
+    /// `--sub`: the subject instead of `dev-<first role>`.
+    pub subject: Option<String>,
+    /// `--ttl`: seconds of validity instead of 12 hours.
+    pub ttl_secs: Option<i64>,
 }
 
 /// Why the runner stopped with an error.
@@ -68,6 +89,8 @@ pub enum CliError {
     Provision(#[from] ProvisionError),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl CliError {
@@ -87,6 +110,7 @@ impl Args {
         let command = match args.next().as_deref() {
             Some("dev") => Command::Dev,
             Some("provision") => Command::Provision,
+            Some("token") => Command::Token,
             Some("-h" | "--help") | None => return Err(CliError::Usage("no command given".into())),
             Some(other) => return Err(CliError::Usage(format!("unknown command {other:?}"))),
         };
@@ -101,6 +125,7 @@ impl Args {
             release: false,
             build: true,
             stack: DEFAULT_STACK_NAME.to_string(),
+            token: TokenArgs::default(),
         };
         while let Some(flag) = args.next() {
             let mut value = |name: &str| {
@@ -113,11 +138,43 @@ impl Args {
                 "--stack" => parsed.stack = value("--stack")?,
                 "--release" if command == Command::Dev => parsed.release = true,
                 "--no-build" if command == Command::Dev => parsed.build = false,
+                "--role" if command == Command::Token => {
+                    for name in words(&value("--role")?) {
+                        let role =
+                            Role::parse(&name).map_err(|e| CliError::Usage(e.to_string()))?;
+                        parsed.token.roles.push(role);
+                    }
+                }
+                "--accounts" if command == Command::Token => {
+                    parsed.token.accounts.extend(words(&value("--accounts")?));
+                }
+                "--sub" if command == Command::Token => {
+                    parsed.token.subject = Some(value("--sub")?);
+                }
+                "--ttl" if command == Command::Token => {
+                    let text = value("--ttl")?;
+                    let ttl = text.trim().parse().ok().filter(|t| *t > 0).ok_or_else(|| {
+                        CliError::Usage(format!(
+                            "--ttl {text:?} is not a positive number of seconds"
+                        ))
+                    })?;
+                    parsed.token.ttl_secs = Some(ttl);
+                }
                 other => return Err(CliError::Usage(format!("unknown option {other:?}"))),
             }
         }
+        if command == Command::Token && parsed.token.roles.is_empty() {
+            return Err(CliError::Usage("token needs at least one --role".into()));
+        }
         Ok(parsed)
     }
+}
+
+/// The words of a space- or comma-separated list.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split([' ', ',', '\t'])
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
 }
 
 fn parse_port(text: &str, what: &str) -> Result<u16, CliError> {
@@ -131,6 +188,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     match args.command {
         Command::Dev => dev::run(&args).await,
         Command::Provision => provision_only(&args).await,
+        Command::Token => token::run(&args),
     }
 }
 
@@ -219,6 +277,31 @@ mod tests {
             (a.port, a.release, a.build, a.stack.as_str()),
             (4000, true, false, "s")
         );
+        let t = parse(&[
+            "token",
+            "--role",
+            "trader, operator",
+            "--role",
+            "agent",
+            "--accounts",
+            "ACC-1 ACC-2",
+            "--accounts",
+            "ACC-3",
+            "--sub",
+            "me",
+            "--ttl",
+            "60",
+        ])
+        .unwrap();
+        assert_eq!(
+            t.token,
+            TokenArgs {
+                roles: vec![Role::Trader, Role::Operator, Role::Agent],
+                accounts: vec!["ACC-1".into(), "ACC-2".into(), "ACC-3".into()],
+                subject: Some("me".into()),
+                ttl_secs: Some(60),
+            }
+        );
         let p = parse(&["provision"]).unwrap();
         assert_eq!(
             (p.command, p.build, p.stack.as_str()),
@@ -241,6 +324,13 @@ mod tests {
                 &["provision", "--release"][..],
                 "unknown option \"--release\"",
             ),
+            (&["token"][..], "token needs at least one --role"),
+            (&["token", "--role", "admin"][..], "unknown role \"admin\""),
+            (
+                &["token", "--role", "agent", "--ttl", "-5"][..],
+                "--ttl \"-5\" is not a positive",
+            ),
+            (&["dev", "--role", "agent"][..], "unknown option \"--role\""),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2);

@@ -22,6 +22,8 @@ pub struct Request<'a> {
     pub request_id: &'a str,
     pub account_id: &'a str,
     pub time: DateTime<Utc>,
+    /// `requestContext.authorizer` of an authorized request; `None` on a public route.
+    pub authorizer: Option<Value>,
 }
 
 /// The payload 2.0 event for `req` matched to `route`. Headers are lower-cased and repeated
@@ -81,6 +83,9 @@ pub fn build(req: &Request<'_>, route: &RouteMatch<'_>) -> Value {
         },
         "isBase64Encoded": false,
     });
+    if let Some(authorizer) = &req.authorizer {
+        event["requestContext"]["authorizer"] = authorizer.clone();
+    }
     if !cookies.is_empty() {
         event["cookies"] = json!(cookies);
     }
@@ -249,6 +254,17 @@ mod tests {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Value {
+        authorized_event(method, path, query, headers, body, None)
+    }
+
+    fn authorized_event(
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        authorizer: Option<Value>,
+    ) -> Value {
         let table = routes();
         let m = table.find(method, path).unwrap();
         let mut map = HeaderMap::new();
@@ -268,6 +284,7 @@ mod tests {
             request_id: "req-1",
             account_id: "123456789012",
             time: DateTime::from_timestamp(1_583_348_638, 390_000_000).unwrap(),
+            authorizer,
         };
         build(&req, &m)
     }
@@ -317,6 +334,33 @@ mod tests {
         assert_eq!(ctx.time.as_deref(), Some("04/Mar/2020:19:03:58 +0000"));
         assert_eq!(ctx.time_epoch, 1_583_348_638_390);
         assert_eq!(ctx.account_id.as_deref(), Some("123456789012"));
+    }
+
+    #[test]
+    fn the_authorizer_context_is_the_one_lambda_events_reads() {
+        let public = event("GET", "/x", "", &[], b"");
+        assert!(public["requestContext"].get("authorizer").is_none());
+        let context = json!({"jwt": {
+            "claims": {"sub": "dev-trader", "exp": "1700000000", "accounts": "ACC-1 ACC-2"},
+            "scopes": ["traders", "operators"]
+        }});
+        let v = authorized_event("GET", "/x", "", &[], b"", Some(context.clone()));
+        assert_eq!(v["requestContext"]["authorizer"], context);
+        let e: ApiGatewayV2httpRequest = serde_json::from_value(v).unwrap();
+        let jwt = e.request_context.authorizer.unwrap().jwt.unwrap();
+        assert_eq!(jwt.claims["sub"], "dev-trader");
+        assert_eq!(jwt.claims["accounts"], "ACC-1 ACC-2");
+        assert_eq!(
+            jwt.scopes,
+            Some(vec!["traders".to_string(), "operators".to_string()])
+        );
+        let unscoped = json!({"jwt": {"claims": {"sub": "s"}, "scopes": null}});
+        let v = authorized_event("GET", "/x", "", &[], b"", Some(unscoped));
+        let e: ApiGatewayV2httpRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            e.request_context.authorizer.unwrap().jwt.unwrap().scopes,
+            None
+        );
     }
 
     #[test]

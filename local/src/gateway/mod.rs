@@ -2,6 +2,9 @@
 //! with a payload 2.0 event. Errors answer as API Gateway does: `404 {"message":"Not Found"}`
 //! for an unknown route, `413` beyond 10 MB, `502 {"message":"Internal Server Error"}` when the
 //! function fails or answers nonsense, `503 {"message":"Service Unavailable"}` when it times out.
+//! A route with a JWT authorizer answers `401 {"message":"Unauthorized"}` or `403
+//! {"message":"Forbidden"}` (with a `www-authenticate` challenge) without invoking its function
+//! when the request's token does not pass ([`crate::auth`]).
 
 mod event;
 mod routes;
@@ -21,14 +24,17 @@ use tokio::net::TcpListener;
 pub use event::{HttpResponse, response as convert_response};
 pub use routes::{Route, RouteMatch, RouteTable};
 
+use crate::auth::{Authorizers, Refusal};
 use crate::runtime::{InvokeError, InvokeOutcome, Runtime};
 
 /// API Gateway's payload limit.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
-/// What the server needs: routes, the functions behind them, the account for the events.
+/// What the server needs: routes, their authorizers, the functions behind them, the account
+/// for the events.
 pub struct Gateway {
     pub routes: RouteTable,
+    pub authorizers: Authorizers,
     pub runtime: Arc<Runtime>,
     pub account_id: String,
 }
@@ -83,6 +89,15 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
     let Some(matched) = gw.routes.find(parts.method.as_str(), parts.uri.path()) else {
         return message(StatusCode::NOT_FOUND, "Not Found");
     };
+    let now = chrono::Utc::now();
+    let access = &matched.route.access;
+    let authorizer = match gw
+        .authorizers
+        .check(access, &parts.headers, now.timestamp())
+    {
+        Ok(context) => context,
+        Err(refusal) => return refused(&refusal, access.scopes()),
+    };
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
     };
@@ -95,7 +110,8 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
         source_ip: peer.ip().to_string(),
         request_id,
         account_id: &gw.account_id,
-        time: chrono::Utc::now(),
+        time: now,
+        authorizer,
     };
     let event = event::build(&request, &matched);
     let function = matched.route.function.clone();
@@ -120,6 +136,17 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
         }
         Err(_) => message(StatusCode::BAD_GATEWAY, "Internal Server Error"),
     }
+}
+
+/// The `401`/`403` of a refused token, with its `www-authenticate` challenge naming the
+/// route's `scopes`.
+fn refused(refusal: &Refusal, scopes: &[String]) -> Response {
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut response = message(status, refusal.message());
+    if let Ok(challenge) = HeaderValue::from_str(&refusal.challenge(scopes)) {
+        response.headers_mut().insert("www-authenticate", challenge);
+    }
+    response
 }
 
 /// API Gateway's own error shape.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::template::Template;
+use crate::template::{Access, Template};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Segment {
@@ -23,6 +23,8 @@ pub struct Route {
     pub path: String,
     /// Logical id of the function serving it.
     pub function: String,
+    /// Who may call it.
+    pub access: Access,
     segments: Vec<Segment>,
 }
 
@@ -95,6 +97,7 @@ impl RouteTable {
                     method: r.method.clone(),
                     path: r.path.clone(),
                     function: f.logical_id.clone(),
+                    access: r.access.clone(),
                     segments: parse(&r.path),
                 })
             })

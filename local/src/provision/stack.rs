@@ -63,6 +63,16 @@ pub enum Unresolved {
     Fatal(String),
 }
 
+impl Unresolved {
+    /// Why, in one line.
+    pub fn describe(&self) -> String {
+        match self {
+            Unresolved::Wait(res) => format!("refers to {res}, which does not exist yet"),
+            Unresolved::Fatal(why) => why.clone(),
+        }
+    }
+}
+
 /// Everything [`super::provision`] created, with the resolver of the template's expressions.
 #[derive(Debug, Clone)]
 pub struct Stack {
