@@ -66,7 +66,11 @@ fn every_template_route_is_in_the_spec_and_every_spec_route_in_the_template() {
     assert!(routes.len() >= 20, "{routes:?}");
 }
 
-/// The scopes `template.yaml` gives a route (`None`: public), from its event's `Auth`.
+/// How `template.yaml` protects a route, from its event's `Auth`: `None` when public, the
+/// scopes of which a JWT needs one, or [`IAM`] for a SigV4-signed (service-to-service) route.
+/// Marks an IAM-authorized route among scopes (no scope can be spelled like it).
+const IAM: &str = "<AWS_IAM>";
+
 fn template_scopes(t: &Template) -> BTreeMap<(String, String), Option<BTreeSet<String>>> {
     let mut out = BTreeMap::new();
     for f in t.functions.values() {
@@ -75,6 +79,8 @@ fn template_scopes(t: &Template) -> BTreeMap<(String, String), Option<BTreeSet<S
             let auth = &events[&r.event]["Properties"]["Auth"];
             let scopes = if auth["Authorizer"] == "NONE" {
                 None
+            } else if auth["Authorizer"] == "AWS_IAM" {
+                Some(BTreeSet::from([IAM.to_owned()]))
             } else {
                 Some(
                     auth["AuthorizationScopes"]
@@ -120,6 +126,9 @@ fn every_route_requires_the_scopes_the_spec_documents() {
         let op = &operations(&spec)[&(method.clone(), path.clone())];
         let documented: Option<BTreeSet<String>> = match op["security"].as_array() {
             Some(reqs) if reqs.is_empty() => None,
+            Some(reqs) if reqs.iter().any(|r| r.get("sigv4").is_some()) => {
+                Some(BTreeSet::from([IAM.to_owned()]))
+            }
             Some(reqs) => Some(
                 reqs.iter()
                     .flat_map(|r| r["bearer"].as_array().into_iter().flatten())
@@ -145,7 +154,11 @@ fn every_route_requires_the_scopes_the_spec_documents() {
         .map(|((m, p), _)| format!("{m} {p}"))
         .collect();
     assert_eq!(public, ["GET /health", "GET /openapi.json"]);
-    for (route, scope) in [("/ops/dlq", "operators"), ("/trades", "traders")] {
+    for (route, scope) in [
+        ("/ops/dlq", "operators"),
+        ("/trades", "traders"),
+        ("/agents/match", IAM),
+    ] {
         let wanted = BTreeSet::from([scope.to_owned()]);
         let got = template_scopes(&t)
             .into_iter()
@@ -223,9 +236,20 @@ fn contract_violations(spec: &Value) -> Vec<String> {
         if params_in("query").next().is_some() {
             required.push("422");
         }
-        // The gateway's JWT authorizer answers these before any function runs.
-        if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+        // The gateway's authorizers answer these before any function runs: the JWT one `401`
+        // (no valid token) and `403` (no scope of the route), the IAM one `403`.
+        let schemes: BTreeSet<&str> = op["security"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_object())
+            .flat_map(|r| r.keys().map(String::as_str))
+            .collect();
+        if schemes.contains("bearer") {
             required.extend(["401", "403"]);
+        }
+        if schemes.contains("sigv4") {
+            required.push("403");
         }
         if params_in("header").any(|p| p["name"] == "Idempotency-Key") {
             required.push("422");

@@ -115,6 +115,26 @@ async fn respond(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
     faults.hits.lock().unwrap().push(Instant::now());
+    // The route is IAM-authorized: API Gateway refuses calls not signed for it. (The signature
+    // itself is verified by the local runner, end to end in tests/e2e.rs.)
+    let signed = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.starts_with("AWS4-HMAC-SHA256 Credential=test/")
+                && a.contains("/us-east-1/execute-api/aws4_request")
+        })
+        && req.headers().contains_key("x-amz-date");
+    if !signed {
+        return hyper::Response::builder()
+            .status(403)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                b"{\"message\":\"Forbidden\"}",
+            )))
+            .unwrap();
+    }
     let fault = faults.plan.lock().unwrap().pop_front();
     match fault {
         Some(Fault::Status(code)) => {

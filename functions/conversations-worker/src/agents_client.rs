@@ -4,8 +4,16 @@
 //!
 //! The match is idempotent per conversation on the agents side (one reservation per
 //! conversation), so retrying a request whose answer was lost can never book a second agent.
+//!
+//! The route is IAM-authorized (service to service, no person's token): every attempt is
+//! signed with SigV4 for `execute-api` with this function's role credentials, freshly per
+//! attempt because a signature is only valid for a few minutes and credentials rotate.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -73,14 +81,77 @@ enum Attempt {
 pub struct AgentsClient {
     base_url: String,
     http: Client<Https, Full<Bytes>>,
+    signer: Signer,
     policy: Policy,
     breaker: Breaker,
+}
+
+/// Who signs the calls: the function's credentials and region, from its SDK configuration.
+pub struct Signer {
+    pub credentials: SharedCredentialsProvider,
+    pub region: String,
+}
+
+impl Signer {
+    /// The SDK configuration's credentials and region; `Internal` when it has none (a
+    /// deployment without a role cannot call an IAM-authorized route anyway).
+    pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Result<Signer, Error> {
+        Ok(Signer {
+            credentials: sdk
+                .credentials_provider()
+                .ok_or_else(|| Error::Internal("no AWS credentials to sign with".into()))?,
+            region: sdk
+                .region()
+                .ok_or_else(|| Error::Internal("no AWS region to sign for".into()))?
+                .to_string(),
+        })
+    }
+
+    /// Adds the SigV4 headers (`authorization`, `x-amz-date`, and `x-amz-security-token` for
+    /// temporary credentials) for `execute-api` to `request`, whose body is `body`.
+    async fn sign(
+        &self,
+        request: &mut http::Request<Full<Bytes>>,
+        body: &str,
+    ) -> Result<(), Error> {
+        let identity = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| Error::Unavailable(format!("credentials: {e}")))?
+            .into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("execute-api")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| Error::Internal(format!("signing parameters: {e}")))?
+            .into();
+        let headers = request
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+        let signable = SignableRequest::new(
+            request.method().as_str(),
+            request.uri().to_string(),
+            headers,
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| Error::Internal(format!("signing the match request: {e}")))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| Error::Internal(format!("signing the match request: {e}")))?
+            .into_parts();
+        instructions.apply_to_request_http1x(request);
+        Ok(())
+    }
 }
 
 impl AgentsClient {
     /// Builds the client (TLS roots loaded, connection pool ready) once per cold start, so the
     /// first request pays for neither.
-    pub fn new(base_url: &str, policy: Policy) -> Result<Self, std::io::Error> {
+    pub fn new(base_url: &str, signer: Signer, policy: Policy) -> Result<Self, std::io::Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(policy.attempt_timeout));
@@ -95,6 +166,7 @@ impl AgentsClient {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(https),
+            signer,
             policy,
             breaker: Breaker::new(policy.breaker),
         })
@@ -145,11 +217,12 @@ impl AgentsClient {
     }
 
     async fn attempt(&self, body: &str, correlation_id: &str) -> Result<Attempt, Error> {
-        let request = http::Request::post(format!("{}/agents/match", self.base_url))
+        let mut request = http::Request::post(format!("{}/agents/match", self.base_url))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("x-correlation-id", correlation_id)
             .body(Full::new(Bytes::from(body.to_owned())))
             .map_err(|e| Error::Internal(format!("building match request: {e}")))?;
+        self.signer.sign(&mut request, body).await?;
         let call = async {
             let response = self.http.request(request).await?;
             let status = response.status();

@@ -40,7 +40,7 @@ use shared::{
     worker::{Applied, exactly_once, process_batch},
 };
 
-use agents_client::{AgentsClient, MatchOutcome, Policy};
+use agents_client::{AgentsClient, MatchOutcome, Policy, Signer};
 
 pub struct Config {
     pub table_name: String,
@@ -68,18 +68,16 @@ pub struct App<S, B> {
 pub type AwsApp = App<DynamoConversationStore, EventBridgeBus>;
 
 impl AwsApp {
-    pub fn new(
-        sdk: &aws_config::SdkConfig,
-        config: Config,
-        policy: Policy,
-    ) -> Result<Self, std::io::Error> {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config, policy: Policy) -> Result<Self, Error> {
+        let signer = Signer::from_sdk(sdk)?;
         Ok(App {
             store: DynamoConversationStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),
                 config.table_name,
             ),
             bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
-            agents: AgentsClient::new(&config.agents_api_url, policy)?,
+            agents: AgentsClient::new(&config.agents_api_url, signer, policy)
+                .map_err(|e| Error::Internal(format!("agents API client: {e}")))?,
         })
     }
 }
