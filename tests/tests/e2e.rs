@@ -4,10 +4,12 @@
 //! using ids of its own. Run with `--nocapture` to see the measured latencies and init
 //! durations.
 //!
-//! Every route but `/health` and `/openapi.json` needs a JWT (template.yaml's authorizer):
-//! requests carry a dev token with every role, minted with the key pair `local dev` verifies
-//! with (`.dev/auth/`, or `LOCAL_AUTH_DIR`, which both inherit); a test acting on accounts
-//! brings a trader token naming them.
+//! Every route but `/health`, `/openapi.json` and `POST /agents/match` needs a JWT
+//! (template.yaml's authorizer): requests carry a dev token with every role, minted with the key
+//! pair `local dev` verifies with (`.dev/auth/`, or `LOCAL_AUTH_DIR`, which both inherit); a test
+//! acting on accounts brings a trader token naming them. `POST /agents/match` is `AWS_IAM`
+//! (service to service): requests to it are signed with SigV4 as the conversations worker signs
+//! them, with the credentials `local dev` gives its functions (inherited, else `test`/`test`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -199,6 +201,89 @@ async fn send_as(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Answer {
+    let auth = token.map_or(Auth::None, Auth::Bearer);
+    send_with(auth, method, path, body, headers).await
+}
+
+/// One request to an `AWS_IAM` route, signed with the functions' credentials.
+async fn send_signed(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let credentials = local::runtime::FunctionCredentials::from_env();
+    send_with(Auth::SigV4(&credentials), method, path, body, headers).await
+}
+
+/// How a request authenticates.
+enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    /// Signed with SigV4 for `execute-api` in the runner's region with these credentials.
+    SigV4(&'a local::runtime::FunctionCredentials),
+}
+
+/// The region `local dev` runs in: its SDK configuration's (`AWS_REGION`, else
+/// `AWS_DEFAULT_REGION`, else `us-east-1`).
+fn region() -> String {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|r| !r.is_empty()))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
+/// Adds the SigV4 headers to `req` as the AWS SDK's signer makes them with its default
+/// settings (`x-amz-date`, `authorization`, `x-amz-security-token` with a session token).
+fn sign(
+    req: &mut http::Request<Full<Bytes>>,
+    body: &[u8],
+    credentials: &local::runtime::FunctionCredentials,
+) {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings};
+    let identity = aws_credential_types::Credentials::new(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        credentials.session_token.clone(),
+        None,
+        "e2e",
+    )
+    .into();
+    let region = region();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&region)
+        .name("execute-api")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing parameters")
+        .into();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().expect("text header").to_owned()))
+        .collect();
+    let signable = SignableRequest::new(
+        req.method().as_str(),
+        req.uri().to_string(),
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(body),
+    )
+    .expect("signable request");
+    let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)
+        .expect("signed")
+        .into_parts();
+    instructions.apply_to_request_http1x(req);
+}
+
+async fn send_with(
+    auth: Auth<'_>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let rt = runner();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = http::Request::builder()
@@ -207,15 +292,19 @@ async fn send_as(
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
-    if let Some(token) = token {
+    if let Auth::Bearer(token) = auth {
         req = req.header("authorization", format!("Bearer {token}"));
     }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
+    let bytes = body.unwrap_or_default().to_owned();
+    let mut req = req
+        .body(Full::new(Bytes::from(bytes.clone())))
         .expect("request");
+    if let Auth::SigV4(credentials) = auth {
+        sign(&mut req, bytes.as_bytes(), credentials);
+    }
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .unwrap_or_else(|_| panic!("{method} {path}: no answer in 30 s\n{}", rt.tail(40)))
@@ -464,7 +553,7 @@ async fn concurrent_matches_fill_capacity_exactly_on_several_instances() {
     let answers = futures::future::join_all((0..requests).map(|i| {
         let body =
             json!({"conversationId": format!("{skill}-conv-{i}"), "skills": [skill]}).to_string();
-        async move { send("POST", "/agents/match", Some(&body), &[]).await }
+        async move { send_signed("POST", "/agents/match", Some(&body), &[]).await }
     }))
     .await;
     let ok: Vec<&Answer> = answers.iter().filter(|a| a.status == 200).collect();
@@ -844,7 +933,8 @@ async fn every_emf_line_is_valid_emf() {
 /// JWT authorization through the real gateway, as API Gateway's JWT authorizer does it: no
 /// token, a bad one (expired, another issuer, another audience, a forged signature, not a JWT)
 /// → `401`, a valid one without the route's scope → `403`, and in neither case does the
-/// function run; a valid token with the scope reaches it; public routes need none.
+/// function run; a valid token with the scope reaches it; public routes need none. The
+/// `AWS_IAM` route takes a SigV4 signature and nothing else.
 #[tokio::test]
 async fn the_gateway_checks_tokens_before_any_function_runs() {
     let rt = runner();
@@ -965,6 +1055,64 @@ async fn the_gateway_checks_tokens_before_any_function_runs() {
         async || (rt.count(&["[AgentsApiFunction] ", &allowed]) > 0).then_some(()),
     )
     .await;
+
+    // POST /agents/match is AWS_IAM (service to service): a JWT, even a supervisor's, no
+    // authorization at all, or a signature with another secret → 403 as API Gateway answers
+    // them, and the agents API never runs; a request signed with the functions' credentials
+    // reaches it (409: no agent has this test's skill).
+    let body =
+        json!({"conversationId": unique("e2e-iam"), "skills": [unique("nobody")]}).to_string();
+    let supervisor = mint(&token_request(&[Role::Supervisor]));
+    let wrong_secret = local::runtime::FunctionCredentials {
+        secret_access_key: "not-the-functions-secret".into(),
+        ..local::runtime::FunctionCredentials::from_env()
+    };
+    for (what, auth, expected) in [
+        (
+            "a supervisor's JWT",
+            Auth::Bearer(&supervisor),
+            "Authorization header requires 'Credential' parameter.",
+        ),
+        ("no authorization", Auth::None, "Forbidden"),
+        (
+            "another secret",
+            Auth::SigV4(&wrong_secret),
+            "The request signature we calculated does not match the signature you provided.",
+        ),
+    ] {
+        let correlation = unique("refused-iam");
+        let a = send_with(
+            auth,
+            "POST",
+            "/agents/match",
+            Some(&body),
+            &[("x-correlation-id", &correlation)],
+        )
+        .await;
+        assert_eq!(a.status, 403, "{what}: {:?}", a.body);
+        let message = a.body["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(expected), "{what}: {message}");
+        assert_eq!(a.header("content-type"), "application/json", "{what}");
+        assert_eq!(a.header("www-authenticate"), "", "{what}: no JWT challenge");
+        refused.push(correlation);
+    }
+    let signed = unique("signed");
+    let a = send_signed(
+        "POST",
+        "/agents/match",
+        Some(&body),
+        &[("x-correlation-id", &signed)],
+    )
+    .await;
+    assert_eq!(a.status, 409, "{:?}", a.body);
+    assert_eq!(a.header("content-type"), "application/problem+json");
+    eventually(
+        "the signed match in the agents API's log",
+        Duration::from_secs(30),
+        async || (rt.count(&["[AgentsApiFunction] ", &signed]) > 0).then_some(()),
+    )
+    .await;
+
     for correlation in &refused {
         let reached = rt.matching(&[correlation]);
         assert!(reached.is_empty(), "a refused request ran: {reached:?}");

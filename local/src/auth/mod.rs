@@ -1,6 +1,8 @@
-//! JWT authorization of the local HTTP API, as API Gateway's HTTP API JWT authorizers do it.
+//! Authorization of the local HTTP API, as API Gateway's HTTP API authorizers do it: JWT
+//! authorizers and the built-in `AWS_IAM` one ([`sigv4`]: requests signed with the credentials
+//! the runner gives its functions).
 //!
-//! On AWS the authorizer fetches the issuer's JWKS; locally the issuer is this runner: a dev
+//! For JWTs, on AWS the authorizer fetches the issuer's JWKS; locally the issuer is this runner: a dev
 //! RSA key pair ([`keys`]) signs tokens ([`mint`], `local token`) and the gateway verifies them
 //! ([`verify`]) against the issuer and audience the template configures (its parameters'
 //! defaults), then hands the claims to the function ([`context`]). The key pair lives in
@@ -9,19 +11,21 @@
 mod context;
 mod keys;
 mod mint;
+pub mod sigv4;
 mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use axum::http::HeaderMap;
 use serde_json::Value;
 
 pub use keys::{DevKeys, JWKS_FILE, PRIVATE_KEY_FILE};
 pub use mint::{DEFAULT_TTL_SECS, Issuer, Role, TokenRequest, mint, sign};
+pub use sigv4::{IamVerifier, Incoming, SignatureRefusal};
 pub use verify::{Authorized, LEEWAY_SECS, Refusal, Verifier};
 
 use crate::provision::Stack;
+use crate::runtime::FunctionCredentials;
 use crate::template::{Access, AuthorizerId, Template};
 
 /// Environment variable: the directory of the dev key pair (default `.dev/auth/` beside the
@@ -106,19 +110,74 @@ pub fn issuer(template: &Template, stack_name: &str) -> Result<Issuer, AuthError
     }
 }
 
-/// Every JWT authorizer of a template, ready to check requests.
-#[derive(Default)]
+/// Why a protected route refuses a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Denial {
+    /// A JWT route: `401` or `403`, with a `www-authenticate` challenge.
+    Token(Refusal),
+    /// An `AWS_IAM` route: `403`.
+    Signature(SignatureRefusal),
+}
+
+impl From<Refusal> for Denial {
+    fn from(r: Refusal) -> Denial {
+        Denial::Token(r)
+    }
+}
+
+impl From<SignatureRefusal> for Denial {
+    fn from(r: SignatureRefusal) -> Denial {
+        Denial::Signature(r)
+    }
+}
+
+impl Denial {
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::Token(r) => r.status(),
+            Denial::Signature(_) => 403,
+        }
+    }
+
+    /// API Gateway's body `message`.
+    pub fn message(&self) -> &str {
+        match self {
+            Denial::Token(r) => r.message(),
+            Denial::Signature(r) => r.message(),
+        }
+    }
+
+    /// The `www-authenticate` challenge naming the route's `scopes` (JWT routes only).
+    pub fn challenge(&self, scopes: &[String]) -> Option<String> {
+        match self {
+            Denial::Token(r) => Some(r.challenge(scopes)),
+            Denial::Signature(_) => None,
+        }
+    }
+}
+
+/// Every authorizer of a template, ready to check requests.
 pub struct Authorizers {
     verifiers: BTreeMap<AuthorizerId, Verifier>,
+    iam: IamVerifier,
 }
 
 impl Authorizers {
     /// The template's JWT authorizers, issuers and audiences resolved against `stack`,
-    /// verifying with the dev key set of `dir` (created when absent). Without authorizers in
-    /// the template, no key is touched.
+    /// verifying with the dev key set of `dir` (created when absent), and the `AWS_IAM` one,
+    /// accepting the functions' credentials ([`FunctionCredentials::from_env`]) for the
+    /// stack's region. Without JWT authorizers in the template, no key is touched.
     pub fn load(template: &Template, stack: &Stack, dir: &Path) -> Result<Authorizers, AuthError> {
+        let iam = IamVerifier::new(
+            FunctionCredentials::from_env(),
+            &stack.region,
+            &stack.account_id,
+        );
         if template.authorizers.is_empty() {
-            return Ok(Authorizers::default());
+            return Ok(Authorizers {
+                verifiers: BTreeMap::new(),
+                iam,
+            });
         }
         let keys = DevKeys::load_or_create(dir)?;
         let mut verifiers = BTreeMap::new();
@@ -129,7 +188,7 @@ impl Authorizers {
                 Verifier::new(&a.header, issuer, audiences, &keys.jwks),
             );
         }
-        Ok(Authorizers { verifiers })
+        Ok(Authorizers { verifiers, iam })
     }
 
     /// Checks a request to a route of `access` at `now` (seconds since the epoch): `Ok(None)`
@@ -138,19 +197,22 @@ impl Authorizers {
     pub fn check(
         &self,
         access: &Access,
-        headers: &HeaderMap,
+        request: &Incoming<'_>,
         now: i64,
-    ) -> Result<Option<Value>, Refusal> {
-        let Access::Jwt { authorizer, scopes } = access else {
-            return Ok(None);
-        };
-        // Template::parse only lets routes name JWT authorizers it knows.
-        let verifier = self
-            .verifiers
-            .get(authorizer)
-            .ok_or(Refusal::Invalid("the route's authorizer is not configured"))?;
-        let authorized = verifier.check(headers, scopes, now)?;
-        Ok(Some(context::authorizer(&authorized)))
+    ) -> Result<Option<Value>, Denial> {
+        match access {
+            Access::Public => Ok(None),
+            Access::Iam => Ok(Some(self.iam.check(request, now)?)),
+            Access::Jwt { authorizer, scopes } => {
+                // Template::parse only lets routes name JWT authorizers it knows.
+                let verifier = self
+                    .verifiers
+                    .get(authorizer)
+                    .ok_or(Refusal::Invalid("the route's authorizer is not configured"))?;
+                let authorized = verifier.check(request.headers, scopes, now)?;
+                Ok(Some(context::authorizer(&authorized)))
+            }
+        }
     }
 }
 

@@ -63,6 +63,17 @@ fn authorization(value: &str) -> HeaderMap {
     h
 }
 
+/// A `GET /` with `headers`, as the authorizers see it.
+fn incoming(headers: &HeaderMap) -> Incoming<'_> {
+    Incoming {
+        method: "GET",
+        path: "/",
+        query: "",
+        headers,
+        body: b"",
+    }
+}
+
 fn check(value: &str, scopes: &[&str]) -> Result<Authorized, Refusal> {
     let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
     verifier().check(&authorization(value), &scopes, NOW)
@@ -303,7 +314,7 @@ fn minted_tokens_carry_the_documented_claims() {
 
 fn template(auth: &str) -> Template {
     let text = format!(
-        "Parameters:\n  Iss: {{Type: String, Default: '{ISSUER}'}}\nResources:\n  Api:\n    Type: AWS::Serverless::HttpApi\n    Properties:\n      Auth:\n        DefaultAuthorizer: Jwt\n        Authorizers:\n          Jwt:\n            JwtConfiguration: {{issuer: !Ref Iss, audience: [{AUDIENCE}]}}\n{auth}  F:\n    Type: AWS::Serverless::Function\n    Metadata: {{BuildProperties: {{Binary: f}}}}\n    Properties:\n      Events:\n        Ops: {{Type: HttpApi, Properties: {{ApiId: !Ref Api, Method: GET, Path: /ops, Auth: {{AuthorizationScopes: [operators]}}}}}}\n        Health: {{Type: HttpApi, Properties: {{ApiId: !Ref Api, Method: GET, Path: /health, Auth: {{Authorizer: NONE}}}}}}\n"
+        "Parameters:\n  Iss: {{Type: String, Default: '{ISSUER}'}}\nResources:\n  Api:\n    Type: AWS::Serverless::HttpApi\n    Properties:\n      Auth:\n        DefaultAuthorizer: Jwt\n        EnableIamAuthorizer: true\n        Authorizers:\n          Jwt:\n            JwtConfiguration: {{issuer: !Ref Iss, audience: [{AUDIENCE}]}}\n{auth}  F:\n    Type: AWS::Serverless::Function\n    Metadata: {{BuildProperties: {{Binary: f}}}}\n    Properties:\n      Events:\n        Ops: {{Type: HttpApi, Properties: {{ApiId: !Ref Api, Method: GET, Path: /ops, Auth: {{AuthorizationScopes: [operators]}}}}}}\n        Health: {{Type: HttpApi, Properties: {{ApiId: !Ref Api, Method: GET, Path: /health, Auth: {{Authorizer: NONE}}}}}}\n        Match: {{Type: HttpApi, Properties: {{ApiId: !Ref Api, Method: POST, Path: /match, Auth: {{Authorizer: AWS_IAM}}}}}}\n"
     );
     Template::parse(&text, "t.yaml").unwrap()
 }
@@ -327,12 +338,12 @@ fn authorizers_of_the_template_check_its_routes() {
             .clone()
     };
     assert_eq!(
-        authorizers.check(&access("/health"), &HeaderMap::new(), NOW),
+        authorizers.check(&access("/health"), &incoming(&HeaderMap::new()), NOW),
         Ok(None)
     );
     assert_eq!(
-        authorizers.check(&access("/ops"), &HeaderMap::new(), NOW),
-        Err(Refusal::Missing)
+        authorizers.check(&access("/ops"), &incoming(&HeaderMap::new()), NOW),
+        Err(Denial::Token(Refusal::Missing))
     );
     let issuer = issuer(&t, "test").unwrap();
     assert_eq!(
@@ -348,7 +359,7 @@ fn authorizers_of_the_template_check_its_routes() {
     let context = authorizers
         .check(
             &access("/ops"),
-            &authorization(&format!("Bearer {t_op}")),
+            &incoming(&authorization(&format!("Bearer {t_op}"))),
             NOW,
         )
         .unwrap()
@@ -359,6 +370,111 @@ fn authorizers_of_the_template_check_its_routes() {
         (NOW + DEFAULT_TTL_SECS).to_string()
     );
     assert_eq!(context["jwt"]["scopes"], json!(["operators"]));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `POST /match` with `body`, signed by the SDK's signer at `at` with `credentials` for
+/// us-east-1 (unsigned when `None`), with the `host` header an HTTP client adds.
+fn signed_match(credentials: Option<&FunctionCredentials>, at: i64, body: &[u8]) -> HeaderMap {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_smithy_runtime_api::client::identity::Identity;
+    let mut req = axum::http::Request::builder()
+        .method("POST")
+        .uri("http://localhost:3000/match")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    if let Some(c) = credentials {
+        let identity: Identity = aws_credential_types::Credentials::new(
+            &c.access_key_id,
+            &c.secret_access_key,
+            c.session_token.clone(),
+            None,
+            "test",
+        )
+        .into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("execute-api")
+            .time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at as u64))
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            req.uri().to_string(),
+            req.headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap())),
+            SignableBody::Bytes(body),
+        )
+        .unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        instructions.apply_to_request_http1x(&mut req);
+    }
+    req.headers_mut()
+        .insert("host", HeaderValue::from_static("localhost:3000"));
+    req.headers().clone()
+}
+
+#[test]
+fn an_iam_route_takes_requests_signed_with_the_functions_credentials() {
+    let t = template("");
+    let dir = scratch("iam");
+    let st = stack(&t);
+    let authorizers = Authorizers::load(&t, &st, &dir).unwrap();
+    let route = &t.functions["F"]
+        .routes
+        .iter()
+        .find(|r| r.path == "/match")
+        .unwrap()
+        .access;
+    assert_eq!(route, &Access::Iam);
+    let body = br#"{"conversationId":"c"}"#;
+    let post = |headers: &HeaderMap| {
+        let req = Incoming {
+            method: "POST",
+            path: "/match",
+            query: "",
+            headers,
+            body,
+        };
+        authorizers.check(route, &req, NOW)
+    };
+    let credentials = FunctionCredentials::from_env();
+    let context = post(&signed_match(Some(&credentials), NOW, body))
+        .unwrap()
+        .unwrap();
+    assert_eq!(context["iam"]["accessKey"], credentials.access_key_id);
+    assert_eq!(context["iam"]["accountId"], st.account_id);
+
+    let unsigned = post(&signed_match(None, NOW, body)).unwrap_err();
+    assert_eq!(unsigned, Denial::Signature(SignatureRefusal::Missing));
+    assert_eq!((unsigned.status(), unsigned.message()), (403, "Forbidden"));
+    assert_eq!(unsigned.challenge(&[]), None, "no challenge for IAM");
+    // A valid JWT is no signature.
+    let mut r = TokenRequest::new(&issuer(&t, "test").unwrap(), &Role::ALL);
+    r.issued_at = NOW;
+    let token = mint(&dir, &r).unwrap();
+    let bearer = post(&authorization(&format!("Bearer {token}"))).unwrap_err();
+    assert!(
+        matches!(&bearer, Denial::Signature(SignatureRefusal::Malformed(_))),
+        "{bearer:?}"
+    );
+    assert_eq!(bearer.status(), 403);
+    let wrong = FunctionCredentials {
+        secret_access_key: format!("{}x", credentials.secret_access_key),
+        ..credentials.clone()
+    };
+    let mismatch = post(&signed_match(Some(&wrong), NOW, body)).unwrap_err();
+    assert_eq!(mismatch, Denial::Signature(SignatureRefusal::Mismatch));
+    let expired = post(&signed_match(Some(&credentials), NOW - 3600, body)).unwrap_err();
+    assert!(
+        expired.message().starts_with("Signature expired: "),
+        "{expired:?}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -373,7 +489,10 @@ fn a_template_without_authorizers_needs_no_keys() {
     let authorizers = Authorizers::load(&t, &stack(&t), &dir).unwrap();
     assert!(!dir.exists());
     let access = &t.functions["F"].routes[0].access;
-    assert_eq!(authorizers.check(access, &HeaderMap::new(), NOW), Ok(None));
+    assert_eq!(
+        authorizers.check(access, &incoming(&HeaderMap::new()), NOW),
+        Ok(None)
+    );
     let err = issuer(&t, "test").unwrap_err().to_string();
     assert!(err.contains("declares no JWT authorizer"), "{err}");
 }

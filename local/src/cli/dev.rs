@@ -73,6 +73,13 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
             key_dir.display()
         );
     }
+    if routes.routes().iter().any(|r| r.access == Access::Iam) {
+        let credentials = crate::runtime::FunctionCredentials::from_env();
+        println!(
+            "IAM auth  SigV4 for execute-api in {} with the functions' credentials (access key {})",
+            stack.region, credentials.access_key_id
+        );
+    }
 
     let (stop, stopped) = watch::channel(false);
     let gateway = Gateway {
@@ -244,6 +251,7 @@ fn print_table(
     for r in routes.routes() {
         let access = match &r.access {
             Access::Public => "public".to_string(),
+            Access::Iam => "AWS_IAM".to_string(),
             Access::Jwt { scopes, .. } if scopes.is_empty() => "any token".to_string(),
             Access::Jwt { scopes, .. } => format!("scopes {}", scopes.join("|")),
         };

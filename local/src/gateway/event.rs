@@ -354,6 +354,31 @@ mod tests {
             jwt.scopes,
             Some(vec!["traders".to_string(), "operators".to_string()])
         );
+        // An AWS_IAM route's context, as crate::auth::sigv4 makes it.
+        let iam = json!({"iam": {
+            "accessKey": "test",
+            "accountId": "123456789012",
+            "callerId": "test",
+            "cognitoIdentity": null,
+            "principalOrgId": null,
+            "userArn": "arn:aws:iam::123456789012:user/local",
+            "userId": "test"
+        }});
+        let v = authorized_event("POST", "/x", "", &[], b"", Some(iam));
+        let e: ApiGatewayV2httpRequest = serde_json::from_value(v).unwrap();
+        let authorizer = e.request_context.authorizer.unwrap();
+        assert!(authorizer.jwt.is_none());
+        let iam = authorizer.iam.unwrap();
+        assert_eq!(iam.access_key.as_deref(), Some("test"));
+        assert_eq!(iam.account_id.as_deref(), Some("123456789012"));
+        assert_eq!(iam.caller_id.as_deref(), Some("test"));
+        assert_eq!(iam.user_id.as_deref(), Some("test"));
+        assert_eq!(
+            iam.user_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:user/local")
+        );
+        assert_eq!(iam.cognito_identity, None);
+        assert_eq!(iam.principal_org_id, None);
         let unscoped = json!({"jwt": {"claims": {"sub": "s"}, "scopes": null}});
         let v = authorized_event("GET", "/x", "", &[], b"", Some(unscoped));
         let e: ApiGatewayV2httpRequest = serde_json::from_value(v).unwrap();

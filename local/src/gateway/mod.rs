@@ -4,7 +4,8 @@
 //! function fails or answers nonsense, `503 {"message":"Service Unavailable"}` when it times out.
 //! A route with a JWT authorizer answers `401 {"message":"Unauthorized"}` or `403
 //! {"message":"Forbidden"}` (with a `www-authenticate` challenge) without invoking its function
-//! when the request's token does not pass ([`crate::auth`]).
+//! when the request's token does not pass; an `AWS_IAM` route answers `403` with API Gateway's
+//! message when the request's SigV4 signature does not ([`crate::auth`]).
 
 mod event;
 mod routes;
@@ -24,7 +25,7 @@ use tokio::net::TcpListener;
 pub use event::{HttpResponse, response as convert_response};
 pub use routes::{Route, RouteMatch, RouteTable};
 
-use crate::auth::{Authorizers, Refusal};
+use crate::auth::{Authorizers, Denial, Incoming};
 use crate::runtime::{InvokeError, InvokeOutcome, Runtime};
 
 /// API Gateway's payload limit.
@@ -89,17 +90,22 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
     let Some(matched) = gw.routes.find(parts.method.as_str(), parts.uri.path()) else {
         return message(StatusCode::NOT_FOUND, "Not Found");
     };
-    let now = chrono::Utc::now();
-    let access = &matched.route.access;
-    let authorizer = match gw
-        .authorizers
-        .check(access, &parts.headers, now.timestamp())
-    {
-        Ok(context) => context,
-        Err(refusal) => return refused(&refusal, access.scopes()),
-    };
+    // Read before authorizing: a SigV4 signature covers the body.
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+    };
+    let now = chrono::Utc::now();
+    let access = &matched.route.access;
+    let incoming = Incoming {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or_default(),
+        headers: &parts.headers,
+        body: &body,
+    };
+    let authorizer = match gw.authorizers.check(access, &incoming, now.timestamp()) {
+        Ok(context) => context,
+        Err(denial) => return refused(&denial, access.scopes()),
     };
     let request = event::Request {
         method: parts.method.as_str(),
@@ -138,12 +144,12 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
     }
 }
 
-/// The `401`/`403` of a refused token, with its `www-authenticate` challenge naming the
-/// route's `scopes`.
-fn refused(refusal: &Refusal, scopes: &[String]) -> Response {
-    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    let mut response = message(status, refusal.message());
-    if let Ok(challenge) = HeaderValue::from_str(&refusal.challenge(scopes)) {
+/// The `401`/`403` of a refused request; for a token, with its `www-authenticate` challenge
+/// naming the route's `scopes`.
+fn refused(denial: &Denial, scopes: &[String]) -> Response {
+    let status = StatusCode::from_u16(denial.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = message(status, denial.message());
+    if let Some(Ok(challenge)) = denial.challenge(scopes).map(|c| HeaderValue::from_str(&c)) {
         response.headers_mut().insert("www-authenticate", challenge);
     }
     response

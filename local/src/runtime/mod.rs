@@ -221,8 +221,30 @@ impl Pool {
     }
 }
 
+/// The credentials every function gets: the runner's own `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` when set, else the emulator's `test`/`test`
+/// (no token). The gateway verifies the SigV4 signatures of `AWS_IAM` routes against them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl FunctionCredentials {
+    /// The credentials as this process's environment gives them.
+    pub fn from_env() -> FunctionCredentials {
+        let inherit = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        FunctionCredentials {
+            access_key_id: inherit("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
+            secret_access_key: inherit("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "test".into()),
+            session_token: inherit("AWS_SESSION_TOKEN"),
+        }
+    }
+}
+
 /// The environment every instance gets besides its template variables: `PATH`, region,
-/// endpoint and credentials (the runner's own when set, else the emulator's `test`/`test`).
+/// endpoint and [`FunctionCredentials`].
 fn base_env(opts: &RuntimeOptions) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let inherit = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -234,15 +256,13 @@ fn base_env(opts: &RuntimeOptions) -> BTreeMap<String, String> {
     env.insert("AWS_REGION".into(), opts.region.clone());
     env.insert("AWS_DEFAULT_REGION".into(), opts.region.clone());
     env.insert("AWS_ENDPOINT_URL".into(), opts.endpoint.clone());
-    env.insert(
-        "AWS_ACCESS_KEY_ID".into(),
-        inherit("AWS_ACCESS_KEY_ID").unwrap_or_else(|| "test".into()),
-    );
+    let credentials = FunctionCredentials::from_env();
+    env.insert("AWS_ACCESS_KEY_ID".into(), credentials.access_key_id);
     env.insert(
         "AWS_SECRET_ACCESS_KEY".into(),
-        inherit("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|| "test".into()),
+        credentials.secret_access_key,
     );
-    if let Some(token) = inherit("AWS_SESSION_TOKEN") {
+    if let Some(token) = credentials.session_token {
         env.insert("AWS_SESSION_TOKEN".into(), token);
     }
     env

@@ -6,9 +6,13 @@
 //! replace the authorizer's own `AuthorizationScopes`; any one of them suffices. A route
 //! without `ApiId` belongs to SAM's implicit API, which only `Globals.HttpApi` configures.
 //!
-//! Only JWT authorizers run locally. A route that uses another kind (a Lambda authorizer,
-//! `AWS_IAM`) or names an authorizer that does not exist makes the template invalid: the
-//! runner must never serve openly a route the template protects.
+//! `AWS_IAM` names SAM's built-in IAM authorizer when the API's `Auth` has
+//! `EnableIamAuthorizer: true` (as the route's `Authorizer` or the API's `DefaultAuthorizer`);
+//! without it, SAM looks `AWS_IAM` up among the API's `Authorizers` like any other name.
+//!
+//! JWT and IAM authorizers run locally. A route that uses another kind (a Lambda authorizer)
+//! or names an authorizer that does not exist makes the template invalid: the runner must
+//! never serve openly a route the template protects.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +20,9 @@ use serde_json::{Map, Value};
 
 /// Logical id SAM gives the implicit HTTP API of `HttpApi` events without `ApiId`.
 pub const IMPLICIT_API: &str = "ServerlessHttpApi";
+
+/// The name of SAM's built-in IAM authorizer.
+pub const IAM_AUTHORIZER: &str = "AWS_IAM";
 
 /// The identity source SAM uses when a JWT authorizer names none.
 const DEFAULT_IDENTITY_SOURCE: &str = "$request.header.Authorization";
@@ -50,13 +57,16 @@ pub enum Access {
         authorizer: AuthorizerId,
         scopes: Vec<String>,
     },
+    /// A request signed with Signature Version 4 (SAM's `AWS_IAM`); its events carry
+    /// `requestContext.authorizer.iam`.
+    Iam,
 }
 
 impl Access {
     /// The scopes of which a token needs one (none for a public route or any token).
     pub fn scopes(&self) -> &[String] {
         match self {
-            Access::Public => &[],
+            Access::Public | Access::Iam => &[],
             Access::Jwt { scopes, .. } => scopes,
         }
     }
@@ -66,6 +76,8 @@ impl Access {
 #[derive(Debug, Default)]
 struct ApiAuth {
     default: Option<String>,
+    /// `EnableIamAuthorizer: true`: `AWS_IAM` is the built-in IAM authorizer.
+    iam: bool,
     /// Every authorizer by name: `Some` for JWT authorizers, `None` for kinds not run locally.
     authorizers: BTreeMap<String, Option<JwtAuthorizer>>,
     /// Each authorizer's own `AuthorizationScopes`, the default of its routes.
@@ -153,11 +165,25 @@ impl Apis {
             Some("NONE") | None => return Ok(Access::Public),
             Some(name) => name,
         };
+        if name == IAM_AUTHORIZER && auth.iam {
+            if route_scopes.is_some_and(|s| !s.is_empty()) {
+                return Err(
+                    "AuthorizationScopes on an AWS_IAM route: only JWT authorizers have scopes"
+                        .into(),
+                );
+            }
+            return Ok(Access::Iam);
+        }
         match auth.authorizers.get(name) {
             Some(Some(_)) => {}
             Some(None) => {
                 return Err(format!(
-                    "authorizer {name} of {api} is not a JWT authorizer; only JWT authorizers run locally"
+                    "authorizer {name} of {api} is neither a JWT authorizer nor AWS_IAM; only those run locally"
+                ));
+            }
+            None if name == IAM_AUTHORIZER => {
+                return Err(format!(
+                    "{api} has no authorizer {name}: the built-in IAM authorizer needs EnableIamAuthorizer: true in the API's Auth"
                 ));
             }
             None => return Err(format!("{api} has no authorizer {name}")),
@@ -193,6 +219,11 @@ fn api_auth(auth: &Map<String, Value>) -> Result<ApiAuth, String> {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(v) => return Err(format!("DefaultAuthorizer must be a string, got {v}")),
+        },
+        iam: match auth.get("EnableIamAuthorizer") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(format!("EnableIamAuthorizer must be a boolean, got {v}")),
         },
         ..ApiAuth::default()
     };
@@ -339,11 +370,11 @@ mod tests {
         for (route, expected) in [
             (
                 "ApiId: !Ref Api, Auth: {Authorizer: Lambda}",
-                "authorizer Lambda of Api is not a JWT authorizer",
+                "authorizer Lambda of Api is neither a JWT authorizer nor AWS_IAM",
             ),
             (
                 "ApiId: !Ref Api, Auth: {Authorizer: AWS_IAM}",
-                "Api has no authorizer AWS_IAM",
+                "Api has no authorizer AWS_IAM: the built-in IAM authorizer needs EnableIamAuthorizer: true",
             ),
             (
                 "ApiId: !Ref Api, Auth: {Authorizer: Nope}",
@@ -378,13 +409,55 @@ mod tests {
     }
 
     #[test]
+    fn aws_iam_is_the_built_in_authorizer_when_the_api_enables_it() {
+        let enabled = "Globals:\n  HttpApi:\n    Auth:\n      EnableIamAuthorizer: true\n";
+        let access = |globals: &str, route: &str| {
+            parse(globals, route).map(|t| t.functions["F"].routes[0].access.clone())
+        };
+        assert_eq!(
+            access(enabled, "ApiId: !Ref Api, Auth: {Authorizer: AWS_IAM}"),
+            Ok(Access::Iam)
+        );
+        // The implicit API, enabled and defaulted in Globals; NONE still opts out.
+        let default = "Globals:\n  HttpApi:\n    Auth:\n      EnableIamAuthorizer: true\n      DefaultAuthorizer: AWS_IAM\n";
+        assert_eq!(access(default, "Auth: {}"), Ok(Access::Iam));
+        assert_eq!(
+            access(default, "Auth: {Authorizer: NONE}"),
+            Ok(Access::Public)
+        );
+        // Api's own DefaultAuthorizer (Jwt) wins over the global one; its routes may pick IAM.
+        assert_eq!(
+            access(default, "ApiId: !Ref Api"),
+            Ok(jwt("Api", "Jwt", &["readers"]))
+        );
+        assert_eq!(Access::Iam.scopes(), &[] as &[String]);
+        let err = access(
+            enabled,
+            "ApiId: !Ref Api, Auth: {Authorizer: AWS_IAM, AuthorizationScopes: [a]}",
+        )
+        .unwrap_err();
+        assert!(err.contains("only JWT authorizers have scopes"), "{err}");
+        let err = access(
+            "Globals:\n  HttpApi:\n    Auth:\n      EnableIamAuthorizer: yes please\n",
+            "ApiId: !Ref Api",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("EnableIamAuthorizer must be a boolean"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_real_template_protects_every_route_but_health_and_the_docs() {
         let t = crate::template::tests::real_template();
         let mut public = Vec::new();
+        let mut iam = Vec::new();
         for f in t.functions.values() {
             for r in &f.routes {
                 match &r.access {
                     Access::Public => public.push(r.path.as_str()),
+                    Access::Iam => iam.push(format!("{} {}", r.method, r.path)),
                     Access::Jwt { authorizer, scopes } => {
                         assert_eq!(authorizer.name, "Jwt", "{}", r.path);
                         assert!(!scopes.is_empty(), "{} has no scopes", r.path);
@@ -402,6 +475,8 @@ mod tests {
         }
         public.sort_unstable();
         assert_eq!(public, ["/health", "/openapi.json"]);
+        // Service to service: the conversations worker signs its match requests.
+        assert_eq!(iam, ["POST /agents/match"]);
         let ops = t.functions["OpsFunction"]
             .routes
             .iter()
