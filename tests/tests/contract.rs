@@ -299,11 +299,14 @@ fn contract_violations(spec: &Value) -> Vec<String> {
                     bad.push(format!("{name}: 202 without a required Location header"));
                 }
             }
-            if code == "401" {
+            // Refusals of the authorizers alone come in API Gateway's shape, not as problems.
+            let gateway_only = code == "401"
+                || (code == "403" && schemes.contains("sigv4") && !schemes.contains("bearer"));
+            if gateway_only {
                 let gateway = &response["content"]["application/json"]["schema"]["$ref"];
                 if gateway != "#/components/schemas/GatewayMessage" {
                     bad.push(format!(
-                        "{name}: 401 comes from the gateway, as a GatewayMessage"
+                        "{name}: {code} comes from the gateway, as a GatewayMessage"
                     ));
                 }
             } else if code.starts_with('4') || code.starts_with('5') {
@@ -1529,6 +1532,7 @@ fn service_kind(action: &str) -> Option<&'static str> {
         "dynamodb" => Some("AWS::DynamoDB::Table"),
         "sqs" => Some("AWS::SQS::Queue"),
         "events" => Some("AWS::Events::EventBus"),
+        "execute-api" => Some("AWS::Serverless::HttpApi"),
         _ => None,
     }
 }
@@ -1575,6 +1579,7 @@ fn least_privilege_violations(t: &Template) -> Vec<String> {
             }
         }
     }
+    let scopes = template_scopes(t);
     for (id, f) in &t.functions {
         let mut uses = BTreeSet::new();
         for v in f.environment.values() {
@@ -1614,7 +1619,25 @@ fn least_privilege_violations(t: &Template) -> Vec<String> {
                             bad.push(format!("{id}: {a} granted on {target}, a {kind}"));
                         }
                     }
-                    if let Some(sub) = resource.get("Fn::Sub").and_then(Value::as_str) {
+                    let sub = resource.get("Fn::Sub").and_then(Value::as_str);
+                    if let Some(sub) = sub.filter(|_| kind == "AWS::Serverless::HttpApi") {
+                        // execute-api:Invoke on one IAM-authorized route of that API, by name.
+                        let prefix = format!(
+                            "arn:${{AWS::Partition}}:execute-api:${{AWS::Region}}:\
+                             ${{AWS::AccountId}}:${{{target}}}/$default/"
+                        );
+                        let route = sub
+                            .strip_prefix(&prefix)
+                            .and_then(|r| r.split_once('/'))
+                            .map(|(m, p)| (m.to_owned(), format!("/{p}")));
+                        let iam = route
+                            .as_ref()
+                            .and_then(|r| scopes.get(r))
+                            .is_some_and(|s| s.as_ref().is_some_and(|s| s.contains(IAM)));
+                        if !iam {
+                            bad.push(format!("{id}: {sub} is not an IAM-authorized route"));
+                        }
+                    } else if let Some(sub) = sub {
                         let index = sub.strip_prefix(&format!("${{{target}.Arn}}/index/"));
                         let indexes = &t.resources[&target].properties["GlobalSecondaryIndexes"];
                         let exists = index
