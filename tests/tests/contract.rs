@@ -1685,6 +1685,9 @@ Resources:
   TableA: {Type: AWS::DynamoDB::Table}
   TableB: {Type: AWS::DynamoDB::Table}
   Queue: {Type: AWS::SQS::Queue}
+  Api:
+    Type: AWS::Serverless::HttpApi
+    Properties: {Auth: {EnableIamAuthorizer: true}}
   Fn:
     Type: AWS::Serverless::Function
     Metadata: {BuildProperties: {Binary: fn}}
@@ -1692,6 +1695,10 @@ Resources:
       Environment:
         Variables:
           TABLE_NAME: !Ref TableA
+          API_URL: !Sub "https://${Api}.execute-api.${AWS::Region}.${AWS::URLSuffix}"
+      Events:
+        Open: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: GET, Path: /open, Auth: {Authorizer: NONE}}}
+        Signed: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: POST, Path: /signed, Auth: {Authorizer: AWS_IAM}}}
       Policies:
         - Statement:
             - Effect: Allow
@@ -1706,6 +1713,11 @@ Resources:
             - Effect: Allow
               Action: events:PutEvents
               Resource: !GetAtt Bus.Arn
+            - Effect: Allow
+              Action: execute-api:Invoke
+              Resource:
+                - !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/$default/POST/signed"
+                - !Sub "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/$default/GET/open"
         - AmazonDynamoDBFullAccess
 "#;
     let t = Template::parse(text, "bad.yaml").unwrap();
@@ -1717,12 +1729,13 @@ Resources:
         "Fn: ${TableA.Arn}/index/nope is not an index of TableA",
         "Fn: granted Queue but its environment never names it",
         "Fn: policy \"AmazonDynamoDBFullAccess\" is not an inline statement list",
+        "Fn: arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/$default/GET/open is not an IAM-authorized route",
     ] {
         assert!(bad.iter().any(|b| b == expected), "{expected}: {bad:#?}");
     }
     assert!(
         !bad.iter()
-            .any(|b| b.contains("TableA but") || b.contains("Bus but")),
+            .any(|b| b.contains("TableA but") || b.contains("Bus but") || b.contains("/signed")),
         "{bad:#?}"
     );
 }
