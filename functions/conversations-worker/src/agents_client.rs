@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::json;
 use shared::{
     Error,
@@ -78,22 +78,18 @@ pub struct AgentsClient {
 }
 
 impl AgentsClient {
-    /// Builds the client (TLS roots loaded, connection pool ready) once per cold start, so the
-    /// first request pays for neither.
+    /// Builds the client (TLS configuration from `shared::https`, connection pool ready) once
+    /// per cold start, so the first request pays for neither. Never fails today; the `Result`
+    /// stays so that callers need not change if building it can fail again.
     pub fn new(base_url: &str, policy: Policy) -> Result<Self, std::io::Error> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(policy.attempt_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        // Bounds the TCP connect and the TLS handshake, each.
+        let https = shared::https::connector(policy.attempt_timeout);
         Ok(AgentsClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
+                // The idle timeout is enforced by a timer (hyper-util needs one set for it).
+                .pool_timer(TokioTimer::new())
                 .build(https),
             policy,
             breaker: Breaker::new(policy.breaker),
