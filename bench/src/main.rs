@@ -1,7 +1,8 @@
 //! `make bench`: measures the budgets of DESIGN §7 side by side with their baselines in one
 //! run and writes `BENCHMARKS.md` and `BENCHMARKS.png`. `--quick` (make bench-quick) takes
 //! fewer samples, skips RSS, writes under `--out` and exits non-zero only when a ratio budget
-//! is broken by a wide margin ([`MARGIN`]× the budget), never on an absolute time.
+//! is broken by a wide margin ([`MARGIN`]× the budget) or a ratio could not be measured at all,
+//! never on an absolute time.
 
 mod cold;
 mod inproc;
@@ -98,7 +99,8 @@ async fn main() {
     }
 }
 
-/// True when a ratio budget is broken by more than [`MARGIN`]×.
+/// True when a ratio budget is broken by more than [`MARGIN`]×, or could not be measured at all
+/// (the run stopped early: an error, not noise). Prints every check either way, for CI logs.
 fn broken(r: &Results) -> bool {
     let checks = [
         ("init", r.worst_init_ratio(), INIT_BUDGET),
@@ -107,12 +109,39 @@ fn broken(r: &Results) -> bool {
     ];
     let mut bad = false;
     for (what, ratio, budget) in checks {
-        if let Some(q) = ratio.filter(|q| *q > budget * MARGIN) {
-            eprintln!("{what}: {q:.2}× is over {MARGIN}× its budget of {budget}×");
-            bad = true;
+        let limit = budget * MARGIN;
+        match ratio {
+            Some(q) if q > limit => {
+                eprintln!("{what}: {q:.2}× is over {MARGIN}× its budget of {budget}× ({limit}×)");
+                bad = true;
+            }
+            Some(q) if q > budget => eprintln!(
+                "{what}: {q:.2}× (budget {budget}×, missed; fails above {limit}×){}",
+                known_miss(what).map_or(String::new(), |why| format!(": {why}"))
+            ),
+            Some(q) => eprintln!("{what}: {q:.2}× (budget {budget}×; fails above {limit}×)"),
+            None => {
+                eprintln!("{what}: not measured");
+                bad = true;
+            }
         }
     }
+    for m in &r.missing {
+        eprintln!("not measured: {m}");
+    }
     bad
+}
+
+/// Why a budget is missed in every run here (bench/NOTES.md has the measurements), so that a
+/// tolerated miss says why in the output rather than passing silently.
+fn known_miss(what: &str) -> Option<&'static str> {
+    match what {
+        "init" => Some(
+            "known miss (bench/NOTES.md): each AWS SDK client built in init costs ≈ 0.2 ms, \
+             and relocating a 6 MB PIE binary ≈ 60 more page faults than hello-world",
+        ),
+        _ => None,
+    }
 }
 
 async fn run(root: &std::path::Path, plan: &Plan, r: &mut Results) -> Result<(), String> {

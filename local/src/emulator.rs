@@ -135,6 +135,11 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "us-east-1".to_string());
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        // The functions' HTTP client (the workspace builds the SDK without one of its own),
+        // with the SDK's default connect timeout.
+        .http_client(shared::https::SdkHttpClient::shared(
+            std::time::Duration::from_millis(3_100),
+        ))
         .endpoint_url(endpoint)
         .region(aws_config::Region::new(region));
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {

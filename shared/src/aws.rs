@@ -1,38 +1,126 @@
 //! AWS client configuration, built once per cold start.
 //!
-//! `aws-config` already honours `AWS_ENDPOINT_URL` (the local emulator). What it does not do by
-//! default is fail fast: the SDK's defaults wait seconds for a connection and retry for longer,
-//! so an outage would hang requests instead of answering `503`. Timeouts here are short and
+//! Fail fast: the SDK's defaults wait seconds for a connection and retry for longer, so an
+//! outage would hang requests instead of answering `503`. Timeouts here are short and
 //! overridable (`AWS_CONNECT_TIMEOUT_MS`, `AWS_OPERATION_TIMEOUT_MS`).
+//!
+//! Cheap to build (DESIGN §7: init ≤ 1.5× a hello-world binary): every SDK client of the
+//! process shares one HTTP client ([`crate::https`], roots compiled in), and when the
+//! environment says everything the clients need, as Lambda's always does (region and
+//! credentials), the `SdkConfig` is built from it directly instead of running `aws-config`'s
+//! default chain (which probes profile files and builds its provider chain: ≈ 0.7 ms here).
+//! Without those variables, or with any setting that only the default chain understands, the
+//! default chain runs as before.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_config::{
-    BehaviorVersion, ConfigLoader, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig,
+    BehaviorVersion, ConfigLoader, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig,
 };
+use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
 
 use crate::config::var_or;
 
 pub async fn load() -> SdkConfig {
-    configure(aws_config::defaults(BehaviorVersion::latest()))
-        .load()
-        .await
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    match from_vars(vars) {
+        Some(sdk) => sdk,
+        None => {
+            configure(aws_config::defaults(BehaviorVersion::latest()))
+                .load()
+                .await
+        }
+    }
 }
 
-/// Applies our timeouts and retries to a loader (tests point it at a dead endpoint).
+/// Applies our timeouts, retries and HTTP client to a loader (tests point it at a dead
+/// endpoint).
 pub fn configure(loader: ConfigLoader) -> ConfigLoader {
-    let connect = Duration::from_millis(var_or("AWS_CONNECT_TIMEOUT_MS", 500));
-    let operation = Duration::from_millis(var_or("AWS_OPERATION_TIMEOUT_MS", 2_000));
+    let settings = Settings::from_env();
     loader
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(connect)
-                .read_timeout(operation)
-                .operation_attempt_timeout(operation)
-                .operation_timeout(operation)
-                .build(),
-        )
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .timeout_config(settings.timeouts())
+        .retry_config(settings.retries())
+        .http_client(crate::https::SdkHttpClient::shared(settings.connect))
+}
+
+struct Settings {
+    connect: Duration,
+    operation: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Settings {
+            connect: Duration::from_millis(var_or("AWS_CONNECT_TIMEOUT_MS", 500)),
+            operation: Duration::from_millis(var_or("AWS_OPERATION_TIMEOUT_MS", 2_000)),
+        }
+    }
+
+    fn timeouts(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .read_timeout(self.operation)
+            .operation_attempt_timeout(self.operation)
+            .operation_timeout(self.operation)
+            .build()
+    }
+
+    fn retries(&self) -> RetryConfig {
+        RetryConfig::standard().with_max_attempts(3)
+    }
+}
+
+/// Settings that `aws-config`'s default chain honours and [`from_env`] does not: when one is
+/// set, the default chain runs.
+const DEFAULT_CHAIN_ONLY: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_SDK_UA_APP_ID",
+    "AWS_ACCOUNT_ID_ENDPOINT_MODE",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+];
+
+/// The `SdkConfig` from the environment (`vars`) alone, when it has a region and static
+/// credentials (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional
+/// `AWS_SESSION_TOKEN`: what Lambda sets, and what the default chain would read first too)
+/// and nothing in [`DEFAULT_CHAIN_ONLY`] nor a service-specific endpoint
+/// (`AWS_ENDPOINT_URL_<SERVICE>`). `AWS_ENDPOINT_URL` is honoured, as by the default chain.
+/// `None` means: use the default chain.
+pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Option<SdkConfig> {
+    let vars: BTreeMap<String, String> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    if DEFAULT_CHAIN_ONLY
+        .iter()
+        .any(|name| vars.contains_key(*name))
+        || vars.keys().any(|k| k.starts_with("AWS_ENDPOINT_URL_"))
+    {
+        return None;
+    }
+    let var = |name: &str| vars.get(name).cloned();
+    let region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"))?;
+    let credentials = Credentials::new(
+        var("AWS_ACCESS_KEY_ID")?,
+        var("AWS_SECRET_ACCESS_KEY")?,
+        var("AWS_SESSION_TOKEN"),
+        None,
+        "Environment",
+    );
+    let settings = Settings::from_env();
+    let mut sdk = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .timeout_config(settings.timeouts())
+        .retry_config(settings.retries())
+        .http_client(crate::https::SdkHttpClient::shared(settings.connect));
+    if let Some(endpoint) = var("AWS_ENDPOINT_URL") {
+        sdk = sdk.endpoint_url(endpoint);
+    }
+    Some(sdk.build())
 }
 
 /// Maps an SDK error to our error: transport failures, timeouts and throttling mean the
@@ -71,5 +159,74 @@ where
         crate::Error::Unavailable(detail)
     } else {
         crate::Error::Internal(detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const LAMBDA: &[(&str, &str)] = &[
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ACCESS_KEY_ID", "AKID"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_SESSION_TOKEN", "token"),
+    ];
+
+    #[test]
+    fn lambda_environment_needs_no_default_chain() {
+        let sdk = from_vars(vars(LAMBDA)).expect("built from the environment");
+        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert!(sdk.credentials_provider().is_some());
+        assert!(sdk.http_client().is_some());
+        assert_eq!(sdk.endpoint_url(), None);
+        assert_eq!(
+            sdk.timeout_config().and_then(|t| t.operation_timeout()),
+            Some(Duration::from_millis(2_000))
+        );
+    }
+
+    #[test]
+    fn endpoint_url_is_honoured() {
+        let mut env = vars(LAMBDA);
+        env.push(("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:4566".into()));
+        let sdk = from_vars(env).expect("built from the environment");
+        assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:4566"));
+    }
+
+    #[test]
+    fn default_chain_when_region_or_credentials_are_missing() {
+        for missing in ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            let env = vars(LAMBDA).into_iter().filter(|(k, _)| k != missing);
+            assert!(from_vars(env).is_none(), "{missing} unset");
+        }
+        let empty = vars(LAMBDA).into_iter().map(|(k, v)| {
+            if k == "AWS_ACCESS_KEY_ID" {
+                (k, String::new())
+            } else {
+                (k, v)
+            }
+        });
+        assert!(from_vars(empty).is_none(), "empty key id");
+    }
+
+    #[test]
+    fn default_chain_when_a_setting_only_it_understands_is_set() {
+        for (name, value) in [
+            ("AWS_PROFILE", "dev"),
+            ("AWS_USE_FIPS_ENDPOINT", "true"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", "http://localhost:8000"),
+        ] {
+            let mut env = vars(LAMBDA);
+            env.push((name.into(), value.into()));
+            assert!(from_vars(env).is_none(), "{name} set");
+        }
     }
 }

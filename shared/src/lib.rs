@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod https;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

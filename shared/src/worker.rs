@@ -161,12 +161,38 @@ where
     A: FnOnce() -> F,
     F: Future<Output = Result<Applied, Error>>,
 {
-    let events = match inbox.processed(msg.id).await? {
+    exactly_once_after(inbox, bus, msg, async { Ok(()) }, |()| apply()).await
+}
+
+/// [`exactly_once`] whose `apply` starts from the result of `read` (typically the aggregate
+/// the message changes), read concurrently with the inbox record: one round trip less before
+/// the write that makes the effect visible (DESIGN §4: command → query-visible).
+///
+/// Safe because the read only informs the write: the write is still conditioned on the inbox
+/// record being absent (and on the aggregate's version), so a message found in the inbox is
+/// never applied twice; its `read` is then wasted (and a failed `read` ignored), which only
+/// happens on redeliveries.
+pub async fn exactly_once_after<I, B, R, T, A, F>(
+    inbox: &I,
+    bus: &B,
+    msg: &Envelope,
+    read: R,
+    apply: A,
+) -> Result<(), Error>
+where
+    I: Inbox,
+    B: EventBus,
+    R: Future<Output = Result<T, Error>>,
+    A: FnOnce(T) -> F,
+    F: Future<Output = Result<Applied, Error>>,
+{
+    let (record, read) = futures::join!(inbox.processed(msg.id), read);
+    let events = match record? {
         Some(InboxRecord {
             published: true, ..
         }) => return Ok(()),
         Some(record) => record.events,
-        None => match apply().await? {
+        None => match apply(read?).await? {
             Applied::Done(events) => events,
             Applied::Duplicate => match inbox.processed(msg.id).await? {
                 Some(record) if !record.published => record.events,

@@ -72,8 +72,8 @@ impl Faults {
 /// SDK configuration like the functions' own (`shared::aws::configure`: their timeouts and
 /// retries, so backoff behaves as deployed) whose transport obeys the returned [`Faults`].
 pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
-    // The SDK's own client (hyper), plain HTTP: the emulator is not behind TLS.
-    let inner = aws_smithy_http_client::Builder::new().build_http();
+    // The functions' own HTTP client, as `shared::aws::configure` would install it.
+    let inner = shared::https::SdkHttpClient::shared(std::time::Duration::from_millis(500));
     let faults = Arc::new(Faults {
         throttle: AtomicUsize::new(0),
         throttled: AtomicUsize::new(0),
@@ -90,9 +90,13 @@ pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "test",
-        ))
-        .http_client(SharedHttpClient::new(client));
-    (shared::aws::configure(loader).load().await, faults)
+        ));
+    // After `configure`, which installs the functions' own client: this one wraps it.
+    let sdk = shared::aws::configure(loader)
+        .http_client(SharedHttpClient::new(client))
+        .load()
+        .await;
+    (sdk, faults)
 }
 
 #[derive(Debug, Clone)]

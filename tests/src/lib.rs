@@ -40,6 +40,10 @@ pub async fn sdk_for(endpoint: &str) -> SdkConfig {
                 .operation_timeout(Duration::from_secs(5))
                 .build(),
         )
+        // The functions' HTTP client (the workspace builds the SDK without one of its own).
+        .http_client(shared::https::SdkHttpClient::shared(Duration::from_millis(
+            500,
+        )))
         .load()
         .await
 }

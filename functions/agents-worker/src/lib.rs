@@ -17,7 +17,7 @@ use shared::{
         agents::{AgentStore, DynamoAgentStore},
         inbox::InboxRecord,
     },
-    worker::{Applied, exactly_once, process_batch},
+    worker::{Applied, exactly_once, exactly_once_after, process_batch},
 };
 
 pub struct Config {
@@ -74,11 +74,20 @@ fn order_key(env: &Envelope) -> String {
 
 async fn apply<S: AgentStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Result<(), Error> {
     match &env.message {
+        // The agent is read concurrently with the inbox record (see `exactly_once_after`).
         Message::RegisterAgent(cmd) => {
-            exactly_once(&app.store, &app.bus, &env, || register(app, &env, cmd)).await
+            let read = app.store.get(&cmd.agent_id);
+            exactly_once_after(&app.store, &app.bus, &env, read, |current| {
+                register(app, &env, cmd, current)
+            })
+            .await
         }
         Message::ChangeAgentState(cmd) => {
-            exactly_once(&app.store, &app.bus, &env, || change_state(app, &env, cmd)).await
+            let read = app.store.get(&cmd.agent_id);
+            exactly_once_after(&app.store, &app.bus, &env, read, |current| {
+                change_state(app, &env, cmd, current)
+            })
+            .await
         }
         Message::ConversationClosed(ev) => {
             exactly_once(&app.store, &app.bus, &env, || release(app, &env, ev)).await
@@ -95,13 +104,20 @@ async fn nothing_to_do<S: AgentStore>(store: &S, env: &Envelope) -> Result<Appli
     Ok(write.applied(Vec::new()).unwrap_or(Applied::Duplicate))
 }
 
+/// `read` is the agent as read before the first attempt; later attempts (after a conflicting
+/// write) read it again.
 async fn register<S: AgentStore, B>(
     app: &App<S, B>,
     env: &Envelope,
     cmd: &RegisterAgent,
+    read: Option<Agent>,
 ) -> Result<Applied, Error> {
+    let mut read = Some(read);
     for _ in 0..WRITE_ATTEMPTS {
-        let current = app.store.get(&cmd.agent_id).await?;
+        let current = match read.take() {
+            Some(agent) => agent,
+            None => app.store.get(&cmd.agent_id).await?,
+        };
         let Some((next, event)) = Agent::register(current.as_ref(), cmd, Utc::now()) else {
             tracing::info!(agent_id = %cmd.agent_id, version = cmd.version, "stale profile update ignored");
             return nothing_to_do(&app.store, env).await;
@@ -118,15 +134,23 @@ async fn register<S: AgentStore, B>(
     ))
 }
 
+/// `read` is the agent as read before the first attempt; later attempts (after a conflicting
+/// write) read it again.
 async fn change_state<S: AgentStore, B>(
     app: &App<S, B>,
     env: &Envelope,
     cmd: &ChangeAgentState,
+    read: Option<Agent>,
 ) -> Result<Applied, Error> {
+    let mut read = Some(read);
     for _ in 0..WRITE_ATTEMPTS {
+        let current = match read.take() {
+            Some(agent) => agent,
+            None => app.store.get(&cmd.agent_id).await?,
+        };
         // The API checked the agent exists; if its registration is still in flight, failing
         // lets SQS redeliver this command after it.
-        let current = app.store.get(&cmd.agent_id).await?.ok_or_else(|| {
+        let current = current.ok_or_else(|| {
             Error::Unavailable(format!("agent {} not registered yet", cmd.agent_id))
         })?;
         let Some((next, event)) = current.change_state(cmd, Utc::now()) else {

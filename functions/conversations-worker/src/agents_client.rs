@@ -18,7 +18,7 @@ use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::json;
 use shared::{
     Error,
@@ -149,27 +149,22 @@ impl Signer {
 }
 
 impl AgentsClient {
-    /// Builds the client (TLS roots loaded, connection pool ready) once per cold start, so the
-    /// first request pays for neither.
-    pub fn new(base_url: &str, signer: Signer, policy: Policy) -> Result<Self, std::io::Error> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(policy.attempt_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Ok(AgentsClient {
+    /// Builds the client (TLS configuration from `shared::https`, connection pool ready) once
+    /// per cold start, so the first request pays for neither.
+    pub fn new(base_url: &str, signer: Signer, policy: Policy) -> Self {
+        // Bounds the TCP connect and the TLS handshake, each.
+        let https = shared::https::connector(policy.attempt_timeout);
+        AgentsClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
+                // The idle timeout is enforced by a timer (hyper-util needs one set for it).
+                .pool_timer(TokioTimer::new())
                 .build(https),
             signer,
             policy,
             breaker: Breaker::new(policy.breaker),
-        })
+        }
     }
 
     pub fn breaker_state(&self) -> BreakerState {

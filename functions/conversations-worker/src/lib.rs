@@ -76,8 +76,7 @@ impl AwsApp {
                 config.table_name,
             ),
             bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
-            agents: AgentsClient::new(&config.agents_api_url, signer, policy)
-                .map_err(|e| Error::Internal(format!("agents API client: {e}")))?,
+            agents: AgentsClient::new(&config.agents_api_url, signer, policy),
         })
     }
 }

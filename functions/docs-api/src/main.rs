@@ -4,7 +4,7 @@ use lambda_http::{Error, run, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    // Parsed once, at init: every request serves the same bytes.
+    // Converted at build time: every request serves the same bytes.
     let app = &App::new()?;
     run(service_fn(move |req| async move {
         Ok::<_, std::convert::Infallible>(handle(app, req).await)
