@@ -82,13 +82,16 @@ fn state_event(id: &str, state: &str, version: Option<u64>) -> Value {
     ev
 }
 
-async fn get_agent(app: &Api, id: &str) -> (u16, Value) {
-    let ev = api(
+fn get_state_event(id: &str) -> Value {
+    api(
         "agents-api/get-agent-state.json",
         &format!("/agents/{id}/state"),
         None,
-    );
-    let (status, body, _) = call(app, ev).await;
+    )
+}
+
+async fn get_agent(app: &Api, id: &str) -> (u16, Value) {
+    let (status, body, _) = call(app, get_state_event(id)).await;
     (status, body)
 }
 
@@ -932,7 +935,7 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
 
     // Meanwhile a query answers 503 fast (with Retry-After), never hangs or 500s.
     let started = Instant::now();
-    let resp = agents_api::handle(&api, request(&api_event_get("t1"))).await;
+    let resp = agents_api::handle(&api, request(&get_state_event("t1"))).await;
     assert_eq!(resp.status(), 503, "{}", body_json(&resp));
     assert!(resp.headers().contains_key("retry-after"));
     assert!(
@@ -955,12 +958,4 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
     env.delete(&dlq, &dead).await;
     assert!(drain(&env, &worker).await.is_empty());
     assert_eq!(get_agent(&app, "t2").await.0, 200, "nothing lost");
-}
-
-fn api_event_get(id: &str) -> Value {
-    api(
-        "agents-api/get-agent-state.json",
-        &format!("/agents/{id}/state"),
-        None,
-    )
 }
