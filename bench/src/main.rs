@@ -132,13 +132,18 @@ fn broken(r: &Results) -> bool {
     bad
 }
 
-/// Why a budget is missed in every run here (bench/NOTES.md has the measurements), so that a
-/// tolerated miss says why in the output rather than passing silently.
+/// Why a budget can be missed here (bench/NOTES.md has the measurements), so that a tolerated
+/// miss says why in the output rather than passing silently.
 fn known_miss(what: &str) -> Option<&'static str> {
     match what {
         "init" => Some(
-            "known miss (bench/NOTES.md): each AWS SDK client built in init costs ≈ 0.2 ms, \
-             and relocating a 6 MB PIE binary ≈ 60 more page faults than hello-world",
+            "met at 0.88–1.43× in the last full run, so a miss here is most likely noise; \
+             what is left above hello-world is SDK client construction (≈ 0.2 ms each) and \
+             relocating a 6 MB PIE binary (bench/NOTES.md)",
+        ),
+        "warm query" => Some(
+            "at the line (1.14–1.37× across runs): the gateway and the Runtime API hops add \
+             ≈ 1.5 ms to a ≈ 7.4 ms emulator GetItem (bench/NOTES.md)",
         ),
         _ => None,
     }
@@ -169,12 +174,19 @@ async fn run(root: &std::path::Path, plan: &Plan, r: &mut Results) -> Result<(),
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
 
-    let mut targets = vec![Target {
-        name: "bench-hello (baseline)".into(),
-        binary: release.join("bench-hello"),
+    let hello = |name: &str, binary: &str| Target {
+        name: name.into(),
+        binary: release.join(binary),
         env: base.clone(),
         events: vec![serde_json::json!({"hello": "world"})],
-    }];
+    };
+    let mut targets = vec![
+        hello("bench-hello (baseline)", "bench-hello"),
+        hello(
+            &format!("bench-hello, current-thread {}", report::REFERENCE),
+            "bench-hello-current-thread",
+        ),
+    ];
     for f in template.functions.values() {
         let mut env = base.clone();
         env.extend(

@@ -2,7 +2,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use conversations_worker::{AwsApp, Config, agents_client::Policy, handle};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;

@@ -1,7 +1,7 @@
 use docs_api::{App, handle};
 use lambda_http::{Error, run, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     // Converted at build time: every request serves the same bytes.

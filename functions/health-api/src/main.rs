@@ -1,7 +1,7 @@
 use health_api::{App, Config, handle};
 use lambda_http::{Error, run, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;

@@ -1,7 +1,7 @@
 use lambda_http::{Error, run, service_fn};
 use positions_api::{AwsApp, Config, handle};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_env()?;
