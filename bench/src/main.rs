@@ -137,13 +137,13 @@ fn broken(r: &Results) -> bool {
 fn known_miss(what: &str) -> Option<&'static str> {
     match what {
         "init" => Some(
-            "met at 0.88–1.43× in the last full run, so a miss here is most likely noise; \
-             what is left above hello-world is SDK client construction (≈ 0.2 ms each) and \
-             relocating a 6 MB PIE binary (bench/NOTES.md)",
+            "met in full runs, so a miss here is most likely noise of quick mode's few \
+             samples; what is left above hello-world is SDK client construction and PIE \
+             relocation (bench/NOTES.md)",
         ),
         "warm query" => Some(
-            "at the line (1.14–1.37× across runs): the gateway and the Runtime API hops add \
-             ≈ 1.5 ms to a ≈ 7.4 ms emulator GetItem (bench/NOTES.md)",
+            "at the line in full runs: the gateway and Runtime API hops of `local dev` add a \
+             fixed ≈ 1.5 ms to the emulator's GetItem (bench/NOTES.md)",
         ),
         _ => None,
     }
