@@ -56,12 +56,10 @@ impl Caller {
         self.accounts.iter().any(|a| a == account.as_str())
     }
 
-    /// The account named by a path segment (`422` when not an id) once the caller of `req`
-    /// is known to own it (`403` otherwise).
-    pub fn own_account(req: &Request, raw: &str) -> Result<AccountId, Error> {
-        let account = raw
-            .parse()
-            .map_err(|e: String| Error::invalid("accountId", e))?;
+    /// The account of a request's path (`accountId`: `422` when not an id) once the caller of
+    /// `req` is known to own it (`403` otherwise).
+    pub fn own_account(req: &Request) -> Result<AccountId, Error> {
+        let account = crate::http::Route::of(req).param("accountId")?;
         Caller::of(req)?.require_account(&account)?;
         Ok(account)
     }

@@ -123,8 +123,11 @@ pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Option<Sdk
     Some(sdk.build())
 }
 
-/// Maps an SDK error to our error: transport failures, timeouts and throttling mean the
-/// dependency is unavailable (`503`); anything else is unexpected (`500`, cause logged).
+/// Maps an SDK error to our error. The dependency is unavailable (`503`, `Retry-After`; a
+/// worker's message is redelivered) when it could not be reached, timed out, throttled, lost
+/// to contention (another transaction held the item, [`crate::store`] retried it already) or
+/// is not there (a deleted bus, table or queue: an outage of what the function was configured
+/// with). Anything else is unexpected (`500`, cause logged).
 pub fn classify<E, R>(what: &str, err: aws_sdk_dynamodb::error::SdkError<E, R>) -> crate::Error
 where
     E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
@@ -137,10 +140,10 @@ where
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or_default();
             code.contains("Throttl")
-                || code == "ProvisionedThroughputExceededException"
-                || code == "RequestLimitExceeded"
+                || crate::store::contended(code)
                 || code == "InternalServerError"
                 || code == "ServiceUnavailable"
+                || MISSING_RESOURCE.contains(&code)
         }
         _ => false,
     };
@@ -161,6 +164,14 @@ where
         crate::Error::Internal(detail)
     }
 }
+
+/// The codes DynamoDB, EventBridge and SQS answer for a table, bus or queue that does not
+/// exist.
+const MISSING_RESOURCE: &[&str] = &[
+    "ResourceNotFoundException",
+    "QueueDoesNotExist",
+    "AWS.SimpleQueueService.NonExistentQueue",
+];
 
 #[cfg(test)]
 mod tests {

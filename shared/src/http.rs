@@ -96,6 +96,77 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
+/// The route API Gateway matched for a request, and its path parameters: functions dispatch on
+/// these, never on the raw path.
+///
+/// API Gateway matches the request to a route of the template and passes its key
+/// (`requestContext.routeKey`, e.g. `GET /agents/{agentId}/state`) and the parameters it
+/// extracted, percent-decoded (`pathParameters`). Parsing the raw path again would be a second,
+/// different router: URI parsers normalise dot-segments (`/positions/%2E` would become the
+/// list route), and `%2F` inside a parameter would split it. The gateway answers unknown
+/// routes and methods itself (`404 {"message":"Not Found"}`), so a function only ever sees
+/// the keys of its own routes.
+///
+/// ```ignore
+/// let route = Route::of(&req);
+/// match route.key() {
+///     "GET /agents/{agentId}/state" => get_state(app, route.lookup("agentId", "agent")?).await,
+///     "PUT /agents/{agentId}" => register(app, &req, route.param("agentId")?).await,
+///     _ => Err(route.unknown()),
+/// }
+/// ```
+pub struct Route<'r> {
+    req: &'r Request,
+    key: &'r str,
+}
+
+impl<'r> Route<'r> {
+    /// The route of `req`; its key is empty when the event carries none (not an HTTP API
+    /// event), which matches no route.
+    pub fn of(req: &'r Request) -> Route<'r> {
+        let key = match req.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(ctx)) => ctx.route_key.as_deref().unwrap_or(""),
+            _ => "",
+        };
+        Route { req, key }
+    }
+
+    /// `METHOD /path/{param}` as written in the template.
+    pub fn key(&self) -> &'r str {
+        self.key
+    }
+
+    /// The raw text of path parameter `name` (already percent-decoded by the gateway).
+    fn raw(&self, name: &str) -> Result<&'r str, Error> {
+        self.req
+            .path_parameters_ref()
+            .and_then(|p| p.first(name))
+            .ok_or_else(|| Error::Internal(format!("route {} has no parameter {name}", self.key)))
+    }
+
+    /// Path parameter `name` of a command: one that does not parse is the caller's mistake,
+    /// a `422` naming it.
+    pub fn param<T: std::str::FromStr<Err = String>>(&self, name: &str) -> Result<T, Error> {
+        self.raw(name)?
+            .parse()
+            .map_err(|e: String| Error::invalid(name, e))
+    }
+
+    /// Path parameter `name` of a query: one that does not parse names no `what` that exists,
+    /// a `404`.
+    pub fn lookup<T: std::str::FromStr>(&self, name: &str, what: &str) -> Result<T, Error> {
+        let raw = self.raw(name)?;
+        raw.parse()
+            .map_err(|_| Error::NotFound(format!("no {what} {raw}")))
+    }
+
+    /// The answer for a route key this function does not serve (a template that sends a route
+    /// to the wrong function): `404`, as the gateway answers for a route it does not have.
+    pub fn unknown(&self) -> Error {
+        Error::NotFound(format!("no route {:?} in this function", self.key))
+    }
+}
+
 /// A query-string parameter parsed with `FromStr`; `422` naming it when it does not parse.
 pub fn query<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, Error>
 where
@@ -175,7 +246,6 @@ pub fn problem(err: &Error) -> Response<Body> {
         Error::Conflict(_) => ("conflict", "Conflict"),
         Error::TooLarge { .. } => ("payload-too-large", "Payload too large"),
         Error::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
-        Error::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
         Error::Unavailable(_) => ("unavailable", "Service unavailable"),
         Error::Internal(_) => ("internal", "Internal server error"),
     };

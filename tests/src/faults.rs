@@ -1,10 +1,12 @@
 //! Fault injection at the HTTP transport of the real AWS SDK clients: every request still goes
-//! to the emulator, but DynamoDB can be made to throttle, and a "crash" can be triggered right
-//! after the emulator committed the n-th transaction, which the test turns into the death of
-//! the worker by dropping its future there (as a killed process, it never answers SQS).
+//! to the emulator, but DynamoDB can be made to throttle or to lose writes to contention (as
+//! real DynamoDB does when another transaction holds an item: moto serializes everything, so
+//! it never does), and a "crash" can be triggered right after the emulator committed the n-th
+//! transaction, which the test turns into the death of the worker by dropping its future there
+//! (as a killed process, it never answers SQS).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_runtime_api::client::http::{
@@ -29,6 +31,11 @@ pub struct Faults {
     /// Fire [`Faults::crashed`] once this many transactions are committed (0: never).
     crash_after: AtomicUsize,
     crashed: watch::Sender<bool>,
+    /// The DynamoDB operation (e.g. `TransactWriteItems`) whose next requests lose to
+    /// contention, and how many of them still will (`usize::MAX`: all).
+    contend: Mutex<(String, usize)>,
+    /// Requests answered with a contention error so far.
+    contended: AtomicUsize,
 }
 
 impl Faults {
@@ -57,6 +64,47 @@ impl Faults {
         let _ = rx.wait_for(|c| *c).await;
     }
 
+    /// Answers the next `n` DynamoDB `operation` requests (`usize::MAX`: all, until told
+    /// otherwise) as DynamoDB does when another transaction holds one of their items: a
+    /// `TransactWriteItems` is cancelled with the reason `TransactionConflict`, a single-item
+    /// write fails with `TransactionConflictException`.
+    pub fn contend(&self, operation: &str, n: usize) {
+        *self.contend.lock().expect("faults lock") = (operation.to_owned(), n);
+    }
+
+    pub fn contended(&self) -> usize {
+        self.contended.load(Ordering::SeqCst)
+    }
+
+    /// Whether a request to `operation` is to lose to contention now (and counts it).
+    fn contending(&self, operation: &str) -> bool {
+        let mut contend = self.contend.lock().expect("faults lock");
+        let (target, left) = &mut *contend;
+        if target != operation || *left == 0 {
+            return false;
+        }
+        if *left != usize::MAX {
+            *left -= 1;
+        }
+        self.contended.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// DynamoDB's answer to a write that lost to another transaction.
+    fn contention_response(operation: &str) -> Response<SdkBody> {
+        let body = if operation == "TransactWriteItems" {
+            r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","Message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"}]}"#
+        } else {
+            r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#
+        };
+        let mut response =
+            Response::new(StatusCode::try_from(400).expect("400"), SdkBody::from(body));
+        response
+            .headers_mut()
+            .insert("content-type", "application/x-amz-json-1.0");
+        response
+    }
+
     /// The throttling error DynamoDB sends when a table or account is over its throughput.
     fn throttling_response() -> Response<SdkBody> {
         let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
@@ -80,6 +128,8 @@ pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
         transactions: AtomicUsize::new(0),
         crash_after: AtomicUsize::new(0),
         crashed: watch::channel(false).0,
+        contend: Mutex::new((String::new(), 0)),
+        contended: AtomicUsize::new(0),
     });
     let client = Faulty {
         inner,
@@ -144,6 +194,10 @@ impl HttpConnector for FaultyConnector {
             if throttling {
                 faults.throttled.fetch_add(1, Ordering::SeqCst);
                 return HttpConnectorFuture::ready(Ok(Faults::throttling_response()));
+            }
+            let operation = target.trim_start_matches("DynamoDB_20120810.");
+            if faults.contending(operation) {
+                return HttpConnectorFuture::ready(Ok(Faults::contention_response(operation)));
             }
         }
         let sent = self.inner.call(request);

@@ -325,7 +325,8 @@ pub fn request(event: &Value) -> lambda_http::Request {
     lambda_http::request::from_str(&event.to_string()).expect("valid API Gateway event")
 }
 
-/// A request from a fixture with another method, path, body or headers.
+/// A request from a fixture with another path (raw: percent-encoded, as sent) and body, routed
+/// as API Gateway routes it ([`route`]).
 pub fn api(fixture_path: &str, path: &str, body: Option<&str>) -> Value {
     let mut ev = fixture(fixture_path);
     ev["rawPath"] = path.into();
@@ -336,7 +337,49 @@ pub fn api(fixture_path: &str, path: &str, body: Option<&str>) -> Value {
             ev.as_object_mut().expect("object").remove("body");
         }
     }
+    route(&mut ev);
     ev
+}
+
+/// Sets the event's `routeKey` and `pathParameters` from its method and raw path the way the
+/// gateway does (the local runner's route table of `template.yaml`: the most specific route,
+/// parameters percent-decoded). A request no route matches gets API Gateway's catch-all key
+/// `$default` and no parameters: the gateway itself answers those (`404`), so this only shows
+/// what a function does with an event it should never see.
+pub fn route(ev: &mut Value) {
+    static ROUTES: OnceLock<local::gateway::RouteTable> = OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let template = Template::load(root().join("template.yaml")).expect("template loads");
+        local::gateway::RouteTable::from_template(&template)
+    });
+    let method = ev["requestContext"]["http"]["method"]
+        .as_str()
+        .unwrap_or("GET")
+        .to_owned();
+    let path = ev["rawPath"].as_str().unwrap_or("/").to_owned();
+    let object = ev.as_object_mut().expect("an event is an object");
+    let (key, params) = match routes.find(&method, &path) {
+        Some(m) => (m.route.key(), Some(serde_json::json!(m.params))),
+        None => ("$default".to_owned(), None),
+    };
+    match params {
+        Some(p) if p.as_object().is_some_and(|o| !o.is_empty()) => {
+            object.insert("pathParameters".into(), p);
+        }
+        _ => {
+            object.remove("pathParameters");
+        }
+    }
+    object.insert("routeKey".into(), key.clone().into());
+    ev["requestContext"]["routeKey"] = key.into();
+}
+
+/// The `POST /agents/match` a stand-in for the gateway received (the conversations worker's
+/// call, `body` as sent), as the event API Gateway would hand the agents API for it.
+pub fn match_request(body: &[u8]) -> lambda_http::Request {
+    let mut ev = fixture("agents-api/match-agent.json");
+    ev["body"] = String::from_utf8_lossy(body).into_owned().into();
+    request(&ev)
 }
 
 /// The event as API Gateway passes it for a trader whose token's `accounts` claim is

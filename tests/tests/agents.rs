@@ -591,9 +591,11 @@ async fn bad_input_gets_a_problem_never_a_5xx_and_writes_nothing() {
             404,
             None,
         ),
+        // A route the API does not have never reaches the function on AWS (the gateway
+        // answers it); a function that gets one anyway answers 404 too.
         (
             api("agents-api/get-agent-state.json", "/agents/a1", None),
-            405,
+            404,
             None,
         ),
     ];
@@ -958,4 +960,54 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
     env.delete(&dlq, &dead).await;
     assert!(drain(&env, &worker).await.is_empty());
     assert_eq!(get_agent(&app, "t2").await.0, 200, "nothing lost");
+}
+
+/// On real DynamoDB a transaction that touches an item another transaction holds is cancelled
+/// with the reason `TransactionConflict` (the SDK does not retry it), and a single-item write
+/// fails with `TransactionConflictException`. Both are retried with backoff; still contended,
+/// they are a `503` with `Retry-After` (a failed message in a worker), never a `500`.
+#[tokio::test]
+async fn contended_writes_are_retried_then_answer_503_never_500() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    available_agents(&env, &app, &worker, &[("busy", &["billing"], 5)]).await;
+    let (api, faulty_worker, faults) = faulty_apps(&env).await;
+
+    // A match whose reservation transaction loses twice to contention: retried, reserved.
+    faults.contend("TransactWriteItems", 2);
+    let resp = agents_api::handle(&api, request(&match_event("c-retried", &["billing"]))).await;
+    assert_eq!(resp.status(), 200, "{}", body_json(&resp));
+    assert_eq!(faults.contended(), 2);
+
+    // Sustained contention: a 503 with Retry-After, fast, and nothing reserved.
+    faults.contend("TransactWriteItems", usize::MAX);
+    let started = Instant::now();
+    let resp = agents_api::handle(&api, request(&match_event("c-contended", &["billing"]))).await;
+    assert_eq!(resp.status(), 503, "{}", body_json(&resp));
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(faults.contended() >= 2 + 5, "retried before giving up");
+
+    // A worker's transaction under sustained contention fails the message (SQS redelivers it);
+    // once the contention ends, the redelivery applies it.
+    let (status, _, _) = call(&app, state_event("busy", "AWAY", None)).await;
+    assert_eq!(status, 202);
+    let failed = env
+        .drain("AgentsQueue", |e| agents_worker::handle(&faulty_worker, e))
+        .await;
+    assert_eq!(
+        failed.len(),
+        1,
+        "the contended message fails, to be redelivered"
+    );
+    faults.contend("TransactWriteItems", 0);
+    assert!(drain(&env, &faulty_worker).await.is_empty());
+    assert_eq!(get_agent(&app, "busy").await.1["state"], "AWAY");
+    faults.contend("", 0);
+    let resp = agents_api::handle(&api, request(&match_event("c-contended", &["billing"]))).await;
+    assert_eq!(resp.status(), 409, "AWAY now: {}", body_json(&resp));
 }

@@ -342,8 +342,9 @@ async fn bad_input_gets_a_problem_and_an_empty_system_has_zero_counters() {
         Some("{}"),
     );
     post["requestContext"]["http"]["method"] = "POST".into();
+    system_tests::route(&mut post);
     let (code, body, content_type) = a.call(post).await;
-    assert_eq!(code, 405, "{body}");
+    assert_eq!(code, 404, "not a route of the API: {body}");
     assert_eq!(content_type, "application/problem+json");
     assert_eq!(
         a.env.item_count("AnalyticsTable").await,
@@ -368,12 +369,8 @@ async fn serve_agents(app: std::sync::Arc<agents_api::AwsApp>) -> String {
                 let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
                     let app = app.clone();
                     async move {
-                        let (parts, body) = req.into_parts();
-                        let bytes = BodyExt::collect(body).await?.to_bytes();
-                        let req = http::Request::from_parts(
-                            parts,
-                            lambda_http::Body::from(bytes.to_vec()),
-                        );
+                        let bytes = BodyExt::collect(req.into_body()).await?.to_bytes();
+                        let req = system_tests::match_request(&bytes);
                         let (parts, body) = agents_api::handle(&app, req).await.into_parts();
                         Ok::<_, hyper::Error>(hyper::Response::from_parts(
                             parts,

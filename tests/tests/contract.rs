@@ -878,6 +878,7 @@ fn event(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)])
     for (k, v) in headers {
         ev["headers"][k.to_ascii_lowercase()] = (*v).into();
     }
+    system_tests::route(&mut ev);
     ev
 }
 

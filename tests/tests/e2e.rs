@@ -530,6 +530,18 @@ async fn bad_input_through_the_gateway_gets_a_problem() {
     let a = send("DELETE", &path, None, &[]).await;
     assert_eq!(a.status, 404);
     assert_eq!(a.body, json!({"message": "Not Found"}));
+    // A dot-segment is the decoded path parameter `.` (a 422 naming it), never another route.
+    let token = trader_token(&["acc-dot"]);
+    for raw in ["%2E", "%2e%2E"] {
+        let path = format!("/accounts/acc-dot/positions/{raw}");
+        let a = send_as(Some(&token), "GET", &path, None, &[]).await;
+        assert_eq!(
+            (a.status, &a.body["field"]),
+            (422, &json!("symbol")),
+            "{path}: {:?}",
+            a.body
+        );
+    }
 }
 
 #[tokio::test]

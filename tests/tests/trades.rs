@@ -83,13 +83,13 @@ async fn call(a: &Apps, ev: Value) -> Answer {
     send(a, as_trader(ev, OWNED)).await
 }
 
-/// Routes the event as it is, whoever its caller.
+/// Routes the event as it is, whoever its caller, by its route key (as the gateway does).
 async fn send(a: &Apps, ev: Value) -> Answer {
-    let path = ev["rawPath"].as_str().unwrap_or("").to_owned();
+    let route = ev["routeKey"].as_str().unwrap_or("").to_owned();
     let req = request(&ev);
-    if path.starts_with("/trades") {
+    if route.contains(" /trades") {
         answer(trades_api::handle(&a.trades, req).await)
-    } else if path.contains("/positions") {
+    } else if route.contains("/positions") {
         answer(positions_api::handle(&a.positions, req).await)
     } else {
         answer(ledger_api::handle(&a.ledger, req).await)
@@ -746,6 +746,9 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         (with("side", json!(1)), 422, Some("side")),
         (with("symbol", json!("AC#ME")), 422, Some("symbol")),
         (with("symbol", json!("")), 422, Some("symbol")),
+        // Dot-segments cannot round-trip a URL path (`/positions/.` is `/positions/`).
+        (with("symbol", json!(".")), 422, Some("symbol")),
+        (with("symbol", json!("..")), 422, Some("symbol")),
         (with("accountId", json!("a b")), 422, Some("accountId")),
         (with("accountId", json!(7)), 422, Some("accountId")),
         (
@@ -774,7 +777,8 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
             404,
             None,
         ),
-        (get("trades-api/get-trade.json", "/trades"), 405, None),
+        // Not a route of the API (the gateway's 404 on AWS); the function answers 404 too.
+        (get("trades-api/get-trade.json", "/trades"), 404, None),
         (
             get(
                 "positions-api/get-position.json",
@@ -796,6 +800,39 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
                 "positions-api/get-position.json",
                 "/accounts/acc-1/positions/ACME",
             ),
+            404,
+            None,
+        ),
+        // The gateway decodes `%2E` into the parameter `.`: a 422 naming it, never the list
+        // route that re-parsing the path would reach.
+        (
+            get(
+                "positions-api/get-position.json",
+                "/accounts/acc-1/positions/%2E",
+            ),
+            422,
+            Some("symbol"),
+        ),
+        (
+            get(
+                "positions-api/get-position.json",
+                "/accounts/acc-1/positions/%2E%2E",
+            ),
+            422,
+            Some("symbol"),
+        ),
+        // Functions read API Gateway's route and parameters, not the raw path: a raw path
+        // that says otherwise changes nothing.
+        (
+            {
+                let mut ev = get(
+                    "positions-api/get-position.json",
+                    "/accounts/acc-1/positions/ACME",
+                );
+                ev["rawPath"] = "/accounts/acc-1/positions".into();
+                ev["requestContext"]["http"]["path"] = "/accounts/acc-1/positions".into();
+                ev
+            },
             404,
             None,
         ),

@@ -2,7 +2,7 @@
 //! `POST /agents/match` reserves an agent synchronously and publishes `AgentMatched`.
 
 use chrono::Utc;
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::{
@@ -18,7 +18,7 @@ use shared::{
         ids::{AgentId, ConversationId},
     },
     events::{Envelope, Message},
-    http::{correlation_id, json, limit, parse_command, parse_json, query},
+    http::{Route, correlation_id, json, limit, parse_command, parse_json, query},
     store::{
         agents::{AgentFilter, AgentStore, DynamoAgentStore, Reservation, Reserve},
         idempotency::{DynamoIdempotency, Idempotency},
@@ -100,25 +100,15 @@ async fn route<S: AgentStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    match (method, segments.as_slice()) {
-        (Method::GET, ["agents"]) => list(app, &req).await,
-        (Method::POST, ["agents", "match"]) => match_agent(app, &req).await,
-        (Method::PUT, ["agents", id]) => register(app, &req, id).await,
-        (Method::POST, ["agents", id, "state"]) => change_state(app, &req, id).await,
-        (Method::GET, ["agents", id, "state"]) => get_state(app, id).await,
-        (_, ["agents"] | ["agents", _] | ["agents", _, "state"]) => {
-            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
-        }
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+    let route = Route::of(&req);
+    match route.key() {
+        "GET /agents" => list(app, &req).await,
+        "POST /agents/match" => match_agent(app, &req).await,
+        "PUT /agents/{agentId}" => register(app, &req, route.param("agentId")?).await,
+        "POST /agents/{agentId}/state" => change_state(app, &req, route.param("agentId")?).await,
+        "GET /agents/{agentId}/state" => get_state(app, route.lookup("agentId", "agent")?).await,
+        _ => Err(route.unknown()),
     }
-}
-
-fn path_id(raw: &str) -> Result<AgentId, Error> {
-    raw.parse()
-        .map_err(|e: String| Error::invalid("agentId", e))
 }
 
 /// Versions order commands for the same agent. Callers may send their own (a counter they
@@ -129,11 +119,8 @@ fn version_or_now(version: Option<u64>) -> u64 {
 
 async fn get_state<S: AgentStore, B, I>(
     app: &App<S, B, I>,
-    id: &str,
+    id: AgentId,
 ) -> Result<Response<Body>, Error> {
-    let id: AgentId = id
-        .parse()
-        .map_err(|_| Error::NotFound(format!("no agent {id}")))?;
     match app.store.get(&id).await? {
         Some(agent) => Ok(json(200, &agent)),
         None => Err(Error::NotFound(format!("no agent {id}"))),
@@ -157,9 +144,8 @@ async fn list<S: AgentStore, B, I>(
 async fn register<S: AgentStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
-    id: &str,
+    agent_id: AgentId,
 ) -> Result<Response<Body>, Error> {
-    let agent_id = path_id(id)?;
     let (request, body): (Value, RegisterBody) = parse_command(req)?;
     let envelope = Envelope::new(
         correlation_id(req),
@@ -190,9 +176,8 @@ async fn register<S: AgentStore, B: EventBus, I: Idempotency>(
 async fn change_state<S: AgentStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
-    id: &str,
+    agent_id: AgentId,
 ) -> Result<Response<Body>, Error> {
-    let agent_id = path_id(id)?;
     let (request, body): (Value, StateBody) = parse_command(req)?;
     // Every input error before the (costlier) existence check.
     command::idempotency_key(req)?;

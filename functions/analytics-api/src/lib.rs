@@ -11,12 +11,12 @@
 //!
 //! Counters are eventually consistent with the commands (they follow the events).
 
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use serde::Serialize;
 use shared::{
     Error, config,
     domain::ids::AgentId,
-    http::json,
+    http::{Route, json},
     store::analytics::{AgentStats, AnalyticsStore, DynamoAnalyticsStore},
 };
 
@@ -81,21 +81,19 @@ pub async fn handle<S: AnalyticsStore>(app: &App<S>, req: Request) -> Response<B
 }
 
 async fn route<S: AnalyticsStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["analytics", "summary"]) => Ok(json(200, &app.store.summary().await?)),
-        (Method::GET, ["analytics", "agents", id]) => agent(app, id).await,
-        (_, ["analytics", "summary"] | ["analytics", "agents", _]) => {
-            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
-        }
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+    let route = Route::of(&req);
+    match route.key() {
+        "GET /analytics/summary" => Ok(json(200, &app.store.summary().await?)),
+        "GET /analytics/agents/{agentId}" => agent(app, route.lookup("agentId", "agent")?).await,
+        _ => Err(route.unknown()),
     }
 }
 
-async fn agent<S: AnalyticsStore>(app: &App<S>, id: &str) -> Result<Response<Body>, Error> {
-    let not_found = || Error::NotFound(format!("no analytics for agent {id}"));
-    let agent_id: AgentId = id.parse().map_err(|_| not_found())?;
+async fn agent<S: AnalyticsStore>(
+    app: &App<S>,
+    agent_id: AgentId,
+) -> Result<Response<Body>, Error> {
+    let not_found = || Error::NotFound(format!("no analytics for agent {agent_id}"));
     let stats = app.store.agent(&agent_id).await?.ok_or_else(not_found)?;
     Ok(json(200, &AgentView::new(agent_id, &stats)))
 }

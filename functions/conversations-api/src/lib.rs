@@ -13,7 +13,7 @@
 //!   have gone through) by creating it from the command, which carries every field.
 
 use chrono::Utc;
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::{
@@ -31,7 +31,7 @@ use shared::{
         ids::{ConversationId, CustomerId, MessageId},
     },
     events::{Envelope, Message},
-    http::{correlation_id, json, limit, parse_command, query},
+    http::{Route, correlation_id, json, limit, parse_command, query},
     store::{
         Write,
         conversations::{ConversationStore, DynamoConversationStore},
@@ -111,40 +111,26 @@ async fn route<S: ConversationStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    match (method, segments.as_slice()) {
-        (Method::POST, ["conversations"]) => start(app, &req).await,
-        (Method::GET, ["conversations", id]) => get(app, id).await,
-        (Method::POST, ["conversations", id, "close"]) => close(app, &req, id).await,
-        (Method::POST, ["conversations", id, "messages"]) => send(app, &req, id).await,
-        (Method::GET, ["conversations", id, "messages"]) => list(app, &req, id).await,
-        (Method::GET, ["conversations", id, "messages", m]) => get_message(app, id, m).await,
-        (Method::POST, ["conversations", id, "messages", m, "receipts"]) => {
-            receipt(app, &req, id, m).await
+    let route = Route::of(&req);
+    let id = "conversationId";
+    match route.key() {
+        "POST /conversations" => start(app, &req).await,
+        "GET /conversations/{conversationId}" => get(app, route.lookup(id, "conversation")?).await,
+        "POST /conversations/{conversationId}/close" => close(app, &req, route.param(id)?).await,
+        "POST /conversations/{conversationId}/messages" => send(app, &req, route.param(id)?).await,
+        "GET /conversations/{conversationId}/messages" => {
+            list(app, &req, route.lookup(id, "conversation")?).await
         }
-        (
-            _,
-            ["conversations"]
-            | ["conversations", _]
-            | ["conversations", _, "close" | "messages"]
-            | ["conversations", _, "messages", _]
-            | ["conversations", _, "messages", _, "receipts"],
-        ) => Err(Error::MethodNotAllowed(format!("{} {path}", req.method()))),
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+        "GET /conversations/{conversationId}/messages/{messageId}" => {
+            let message = route.lookup("messageId", "message")?;
+            get_message(app, route.lookup(id, "conversation")?, message).await
+        }
+        "POST /conversations/{conversationId}/messages/{messageId}/receipts" => {
+            let message = route.param("messageId")?;
+            receipt(app, &req, route.param(id)?, message).await
+        }
+        _ => Err(route.unknown()),
     }
-}
-
-/// An id in the path of a command: invalid is the caller's mistake (`422` naming it).
-fn path_id<T: std::str::FromStr<Err = String>>(field: &str, raw: &str) -> Result<T, Error> {
-    raw.parse().map_err(|e: String| Error::invalid(field, e))
-}
-
-/// An id in the path of a query: an invalid one names nothing that exists (`404`).
-fn lookup_id<T: std::str::FromStr>(what: &str, raw: &str) -> Result<T, Error> {
-    raw.parse()
-        .map_err(|_| Error::NotFound(format!("no {what} {raw}")))
 }
 
 async fn conversation<S: ConversationStore>(
@@ -159,18 +145,16 @@ async fn conversation<S: ConversationStore>(
 
 async fn get<S: ConversationStore, B, I>(
     app: &App<S, B, I>,
-    id: &str,
+    id: ConversationId,
 ) -> Result<Response<Body>, Error> {
-    let id: ConversationId = lookup_id("conversation", id)?;
     Ok(json(200, &conversation(&app.store, &id).await?))
 }
 
 async fn list<S: ConversationStore, B, I>(
     app: &App<S, B, I>,
     req: &Request,
-    id: &str,
+    id: ConversationId,
 ) -> Result<Response<Body>, Error> {
-    let id: ConversationId = lookup_id("conversation", id)?;
     let limit = limit(req)?;
     let cursor = query::<String>(req, "cursor")?;
     conversation(&app.store, &id).await?;
@@ -180,11 +164,9 @@ async fn list<S: ConversationStore, B, I>(
 
 async fn get_message<S: ConversationStore, B, I>(
     app: &App<S, B, I>,
-    id: &str,
-    message: &str,
+    id: ConversationId,
+    message: MessageId,
 ) -> Result<Response<Body>, Error> {
-    let id: ConversationId = lookup_id("conversation", id)?;
-    let message: MessageId = lookup_id("message", message)?;
     match app.store.message(&id, &message).await? {
         Some(m) => Ok(json(200, &m)),
         None => Err(Error::NotFound(format!("no message {message} in {id}"))),
@@ -259,9 +241,8 @@ where
 async fn send<S: ConversationStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
-    id: &str,
+    id: ConversationId,
 ) -> Result<Response<Body>, Error> {
-    let id: ConversationId = path_id("conversationId", id)?;
     let (request, body): (Value, MessageBody) = parse_command(req)?;
     command::idempotency_key(req)?;
     if conversation(&app.store, &id).await?.status == ConversationStatus::Closed {
@@ -295,11 +276,9 @@ async fn send<S: ConversationStore, B: EventBus, I: Idempotency>(
 async fn receipt<S: ConversationStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
-    id: &str,
-    message: &str,
+    id: ConversationId,
+    message_id: MessageId,
 ) -> Result<Response<Body>, Error> {
-    let id: ConversationId = path_id("conversationId", id)?;
-    let message_id: MessageId = path_id("messageId", message)?;
     let (request, body): (Value, ReceiptBody) = parse_command(req)?;
     command::idempotency_key(req)?;
     let Some(message) = app.store.message(&id, &message_id).await? else {
@@ -339,9 +318,8 @@ async fn receipt<S: ConversationStore, B: EventBus, I: Idempotency>(
 async fn close<S: ConversationStore, B: EventBus, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
-    id: &str,
+    id: ConversationId,
 ) -> Result<Response<Body>, Error> {
-    let id: ConversationId = path_id("conversationId", id)?;
     let request = if req.body().as_ref().iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

@@ -29,7 +29,8 @@ use shared::{
     },
 };
 
-use crate::resilience::{Backoff, Breaker, BreakerConfig, BreakerState, random_unit};
+use crate::resilience::{Breaker, BreakerConfig, BreakerState};
+use shared::retry::{Backoff, random_unit};
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 

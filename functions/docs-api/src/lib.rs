@@ -1,8 +1,8 @@
 //! `GET /openapi.json`: the API's contract, `openapi.yaml` at the repository root, converted to
 //! JSON at build time (build.rs) and embedded. No AWS access, so no IAM policy.
 
-use lambda_http::{Body, Request, Response, http::Method};
-use shared::Error;
+use lambda_http::{Body, Request, Response};
+use shared::http::Route;
 
 /// The spec as written (YAML).
 pub const OPENAPI_YAML: &str = include_str!("../../../openapi.yaml");
@@ -33,15 +33,15 @@ impl App {
 
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     shared::http::serve(req, |req| async move {
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, "/openapi.json") => Ok(Response::builder()
+        let route = Route::of(&req);
+        match route.key() {
+            "GET /openapi.json" => Ok(Response::builder()
                 .status(200)
                 .header("content-type", "application/json")
                 .header("cache-control", "max-age=300")
                 .body(Body::Text(app.json.clone()))
                 .expect("static status and headers are valid")),
-            (_, "/openapi.json") => Err(Error::MethodNotAllowed("use GET /openapi.json".into())),
-            (_, path) => Err(Error::NotFound(format!("no route for {path}"))),
+            _ => Err(route.unknown()),
         }
     })
     .await
@@ -60,10 +60,8 @@ mod tests {
     #[tokio::test]
     async fn serves_the_spec_as_json() {
         let app = App::new().expect("openapi.yaml parses");
-        let req = lambda_http::http::Request::builder()
-            .uri("/openapi.json")
-            .body(Body::Empty)
-            .unwrap();
+        let event = include_str!("../../../events/docs-api/get-openapi.json");
+        let req = lambda_http::request::from_str(event).expect("an HTTP API event");
         let resp = handle(&app, req).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/json");

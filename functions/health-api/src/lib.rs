@@ -6,9 +6,12 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use serde::Serialize;
-use shared::{Error, config, http::json};
+use shared::{
+    config,
+    http::{Route, json},
+};
 
 /// The dependencies to probe, from the template's environment.
 pub struct Config {
@@ -79,8 +82,9 @@ struct Report {
 
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     shared::http::serve(req, |req| async move {
-        if req.method() != Method::GET {
-            return Err(Error::MethodNotAllowed("use GET /health".into()));
+        let route = Route::of(&req);
+        if route.key() != "GET /health" {
+            return Err(route.unknown());
         }
         let report = probe_all(app).await;
         let status = if report.failing.is_empty() { 200 } else { 503 };

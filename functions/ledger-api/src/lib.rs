@@ -1,13 +1,13 @@
 //! The ledger HTTP API: an account's journal (paginated, in trade order) and its balances.
 
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use serde_json::json as value;
 use shared::{
     Error,
     auth::Caller,
     config,
     domain::{ids::AccountId, money::exact_add},
-    http::{json, limit, query},
+    http::{Route, json, limit, query},
     store::ledger::{DynamoLedgerStore, LedgerStore},
 };
 
@@ -43,11 +43,10 @@ pub async fn handle<S: LedgerStore>(app: &App<S>, req: Request) -> Response<Body
 }
 
 async fn route<S: LedgerStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["accounts", account, "ledger"]) => {
-            let account = Caller::own_account(&req, account)?;
+    let route = Route::of(&req);
+    match route.key() {
+        "GET /accounts/{accountId}/ledger" => {
+            let account = Caller::own_account(&req)?;
             let limit = limit(&req)?;
             let cursor = query::<String>(&req, "cursor")?;
             let page = app
@@ -59,13 +58,8 @@ async fn route<S: LedgerStore>(app: &App<S>, req: Request) -> Result<Response<Bo
                 &value!({ "entries": page.items, "nextCursor": page.next_cursor }),
             ))
         }
-        (Method::GET, ["accounts", account, "balance"]) => {
-            balance(app, Caller::own_account(&req, account)?).await
-        }
-        (_, ["accounts", _, "ledger" | "balance"]) => {
-            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
-        }
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+        "GET /accounts/{accountId}/balance" => balance(app, Caller::own_account(&req)?).await,
+        _ => Err(route.unknown()),
     }
 }
 

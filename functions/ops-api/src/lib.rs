@@ -8,13 +8,13 @@
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use futures::future::join_all;
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use shared::{
     Error,
     aws::classify,
     config,
-    http::{json, query, serve},
+    http::{Route, json, query, serve},
 };
 
 /// Where a DLQ's messages go back to.
@@ -89,15 +89,13 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
 }
 
 async fn route(app: &App, req: &Request) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["ops", "dlq"]) => list(app).await,
-        (Method::POST, ["ops", "dlq", name, "redrive"]) => redrive(app, req, name).await,
-        (_, ["ops", "dlq"] | ["ops", "dlq", _, "redrive"]) => {
-            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
+    let route = Route::of(req);
+    match route.key() {
+        "GET /ops/dlq" => list(app).await,
+        "POST /ops/dlq/{queue}/redrive" => {
+            redrive(app, req, &route.lookup::<String>("queue", "queue")?).await
         }
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+        _ => Err(route.unknown()),
     }
 }
 

@@ -1,13 +1,13 @@
 //! The positions HTTP API: an account's positions (quantity, average price, realized P&L), as
 //! the positions worker keeps them from `TradeExecuted` events.
 
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use shared::{
     Error,
     auth::Caller,
     config,
     domain::trades::Symbol,
-    http::{json, limit, query},
+    http::{Route, json, limit, query},
     store::positions::{DynamoPositionStore, PositionStore},
 };
 
@@ -43,11 +43,10 @@ pub async fn handle<S: PositionStore>(app: &App<S>, req: Request) -> Response<Bo
 }
 
 async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["accounts", account, "positions"]) => {
-            let account = Caller::own_account(&req, account)?;
+    let route = Route::of(&req);
+    match route.key() {
+        "GET /accounts/{accountId}/positions" => {
+            let account = Caller::own_account(&req)?;
             let limit = limit(&req)?;
             let cursor = query::<String>(&req, "cursor")?;
             Ok(json(
@@ -55,11 +54,9 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
                 &app.store.list(&account, limit, cursor.as_deref()).await?,
             ))
         }
-        (Method::GET, ["accounts", account, "positions", symbol]) => {
-            let account = Caller::own_account(&req, account)?;
-            let symbol: Symbol = symbol
-                .parse()
-                .map_err(|e: String| Error::invalid("symbol", e))?;
+        "GET /accounts/{accountId}/positions/{symbol}" => {
+            let account = Caller::own_account(&req)?;
+            let symbol: Symbol = route.param("symbol")?;
             match app.store.get(&account, &symbol).await? {
                 Some(p) => Ok(json(200, &p)),
                 None => Err(Error::NotFound(format!(
@@ -67,9 +64,6 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
                 ))),
             }
         }
-        (_, ["accounts", _, "positions"] | ["accounts", _, "positions", _]) => {
-            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
-        }
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+        _ => Err(route.unknown()),
     }
 }

@@ -11,7 +11,7 @@
 //! id. This is the one command that bypasses the bus; its outcome events go on the bus as usual.
 
 use chrono::Utc;
-use lambda_http::{Body, Request, Response, http::Method};
+use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 use shared::{
@@ -25,7 +25,7 @@ use shared::{
         trades::{Side, SubmitTrade, Symbol},
     },
     events::{Envelope, Message},
-    http::{correlation_id, json, parse_exact},
+    http::{Route, correlation_id, json, parse_exact},
     store::{
         idempotency::{DynamoIdempotency, Idempotency},
         trades::{DynamoTradeStore, TradeStore},
@@ -95,15 +95,13 @@ async fn route<S: TradeStore, Q: CommandQueue, I: Idempotency>(
     app: &App<S, Q, I>,
     req: Request,
 ) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::POST, ["trades"]) => submit(app, &req).await,
-        (Method::GET, ["trades", id]) => get_trade(app, &Caller::of(&req)?, id).await,
-        (_, ["trades"] | ["trades", _]) => {
-            Err(Error::MethodNotAllowed(format!("{} {path}", req.method())))
+    let route = Route::of(&req);
+    match route.key() {
+        "POST /trades" => submit(app, &req).await,
+        "GET /trades/{tradeId}" => {
+            get_trade(app, &Caller::of(&req)?, route.lookup("tradeId", "trade")?).await
         }
-        _ => Err(Error::NotFound(format!("no route for {path}"))),
+        _ => Err(route.unknown()),
     }
 }
 
@@ -112,10 +110,9 @@ async fn route<S: TradeStore, Q: CommandQueue, I: Idempotency>(
 async fn get_trade<S: TradeStore, Q, I>(
     app: &App<S, Q, I>,
     caller: &Caller,
-    id: &str,
+    trade_id: Uuid,
 ) -> Result<Response<Body>, Error> {
-    let not_found = || Error::NotFound(format!("no trade {id}"));
-    let trade_id: Uuid = id.parse().map_err(|_| not_found())?;
+    let not_found = || Error::NotFound(format!("no trade {trade_id}"));
     match app.store.get(trade_id).await? {
         Some(trade) if caller.owns(&trade.account_id) => Ok(json(200, &trade)),
         _ => Err(not_found()),

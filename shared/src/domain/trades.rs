@@ -23,11 +23,16 @@ impl TryFrom<String> for Symbol {
             && s.len() <= 12
             && s.bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        if ok {
-            Ok(Symbol(s))
-        } else {
-            Err("symbol must be 1 to 12 characters of letters, digits, '.' and '-'".into())
+        if !ok {
+            return Err("symbol must be 1 to 12 characters of letters, digits, '.' and '-'".into());
         }
+        // A symbol is a path segment (`/accounts/{accountId}/positions/{symbol}`); `.` and `..`
+        // are dot-segments that URL parsers remove (RFC 3986 §5.2.4), so they could never be
+        // asked for.
+        if s == "." || s == ".." {
+            return Err("symbol must not be '.' or '..' (it could not be used in a URL)".into());
+        }
+        Ok(Symbol(s))
     }
 }
 
@@ -349,7 +354,18 @@ mod tests {
     #[test]
     fn symbols_are_upper_cased_and_key_safe() {
         assert_eq!("brk.b".parse::<Symbol>().unwrap().as_str(), "BRK.B");
-        for bad in ["", "A#B", "A:B", "A B", "ABCDEFGHIJKLM", "É"] {
+        assert_eq!("..a".parse::<Symbol>().unwrap().as_str(), "..A");
+        for bad in [
+            "",
+            "A#B",
+            "A:B",
+            "A B",
+            "ABCDEFGHIJKLM",
+            "É",
+            ".",
+            "..",
+            "A/B",
+        ] {
             assert!(bad.parse::<Symbol>().is_err(), "{bad}");
         }
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxRecord};
-use super::items::{failed, transact};
+use super::items::{failed, transact, write_item};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{AgentState, Skills};
 use crate::domain::conversations::{Conversation, ConversationStatus, Message, MessageStatus};
@@ -340,7 +340,7 @@ impl ConversationStore for DynamoConversationStore {
             Some(m) => (message_sk(m), "ACCEPTED"),
             None => (s(CONVERSATION_SK), "PENDING"),
         };
-        let out = self
+        let delete = self
             .client
             .delete_item()
             .table_name(&self.table)
@@ -350,9 +350,8 @@ impl ConversationStore for DynamoConversationStore {
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#version", "version")
             .expression_attribute_values(":provisional", s(provisional))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
+            .expression_attribute_values(":zero", n(0));
+        let out = write_item(|| delete.clone().send()).await;
         match out {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -8,6 +8,7 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use uuid::Uuid;
 
+use super::items::write_item;
 use super::{n, s};
 use crate::{Error, aws::classify, events::Envelope};
 
@@ -104,14 +105,15 @@ impl Inbox for DynamoInbox {
     }
 
     async fn mark_published(&self, message_id: Uuid) -> Result<(), Error> {
-        self.client
+        let update = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key("pk", key(message_id))
             .key("sk", s("INBOX"))
             .update_expression("SET published = :t")
-            .expression_attribute_values(":t", AttributeValue::Bool(true))
-            .send()
+            .expression_attribute_values(":t", AttributeValue::Bool(true));
+        write_item(|| update.clone().send())
             .await
             .map_err(|e| classify("UpdateItem inbox", e))?;
         Ok(())

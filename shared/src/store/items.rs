@@ -1,13 +1,16 @@
-//! Small DynamoDB helpers every store shares: typed items and
-//! transactions whose cancellation reasons say which condition failed.
+//! Small DynamoDB helpers every store shares: typed items, transactions whose cancellation
+//! reasons say which condition failed, and the one retry of writes that lost to contention.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
 
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{cancellation_codes, s};
-use crate::{Error, aws::classify};
+use crate::{Error, aws::classify, retry::Backoff};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -30,22 +33,110 @@ pub(crate) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> Error {
 
 /// Runs a transaction. `Ok(None)`: written. `Ok(Some(codes))`: cancelled because a condition
 /// failed, with one reason code per item (`"ConditionalCheckFailed"` or `"None"`).
+///
+/// A transaction cancelled only by contention (another transaction holding one of its items,
+/// or throttling of one of them: reasons the SDK does not retry) is retried by
+/// [`retry_contention`]; still contended after that, it is [`Error::Unavailable`] (`503`, or a
+/// failed message that SQS redelivers), never an internal error.
 pub(crate) async fn transact(
     client: &aws_sdk_dynamodb::Client,
     items: Vec<TransactWriteItem>,
 ) -> Result<Option<Vec<String>>, Error> {
-    match client
-        .transact_write_items()
-        .set_transact_items(Some(items))
-        .send()
-        .await
-    {
+    let sent = retry_contention(
+        |e| {
+            let codes = cancellation_codes(e).unwrap_or_default();
+            !codes.iter().any(|c| c == "ConditionalCheckFailed")
+                && (codes.iter().any(|c| contended(c)) || error_code(e).is_some_and(contended))
+        },
+        || {
+            client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+        },
+    )
+    .await;
+    match sent {
         Ok(_) => Ok(None),
         Err(e) => match cancellation_codes(&e) {
             Some(codes) if codes.iter().any(|c| c == "ConditionalCheckFailed") => Ok(Some(codes)),
+            Some(codes) if codes.iter().any(|c| contended(c)) => Err(Error::Unavailable(format!(
+                "TransactWriteItems: still contended after {CONTENTION_ATTEMPTS} attempts: {}",
+                codes.join(", ")
+            ))),
             _ => Err(classify("TransactWriteItems", e)),
         },
     }
+}
+
+/// How often a contended write is tried, and how long to wait in between: ≈ 10–20, 20–40,
+/// 40–80 and 80–160 ms, at most ≈ 0.3 s in all, well inside a request's budget (guarantee 8
+/// of the README: a `503` within a couple of seconds).
+pub(crate) const CONTENTION_ATTEMPTS: u32 = 5;
+const CONTENTION_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(20),
+    max: Duration::from_millis(200),
+};
+
+/// Error and cancellation-reason codes that mean "another writer holds the item right now, or
+/// the item is throttled": trying again shortly may succeed. DynamoDB answers single-item writes
+/// that touch an item of an ongoing transaction with `TransactionConflictException`, and
+/// cancels transactions with the reason `TransactionConflict`; the SDK retries neither.
+pub(crate) fn contended(code: &str) -> bool {
+    matches!(
+        code,
+        "TransactionConflict"
+            | "TransactionConflictException"
+            | "TransactionInProgressException"
+            | "ThrottlingError"
+            | "ThrottlingException"
+            | "ProvisionedThroughputExceeded"
+            | "ProvisionedThroughputExceededException"
+            | "RequestLimitExceeded"
+    )
+}
+
+/// The service's error code, when the service answered with one.
+pub(crate) fn error_code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
+    e.as_service_error().and_then(ProvideErrorMetadata::code)
+}
+
+/// Sends a write (`send` builds and sends it anew each time), trying again with backoff and
+/// jitter while `is_contended` says the failure was contention, at most
+/// [`CONTENTION_ATTEMPTS`] times. The last answer is returned as it came, for the caller to
+/// interpret (a failed condition) or [`classify`] (which maps contention to `503`).
+pub(crate) async fn retry_contention<T, E, R, C, F, Fut>(
+    is_contended: C,
+    mut send: F,
+) -> Result<T, SdkError<E, R>>
+where
+    C: Fn(&SdkError<E, R>) -> bool,
+    E: ProvideErrorMetadata,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+{
+    let mut retry = 0;
+    loop {
+        match send().await {
+            Err(e) if retry + 1 < CONTENTION_ATTEMPTS && is_contended(&e) => {
+                let code = error_code(&e).unwrap_or("unknown");
+                tracing::info!(retry, code, "contended write; retrying");
+                CONTENTION_BACKOFF.wait(retry).await;
+                retry += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`retry_contention`] for single-item writes: contended when the error code says so.
+pub(crate) async fn write_item<T, E, R, F, Fut>(send: F) -> Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+{
+    retry_contention(|e| error_code(e).is_some_and(contended), send).await
 }
 
 /// Whether item `i` of a cancelled transaction failed its condition.

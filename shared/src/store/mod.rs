@@ -16,6 +16,8 @@ pub mod conversations;
 pub mod idempotency;
 pub mod inbox;
 mod items;
+
+pub(crate) use items::contended;
 pub mod ledger;
 pub mod positions;
 pub mod trades;

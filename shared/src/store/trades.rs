@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxRecord};
-use super::items::{build_err, failed, from_item, get, to_item, transact};
+use super::items::{build_err, failed, from_item, get, to_item, transact, write_item};
 use super::{n, s};
 use crate::Error;
 use crate::aws::classify;
@@ -142,9 +142,8 @@ impl TradeStore for DynamoTradeStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(self.trade_item(trade)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
+            .condition_expression("attribute_not_exists(pk)");
+        let put = write_item(|| put.clone().send()).await;
         match put {
             Ok(_) => Ok(Created::Created),
             Err(e) => {
@@ -162,7 +161,7 @@ impl TradeStore for DynamoTradeStore {
     }
 
     async fn withdraw(&self, id: Uuid) -> Result<Withdrawn, Error> {
-        let out = self
+        let delete = self
             .client
             .delete_item()
             .table_name(&self.table)
@@ -170,9 +169,8 @@ impl TradeStore for DynamoTradeStore {
             .key("sk", s("TRADE"))
             .condition_expression("#status = :pending")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":pending", s(TradeStatus::Pending.as_str()))
-            .send()
-            .await;
+            .expression_attribute_values(":pending", s(TradeStatus::Pending.as_str()));
+        let out = write_item(|| delete.clone().send()).await;
         match out {
             Ok(_) => Ok(Withdrawn::Withdrawn),
             Err(e) => {
