@@ -224,6 +224,18 @@ fn get(port: u16, path: &str) -> (u16, String) {
 
 /// One HTTP/1.1 request over a raw socket: status and body.
 fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    raw_request(port, method, path, body, &host)
+}
+
+/// [`request`] with `head` as its header lines (each ending in CRLF), `Host` included.
+fn raw_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    head: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let (headers, body) = match body {
@@ -238,7 +250,7 @@ fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, Str
     };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}\r\n{body}"
+        "{method} {path} HTTP/1.1\r\n{head}Connection: close\r\n{headers}\r\n{body}"
     )
     .unwrap();
     let mut text = String::new();
@@ -345,6 +357,19 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["event"]["pathParameters"]["id"], "a 1");
     assert_eq!(echo["event"]["routeKey"], "GET /echo/{id}");
+    // The gateway sets Host and X-Forwarded-* itself, whatever the client sent, as API
+    // Gateway does: a function never sees a client's values there.
+    let spoofed = "Host: bad host\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: a b\r\nX-Forwarded-Port: x\r\n";
+    let (status, body) =
+        tokio::task::spawn_blocking(move || raw_request(port, "GET", "/echo/h", None, spoofed))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let headers = &serde_json::from_str::<serde_json::Value>(&body).unwrap()["event"]["headers"];
+    assert_eq!(headers["host"], format!("127.0.0.1:{port}"), "{headers}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{headers}");
+    assert_eq!(headers["x-forwarded-proto"], "http", "{headers}");
+    assert_eq!(headers["x-forwarded-port"], port.to_string(), "{headers}");
     assert_eq!(echo["env"]["API_URL"], format!("http://127.0.0.1:{port}"));
     assert!(
         echo["env"]["QUEUE_URL"]

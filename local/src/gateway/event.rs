@@ -52,9 +52,15 @@ pub fn build(req: &Request<'_>, route: &RouteMatch<'_>) -> Value {
             })
             .or_insert(value);
     }
+    // The gateway's own host (set by the gateway, never the client's), without the port, as
+    // API Gateway's `domainName` is its bare domain.
     let domain = headers
         .get("host")
-        .cloned()
+        .map(|h| {
+            h.rsplit_once(':')
+                .map_or(h.as_str(), |(host, _)| host)
+                .to_owned()
+        })
         .unwrap_or_else(|| "localhost".into());
     let route_key = route.route.key();
     let mut event = json!({
@@ -330,7 +336,7 @@ mod tests {
         assert_eq!(ctx.http.user_agent.as_deref(), Some("curl/8"));
         assert_eq!(ctx.stage.as_deref(), Some("$default"));
         assert_eq!(ctx.request_id.as_deref(), Some("req-1"));
-        assert_eq!(ctx.domain_name.as_deref(), Some("127.0.0.1:3000"));
+        assert_eq!(ctx.domain_name.as_deref(), Some("127.0.0.1"));
         assert_eq!(ctx.time.as_deref(), Some("04/Mar/2020:19:03:58 +0000"));
         assert_eq!(ctx.time_epoch, 1_583_348_638_390);
         assert_eq!(ctx.account_id.as_deref(), Some("123456789012"));

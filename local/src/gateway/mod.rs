@@ -18,7 +18,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
@@ -40,13 +40,22 @@ pub struct Gateway {
     pub account_id: String,
 }
 
+/// The gateway and the address it serves on (its own `Host`, as API Gateway's is its domain).
+struct Served {
+    gateway: Gateway,
+    local: SocketAddr,
+}
+
 /// Serves `gateway` on `listener` until `shutdown` completes, then finishes open requests.
 pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().fallback(handle).with_state(Arc::new(gateway));
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .fallback(handle)
+        .with_state(Arc::new(Served { gateway, local }));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -56,7 +65,7 @@ pub async fn serve(
 }
 
 async fn handle(
-    State(gw): State<Arc<Gateway>>,
+    State(served): State<Arc<Served>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
@@ -64,7 +73,7 @@ async fn handle(
     let request_id = uuid::Uuid::new_v4().to_string();
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    let mut response = answer(&gw, peer, &request_id, req).await;
+    let mut response = answer(&served.gateway, served.local, peer, &request_id, req).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("apigw-requestid", v);
     }
@@ -77,7 +86,13 @@ async fn handle(
     response
 }
 
-async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) -> Response {
+async fn answer(
+    gw: &Gateway,
+    local: SocketAddr,
+    peer: SocketAddr,
+    request_id: &str,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -107,11 +122,12 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
         Ok(context) => context,
         Err(denial) => return refused(&denial, access.scopes()),
     };
+    let headers = forwarded(&parts.headers, local, peer);
     let request = event::Request {
         method: parts.method.as_str(),
         raw_path: parts.uri.path(),
         raw_query: parts.uri.query().unwrap_or_default(),
-        headers: &parts.headers,
+        headers: &headers,
         body: &body,
         source_ip: peer.ip().to_string(),
         request_id,
@@ -142,6 +158,25 @@ async fn answer(gw: &Gateway, peer: SocketAddr, request_id: &str, req: Request) 
         }
         Err(_) => message(StatusCode::BAD_GATEWAY, "Internal Server Error"),
     }
+}
+
+/// The headers the function sees: the client's, except those API Gateway sets itself whatever
+/// the client sent. `Host` is the gateway's own address (on AWS, the API's domain name), and
+/// `X-Forwarded-For`, `-Proto` and `-Port` say where the request came from and how it
+/// reached the gateway (on AWS: the client's IP, `https`, `443`; here plain HTTP on the
+/// local port). So a client can neither make a function build URLs for another host nor hand
+/// it values it cannot parse (`X-Forwarded-Proto: a b`, `Host: bad host`).
+fn forwarded(client: &HeaderMap, local: SocketAddr, peer: SocketAddr) -> HeaderMap {
+    let mut headers = client.clone();
+    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        let value = HeaderValue::from_str(&value).expect("an address is a valid header value");
+        headers.insert(name, value);
+    };
+    set(&mut headers, "host", local.to_string());
+    set(&mut headers, "x-forwarded-for", peer.ip().to_string());
+    set(&mut headers, "x-forwarded-proto", "http".into());
+    set(&mut headers, "x-forwarded-port", local.port().to_string());
+    headers
 }
 
 /// The `401`/`403` of a refused request; for a token, with its `www-authenticate` challenge
