@@ -293,6 +293,45 @@ async fn buy_buy_oversell_sell_gives_the_hand_calculated_position_and_ledger() {
     assert!(msgs[0].body().unwrap().contains(&ids[2]));
 }
 
+/// The position keeps the exact book cost of what is open; a sale realizes its proceeds less
+/// the book cost it removes (multiplied before divided), never a rounded average's.
+#[tokio::test]
+async fn positions_realize_exact_pnl_from_the_book_cost_not_the_rounded_average() {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    for (i, (side, q, p)) in [
+        ("BUY", "10", "100.50"),
+        ("BUY", "5", "110"),
+        ("SELL", "3", "120"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut o = order("acc-1", side, json!(q), json!(p));
+        o["symbol"] = "XMPL".into();
+        let (s, body, _) = call(&a, trade(o, Some(&format!("x-{i}")))).await;
+        assert_eq!(s, 202, "{body}");
+        settle(&env, &a).await;
+    }
+    // 360 − 1555 × 3/15 = 49 (subtracting 3 × 103.66666667 would give 48.99999999).
+    let p = position(&a, "acc-1", "XMPL").await;
+    assert_eq!(
+        (
+            &p["quantity"],
+            &p["bookCost"],
+            &p["realizedPnl"],
+            &p["averagePrice"]
+        ),
+        (
+            &json!("12"),
+            &json!("1244"),
+            &json!("49"),
+            &json!("103.66666667")
+        ),
+        "{p}"
+    );
+}
+
 #[tokio::test]
 async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
     let env = Env::new().await;

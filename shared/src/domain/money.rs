@@ -14,8 +14,10 @@
 //! notional limit keeps `quantity × price` (up to 16 decimal places) exact in 28 significant
 //! digits. Every later operation on money is checked with [`exact_add`], [`exact_sub`] and
 //! [`exact_mul`]: an operation whose exact result would not fit is an error, not a rounding.
-//! The only rounding in the system is the average price, defined as rounded half-to-even to
-//! [`PRICE_SCALE`] places ([`weighted_average`]).
+//! Division is the one operation that rounds, and it rounds once, at the last step: money
+//! kept in a position (its book cost) is exact at [`MONEY_SCALE`] places, the part of it a
+//! sale removes is [`share`] (multiply before dividing, one rounding half-to-even), and the
+//! average price shown is [`quotient`] of book cost and quantity, for display only.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,6 +28,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Decimal places allowed in a quantity or price, and kept in an average price.
 pub const PRICE_SCALE: u32 = 8;
+/// Decimal places of money: `quantity × price` has at most twice [`PRICE_SCALE`], so book costs
+/// and realized P&L are exact at this scale.
+pub const MONEY_SCALE: u32 = 2 * PRICE_SCALE;
 /// `1e9`: the largest quantity, and the largest price, of one trade.
 pub const MAX_QUANTITY: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 pub const MAX_PRICE: Decimal = MAX_QUANTITY;
@@ -289,33 +294,49 @@ pub fn exact_mul(a: Decimal, b: Decimal) -> Result<Decimal, Inexact> {
     Ok(product.normalize())
 }
 
-/// The weighted average of `(q1 at p1)` and `(q2 at p2)`, rounded half-to-even to
-/// [`PRICE_SCALE`] places: `(q1·p1 + q2·p2) / (q1 + q2)`. Computed on 128-bit integers in units
-/// of 10^-8, where every quantity up to `1e12` and price up to `1e9` fits without overflow.
-pub fn weighted_average(
-    q1: Decimal,
-    p1: Decimal,
-    q2: Decimal,
-    p2: Decimal,
-) -> Result<Decimal, Inexact> {
-    let units = |d: Decimal| -> Result<i128, Inexact> {
-        let d = d.normalize();
-        let shift = PRICE_SCALE
-            .checked_sub(d.scale())
-            .ok_or(Inexact("average"))?;
-        d.mantissa()
-            .checked_mul(10i128.pow(shift))
-            .ok_or(Inexact("average"))
-    };
-    let product = |q, p| -> Result<i128, Inexact> {
-        units(q)?.checked_mul(units(p)?).ok_or(Inexact("average"))
-    };
-    let numerator = product(q1, p1)?
-        .checked_add(product(q2, p2)?)
-        .ok_or(Inexact("average"))?;
-    let denominator = units(q1)? + units(q2)?;
-    // numerator is in units of 10^-16 and denominator of 10^-8: the quotient is in 10^-8.
-    round_half_even(numerator, denominator, PRICE_SCALE)
+/// `d` as an integer number of `10^-scale` units, when exact.
+fn units(d: Decimal, scale: u32, what: &'static str) -> Result<i128, Inexact> {
+    let d = d.normalize();
+    let shift = scale.checked_sub(d.scale()).ok_or(Inexact(what))?;
+    d.mantissa()
+        .checked_mul(10i128.checked_pow(shift).ok_or(Inexact(what))?)
+        .ok_or(Inexact(what))
+}
+
+/// `amount / quantity` (money at [`MONEY_SCALE`] over a quantity at [`PRICE_SCALE`]) rounded
+/// half-to-even to [`PRICE_SCALE`] places: a price such as an average cost. One exact integer
+/// division.
+pub fn quotient(amount: Decimal, quantity: Decimal) -> Result<Decimal, Inexact> {
+    let amount = units(amount, MONEY_SCALE, "quotient")?;
+    let quantity = units(quantity, PRICE_SCALE, "quotient")?;
+    // 10^-16 units over 10^-8 units: the quotient is in 10^-8 units.
+    round_half_even(amount, quantity, PRICE_SCALE)
+}
+
+/// The share `part / whole` of `amount`: `amount × part / whole` rounded half-to-even to
+/// [`MONEY_SCALE`] places, multiplying before dividing so that the only rounding is the last
+/// step; the whole of it (`part == whole`) is `amount` exactly. `part` and `whole` are
+/// quantities (at most [`PRICE_SCALE`] places) with `0 <= part <= whole`, `whole > 0`.
+///
+/// Exact on 128-bit integers without a wider type: with `amount = hi·whole + lo` (`lo <
+/// whole`), the share is `hi·part + lo·part/whole`, where `hi·part <= amount` and `lo·part <
+/// whole²` both fit.
+pub fn share(amount: Decimal, part: Decimal, whole: Decimal) -> Result<Decimal, Inexact> {
+    let amount = units(amount, MONEY_SCALE, "share")?;
+    let (part, whole) = (
+        units(part, PRICE_SCALE, "share")?,
+        units(whole, PRICE_SCALE, "share")?,
+    );
+    if whole <= 0 || part < 0 || part > whole {
+        return Err(Inexact("share"));
+    }
+    let (hi, lo) = (amount.div_euclid(whole), amount.rem_euclid(whole));
+    let whole_units = hi.checked_mul(part).ok_or(Inexact("share"))?;
+    let rest = lo.checked_mul(part).ok_or(Inexact("share"))?;
+    let rest = round_half_even(rest, whole, 0)?.mantissa();
+    Decimal::try_from_i128_with_scale(whole_units + rest, MONEY_SCALE)
+        .map(|v| v.normalize())
+        .map_err(|_| Inexact("share"))
 }
 
 /// `n / d` (integers, `d > 0`) rounded half-to-even to an integer, read as a decimal with
@@ -438,32 +459,39 @@ mod tests {
     }
 
     #[test]
-    fn averages_round_half_to_even_once() {
-        let avg = |q1: &str, p1: &str, q2: &str, p2: &str| {
-            weighted_average(d(q1), d(p1), d(q2), d(p2))
-                .unwrap()
-                .to_string()
-        };
-        assert_eq!(avg("1", "1", "2", "2"), "1.66666667");
-        assert_eq!(avg("0", "0", "3", "7.5"), "7.5");
-        assert_eq!(
-            avg("1", "0.00000001", "1", "0.00000002"),
-            "0.00000002",
-            "1.5e-8 -> even"
-        );
-        assert_eq!(
-            avg("1", "0.00000003", "1", "0.00000002"),
-            "0.00000002",
-            "2.5e-8 -> even"
-        );
-        // the largest holding at the largest price still fits
-        let top = avg(
-            "1000000000000",
-            "1000000000",
-            "1000000000",
-            "999999999.99999999",
-        );
-        assert_eq!(top, "1000000000", "1e9 - 1e-11, rounded");
+    fn quotients_round_half_to_even_once() {
+        let q = |a: &str, b: &str| quotient(d(a), d(b)).unwrap().to_string();
+        assert_eq!(q("5", "3"), "1.66666667");
+        assert_eq!(q("22.5", "3"), "7.5");
+        assert_eq!(q("0.00000003", "2"), "0.00000002", "1.5e-8 -> even");
+        assert_eq!(q("0.00000005", "2"), "0.00000002", "2.5e-8 -> even");
+        assert_eq!(q("1555", "15"), "103.66666667");
+        // the largest book the scale allows still divides
+        assert_eq!(q("1000000000000", "1000"), "1000000000");
+        assert!(quotient(d("1"), Decimal::ZERO).is_err());
         assert_eq!(round_half_even(-25, 2, 2).unwrap().to_string(), "-0.12");
+    }
+
+    #[test]
+    fn shares_multiply_before_dividing_and_round_once() {
+        let s = |a: &str, p: &str, w: &str| share(d(a), d(p), d(w)).unwrap().to_string();
+        // 1555 × 3 / 15 = 311 exactly; dividing first would give 103.66666667 × 3.
+        assert_eq!(s("1555", "3", "15"), "311");
+        assert_eq!(
+            s("1555", "15", "15"),
+            "1555",
+            "the whole is the amount, exactly"
+        );
+        assert_eq!(s("1555", "0", "15"), "0");
+        assert_eq!(s("1", "1", "3"), "0.3333333333333333");
+        assert_eq!(s("2", "1", "3"), "0.6666666666666667");
+        // half a unit of 10^-16 rounds to even
+        assert_eq!(s("0.0000000000000001", "1", "2"), "0");
+        assert_eq!(s("0.0000000000000003", "1", "2"), "0.0000000000000002");
+        // large books: 7e12 of money, a 1e-8 sale of 1e9 held
+        assert_eq!(s("7000000000000", "0.00000001", "1000000000"), "0.00007");
+        for bad in [("1", "2", "1"), ("1", "-1", "1"), ("1", "1", "0")] {
+            assert!(share(d(bad.0), d(bad.1), d(bad.2)).is_err(), "{bad:?}");
+        }
     }
 }
