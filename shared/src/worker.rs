@@ -1,9 +1,16 @@
-//! Running an SQS batch the way DESIGN §3 requires:
+//! Running an SQS batch so that no message is lost, none applied twice and none overtakes one
+//! it must follow:
 //!
-//! - each record is decoded on its own; one that cannot be decoded fails alone (poison);
-//! - records are grouped by key (e.g. the agent id): groups run concurrently, records of one
-//!   group in order, and after a failure the rest of its group fails too, so a later change
-//!   is never applied before an earlier one that will be redelivered;
+//! - records are grouped: on a FIFO queue by their `MessageGroupId` (the SQS attribute, not
+//!   anything decoded from the body: SQS orders by it, so must we), on a standard queue by a
+//!   key of the decoded message (e.g. the agent id); groups run concurrently, records of one
+//!   group in batch order;
+//! - after a failure the rest of its group fails too, so a later change is never applied
+//!   before an earlier one that will be redelivered. On a FIFO queue that includes a record
+//!   that cannot even be decoded: it holds back every later record of its group, as SQS
+//!   itself holds back the group until the message leaves it (applied, or moved to the DLQ
+//!   after `maxReceiveCount`), like Powertools' `SqsFifoPartialProcessor` with
+//!   `skip_group_on_error`. On a standard queue an undecodable record fails alone;
 //! - failures are reported per item (`ReportBatchItemFailures`): SQS redelivers only those,
 //!   and after `maxReceiveCount` moves them to the DLQ;
 //! - [`exactly_once`] applies a message at most once and publishes its events at least once.
@@ -46,38 +53,51 @@ pub fn decode(record: &SqsMessage) -> Result<Envelope, Error> {
     decoded.map_err(|e| Error::invalid("detail", e.to_string()))
 }
 
-/// Processes a batch: `key` groups records that must stay in order, `handle` applies one.
+/// The SQS attribute a FIFO queue's records carry, and order by.
+const MESSAGE_GROUP_ID: &str = "MessageGroupId";
+
+/// A record of the batch: its id and its message, or why it could not be decoded.
+type Item = (String, Result<Envelope, Error>);
+
+/// Processes a batch: `key` groups the records of a standard queue that must stay in order
+/// (FIFO records are grouped by their `MessageGroupId`), `handle` applies one.
 pub async fn process_batch<K, H, F>(event: SqsEvent, key: K, handle: H) -> SqsBatchResponse
 where
     K: Fn(&Envelope) -> String,
     H: Fn(Envelope) -> F,
     F: Future<Output = Result<(), Error>>,
 {
-    let mut failures = Vec::new();
-    let mut groups: Vec<(String, Vec<(String, Envelope)>)> = Vec::new();
+    let mut groups: Vec<(String, Vec<Item>)> = Vec::new();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
-        match decode(&record) {
-            Ok(env) => {
-                let k = key(&env);
-                match groups.iter_mut().find(|(gk, _)| *gk == k) {
-                    Some((_, items)) => items.push((id, env)),
-                    None => groups.push((k, vec![(id, env)])),
-                }
-            }
-            Err(e) => {
-                tracing::error!(message_id = %id, error = %e, "poison message: cannot decode");
-                failures.push(id);
-            }
+        let decoded = decode(&record);
+        // `#` cannot occur in our keys, so FIFO groups, decoded keys and lone records never
+        // share a group by accident.
+        let group = match (record.attributes.get(MESSAGE_GROUP_ID), &decoded) {
+            (Some(fifo), _) => format!("fifo#{fifo}"),
+            (None, Ok(env)) => key(env),
+            (None, Err(_)) => format!("poison#{id}"),
+        };
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, items)) => items.push((id, decoded)),
+            None => groups.push((group, vec![(id, decoded)])),
         }
     }
     let started = std::time::Instant::now();
-    let total = event_len(&groups) + failures.len();
+    let total = groups.iter().map(|(_, items)| items.len()).sum::<usize>();
     let handle = &handle;
     let results = join_all(groups.into_iter().map(|(_, items)| async move {
         let mut failed = Vec::new();
         let mut items = items.into_iter();
-        for (id, env) in items.by_ref() {
+        for (id, decoded) in items.by_ref() {
+            let env = match decoded {
+                Ok(env) => env,
+                Err(e) => {
+                    tracing::error!(message_id = %id, error = %e, "poison message: cannot decode");
+                    failed.push(id);
+                    break;
+                }
+            };
             // Every line logged while handling the message carries its correlation id, so one
             // grep follows a request across services.
             let span = tracing::info_span!(
@@ -101,11 +121,12 @@ where
                 }
             }
         }
+        // The rest of the group waits for the failed one: none may overtake it.
         failed.extend(items.map(|(id, _)| id));
         failed
     }))
     .await;
-    failures.extend(results.into_iter().flatten());
+    let failures: Vec<String> = results.into_iter().flatten().collect();
     crate::metrics::emit(&[
         (
             "MessagesProcessed",
@@ -129,10 +150,6 @@ where
         })
         .collect();
     response
-}
-
-fn event_len(groups: &[(String, Vec<(String, Envelope)>)]) -> usize {
-    groups.iter().map(|(_, items)| items.len()).sum()
 }
 
 /// What applying a message did.
@@ -209,4 +226,118 @@ where
         tracing::warn!(error = %e, "could not mark events published");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::domain::agents::{AgentState, ChangeAgentState};
+    use crate::events::Message;
+
+    fn change(agent: &str) -> String {
+        let env = Envelope::new(
+            "c",
+            Message::ChangeAgentState(ChangeAgentState {
+                agent_id: agent.parse().unwrap(),
+                state: AgentState::Away,
+                version: 1,
+            }),
+        );
+        serde_json::to_string(&env).unwrap()
+    }
+
+    /// A batch of `(body, MessageGroupId)` records, ids `m0`, `m1`, ….
+    fn batch(records: &[(&str, Option<&str>)]) -> SqsEvent {
+        let mut event = SqsEvent::default();
+        event.records = records
+            .iter()
+            .enumerate()
+            .map(|(i, (body, group))| {
+                let mut r = SqsMessage::default();
+                r.message_id = Some(format!("m{i}"));
+                r.body = Some((*body).to_owned());
+                if let Some(g) = group {
+                    r.attributes.insert(MESSAGE_GROUP_ID.into(), (*g).into());
+                }
+                r
+            })
+            .collect();
+        event
+    }
+
+    /// Runs `event`, failing the records whose agent is `fail`: (failed ids, applied agents).
+    async fn run(event: SqsEvent, fail: &str) -> (Vec<String>, Vec<String>) {
+        let applied = Mutex::new(Vec::new());
+        let agent = |env: &Envelope| match &env.message {
+            Message::ChangeAgentState(c) => c.agent_id.to_string(),
+            _ => unreachable!(),
+        };
+        let resp = process_batch(event, agent, |env| {
+            let a = agent(&env);
+            let result = if a == fail {
+                Err(Error::Unavailable("injected".into()))
+            } else {
+                applied.lock().unwrap().push(a);
+                Ok(())
+            };
+            async move { result }
+        })
+        .await;
+        let failed = resp
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        (failed, applied.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn on_a_fifo_queue_an_undecodable_record_holds_back_its_group_only() {
+        let event = batch(&[
+            ("this is not json", Some("acc-q1")),
+            (&change("a1"), Some("acc-q1")),
+            (&change("a2"), Some("acc-q2")),
+        ]);
+        let (failed, applied) = run(event, "").await;
+        assert_eq!(
+            failed,
+            ["m0", "m1"],
+            "the poison and its group's later record"
+        );
+        assert_eq!(applied, ["a2"], "another group goes on");
+    }
+
+    #[tokio::test]
+    async fn on_a_fifo_queue_the_group_is_the_attribute_not_the_body() {
+        // Two agents' commands in one message group: a failure of the first holds back the
+        // second, whatever the decoded key says.
+        let event = batch(&[(&change("a1"), Some("g")), (&change("a2"), Some("g"))]);
+        let (failed, applied) = run(event, "a1").await;
+        assert_eq!(failed, ["m0", "m1"]);
+        assert!(applied.is_empty());
+    }
+
+    #[tokio::test]
+    async fn on_a_standard_queue_an_undecodable_record_fails_alone() {
+        let event = batch(&[
+            (&change("a1"), None),
+            ("this is not json", None),
+            (&change("a1"), None),
+            (&change("a2"), None),
+        ]);
+        let (failed, applied) = run(event, "").await;
+        assert_eq!(failed, ["m1"]);
+        assert_eq!(applied.len(), 3);
+        // A failure holds back the rest of its key's records, and only those.
+        let event = batch(&[
+            (&change("a1"), None),
+            (&change("a2"), None),
+            (&change("a1"), None),
+        ]);
+        let (failed, applied) = run(event, "a1").await;
+        assert_eq!(failed, ["m0", "m2"]);
+        assert_eq!(applied, ["a2"]);
+    }
 }

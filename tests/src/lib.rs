@@ -400,7 +400,9 @@ pub fn unauthenticated(mut event: Value) -> Value {
     event
 }
 
-/// The SQS messages as the event Lambda would hand to the worker.
+/// The SQS messages as the event Lambda would hand to the worker, with their system
+/// attributes (`MessageGroupId`, `SequenceNumber` of a FIFO queue's, receive counts; received
+/// by [`Env::receive`] with all of them).
 pub fn sqs_event(msgs: &[aws_sdk_sqs::types::Message]) -> SqsEvent {
     let mut event = SqsEvent::default();
     event.records = msgs
@@ -411,6 +413,14 @@ pub fn sqs_event(msgs: &[aws_sdk_sqs::types::Message]) -> SqsEvent {
             r.receipt_handle = m.receipt_handle.clone();
             r.body = m.body.clone();
             r.event_source = Some("aws:sqs".into());
+            r.attributes = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
             r
         })
         .collect();
