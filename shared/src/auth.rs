@@ -51,6 +51,36 @@ impl Caller {
         })
     }
 
+    /// The verified principal of `req`, as the scope of its `Idempotency-Key`s: the token's
+    /// issuer and subject (`jwt:<iss> <sub>`), or the IAM identity that signed it (`iam:<ARN>`).
+    /// A request with neither is refused (`403`): its keys could not be told from another
+    /// caller's.
+    pub fn principal(req: &Request) -> Result<String, Error> {
+        let authorizer = match req.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authorizer.as_ref(),
+            _ => None,
+        };
+        let claim = |name: &str| {
+            authorizer
+                .and_then(|a| a.jwt.as_ref())
+                .and_then(|jwt| jwt.claims.get(name))
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(sub) = claim("sub") {
+            return Ok(format!(
+                "jwt:{} {sub}",
+                claim("iss").map_or("", String::as_str)
+            ));
+        }
+        let iam = authorizer.and_then(|a| a.iam.as_ref());
+        if let Some(arn) = iam.and_then(|i| i.user_arn.as_ref().or(i.caller_id.as_ref())) {
+            return Ok(format!("iam:{arn}"));
+        }
+        Err(Error::Forbidden(
+            "no verified caller identity to scope the Idempotency-Key to".into(),
+        ))
+    }
+
     /// Whether the caller may see and trade `account`.
     pub fn owns(&self, account: &AccountId) -> bool {
         self.accounts.iter().any(|a| a == account.as_str())

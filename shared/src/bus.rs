@@ -4,7 +4,7 @@ use std::future::Future;
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use crate::{Error, events::Envelope};
+use crate::{Error, command::CommandTransport, events::Envelope};
 
 pub trait EventBus: Send + Sync {
     /// Publishes every envelope or fails: a partial failure is an error, so the caller retries
@@ -62,5 +62,12 @@ impl EventBus for EventBridgeBus {
             }
         }
         Ok(())
+    }
+}
+
+/// Commands go on the bus too; a rule routes each to its service's queue.
+impl CommandTransport for EventBridgeBus {
+    async fn send(&self, command: &Envelope) -> Result<(), Error> {
+        self.publish(std::slice::from_ref(command)).await
     }
 }

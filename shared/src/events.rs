@@ -75,6 +75,29 @@ impl Message {
         }
     }
 
+    /// The aggregate the message is about, whose messages must apply in order: an agent, a
+    /// conversation, or a trading account (whose book every trade of it changes). A FIFO
+    /// queue's `MessageGroupId`.
+    pub fn aggregate_id(&self) -> &str {
+        match self {
+            Message::RegisterAgent(c) => c.agent_id.as_str(),
+            Message::ChangeAgentState(c) => c.agent_id.as_str(),
+            Message::AgentRegistered(e) => e.agent_id.as_str(),
+            Message::AgentStateChanged(e) => e.agent_id.as_str(),
+            Message::AgentMatched(e) => e.conversation_id.as_str(),
+            Message::StartConversation(c) => c.conversation_id.as_str(),
+            Message::SendMessage(c) => c.conversation_id.as_str(),
+            Message::RecordReceipt(c) => c.conversation_id.as_str(),
+            Message::CloseConversation(c) => c.conversation_id.as_str(),
+            Message::ConversationStarted(e) => e.conversation_id.as_str(),
+            Message::ConversationClosed(e) => e.conversation_id.as_str(),
+            Message::MessageSent(e) => e.conversation_id.as_str(),
+            Message::SubmitTrade(c) => c.account_id.as_str(),
+            Message::TradeExecuted(e) => e.account_id.as_str(),
+            Message::TradeRejected(e) => e.account_id.as_str(),
+        }
+    }
+
     /// The EventBridge `detail-type`: the variant name, the same string as the `type` tag.
     pub fn detail_type(&self) -> &'static str {
         match self {

@@ -244,6 +244,7 @@ pub fn problem(err: &Error) -> Response<Body> {
         Error::NotFound(_) => ("not-found", "Not found"),
         Error::Forbidden(_) => ("forbidden", "Forbidden"),
         Error::Conflict(_) => ("conflict", "Conflict"),
+        Error::InProgress(_) => ("in-progress", "Request in progress"),
         Error::TooLarge { .. } => ("payload-too-large", "Payload too large"),
         Error::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
         Error::Unavailable(_) => ("unavailable", "Service unavailable"),
@@ -275,7 +276,7 @@ pub fn problem(err: &Error) -> Response<Body> {
     let mut builder = Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/problem+json");
-    if matches!(err, Error::Unavailable(_)) {
+    if matches!(err, Error::Unavailable(_) | Error::InProgress(_)) {
         builder = builder.header(http::header::RETRY_AFTER, "1");
     }
     builder

@@ -20,6 +20,7 @@ pub mod events;
 pub mod http;
 pub mod https;
 pub mod metrics;
+pub mod queue;
 pub mod retry;
 pub mod store;
 pub mod telemetry;

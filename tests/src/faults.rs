@@ -5,6 +5,7 @@
 //! transaction, which the test turns into the death of the worker by dropping its future there
 //! (as a killed process, it never answers SQS).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,11 +27,14 @@ pub struct Faults {
     throttle: AtomicUsize,
     /// DynamoDB requests answered with a throttling error so far.
     throttled: AtomicUsize,
-    /// `TransactWriteItems` the emulator committed so far.
-    transactions: AtomicUsize,
-    /// Fire [`Faults::crashed`] once this many transactions are committed (0: never).
-    crash_after: AtomicUsize,
+    /// Requests the emulator answered with success so far, per operation (`PutItem`,
+    /// `TransactWriteItems`, `PutEvents`, `SendMessage`, …).
+    succeeded: Mutex<HashMap<String, usize>>,
+    /// Fire [`Faults::crashed`] once this operation has succeeded this many times in all.
+    crash_point: Mutex<Option<(String, usize)>>,
     crashed: watch::Sender<bool>,
+    /// Operations answered as if their resource (bus, queue) had been deleted.
+    missing: Mutex<Vec<String>>,
     /// The DynamoDB operation (e.g. `TransactWriteItems`) whose next requests lose to
     /// contention, and how many of them still will (`usize::MAX`: all).
     contend: Mutex<(String, usize)>,
@@ -48,14 +52,53 @@ impl Faults {
         self.throttled.load(Ordering::SeqCst)
     }
 
-    pub fn transactions(&self) -> usize {
-        self.transactions.load(Ordering::SeqCst)
+    /// How many `operation` requests succeeded so far.
+    pub fn succeeded(&self, operation: &str) -> usize {
+        let succeeded = self.succeeded.lock().expect("faults lock");
+        succeeded.get(operation).copied().unwrap_or(0)
     }
 
-    /// Arms the crash: [`Faults::crashed`] completes once `n` more transactions committed.
+    /// Arms the crash: [`Faults::crashed`] completes once `n` more `operation` requests
+    /// succeeded (the emulator committed them).
+    pub fn crash_after(&self, operation: &str, n: usize) {
+        let at = self.succeeded(operation) + n;
+        *self.crash_point.lock().expect("faults lock") = Some((operation.to_owned(), at));
+        self.crashed.send_replace(false);
+    }
+
+    /// Arms the crash after `n` more committed `TransactWriteItems`.
     pub fn crash_after_transactions(&self, n: usize) {
-        self.crash_after
-            .store(self.transactions() + n, Ordering::SeqCst);
+        self.crash_after("TransactWriteItems", n);
+    }
+
+    /// Answers every `operation` request (`PutEvents`, `SendMessage`) as if its bus or queue
+    /// had been deleted (`missing: true`), or lets them through again.
+    pub fn missing(&self, operation: &str, missing: bool) {
+        let mut ops = self.missing.lock().expect("faults lock");
+        ops.retain(|o| o != operation);
+        if missing {
+            ops.push(operation.to_owned());
+        }
+    }
+
+    /// What EventBridge answers `PutEvents` on a deleted bus, and SQS any call on a deleted
+    /// queue.
+    fn missing_response(operation: &str) -> Response<SdkBody> {
+        let (body, content_type) = if operation == "PutEvents" {
+            (
+                r#"{"__type":"ResourceNotFoundException","message":"Event bus does not exist."}"#,
+                "application/x-amz-json-1.1",
+            )
+        } else {
+            (
+                r#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#,
+                "application/x-amz-json-1.0",
+            )
+        };
+        let mut response =
+            Response::new(StatusCode::try_from(400).expect("400"), SdkBody::from(body));
+        response.headers_mut().insert("content-type", content_type);
+        response
     }
 
     /// Completes when the armed crash point is reached.
@@ -125,9 +168,10 @@ pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
     let faults = Arc::new(Faults {
         throttle: AtomicUsize::new(0),
         throttled: AtomicUsize::new(0),
-        transactions: AtomicUsize::new(0),
-        crash_after: AtomicUsize::new(0),
+        succeeded: Mutex::new(HashMap::new()),
+        crash_point: Mutex::new(None),
         crashed: watch::channel(false).0,
+        missing: Mutex::new(Vec::new()),
         contend: Mutex::new((String::new(), 0)),
         contended: AtomicUsize::new(0),
     });
@@ -182,6 +226,16 @@ impl HttpConnector for FaultyConnector {
             .unwrap_or_default()
             .to_owned();
         let faults = Arc::clone(&self.faults);
+        // `DynamoDB_20120810.PutItem`, `AWSEvents.PutEvents`, `AmazonSQS.SendMessage`.
+        let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
+        if faults
+            .missing
+            .lock()
+            .expect("faults lock")
+            .contains(&operation)
+        {
+            return HttpConnectorFuture::ready(Ok(Faults::missing_response(&operation)));
+        }
         if target.starts_with("DynamoDB_") {
             let throttling = faults
                 .throttle
@@ -195,17 +249,22 @@ impl HttpConnector for FaultyConnector {
                 faults.throttled.fetch_add(1, Ordering::SeqCst);
                 return HttpConnectorFuture::ready(Ok(Faults::throttling_response()));
             }
-            let operation = target.trim_start_matches("DynamoDB_20120810.");
-            if faults.contending(operation) {
-                return HttpConnectorFuture::ready(Ok(Faults::contention_response(operation)));
+            if faults.contending(&operation) {
+                return HttpConnectorFuture::ready(Ok(Faults::contention_response(&operation)));
             }
         }
         let sent = self.inner.call(request);
         HttpConnectorFuture::new(async move {
             let response = sent.await?;
-            if target.ends_with(".TransactWriteItems") && response.status().is_success() {
-                let done = faults.transactions.fetch_add(1, Ordering::SeqCst) + 1;
-                if done == faults.crash_after.load(Ordering::SeqCst) {
+            if response.status().is_success() {
+                let done = {
+                    let mut succeeded = faults.succeeded.lock().expect("faults lock");
+                    let count = succeeded.entry(operation.clone()).or_default();
+                    *count += 1;
+                    *count
+                };
+                let crash_point = faults.crash_point.lock().expect("faults lock").clone();
+                if crash_point == Some((operation, done)) {
                     faults.crashed.send_replace(true);
                 }
             }

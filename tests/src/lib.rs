@@ -384,11 +384,21 @@ pub fn match_request(body: &[u8]) -> lambda_http::Request {
 
 /// The event as API Gateway passes it for a trader whose token's `accounts` claim is
 /// `accounts` (space-separated, as the functions read it).
-pub fn as_trader(mut event: Value, accounts: &str) -> Value {
-    event["requestContext"]["authorizer"] = serde_json::json!({"jwt": {
-        "claims": {"sub": "trader", "scope": "traders", "accounts": accounts},
-        "scopes": ["traders"],
-    }});
+pub fn as_trader(event: Value, accounts: &str) -> Value {
+    as_caller(event, "trader", "traders", accounts)
+}
+
+/// The event as API Gateway passes it for the token of subject `sub` with `scope` (one scope)
+/// and the `accounts` claim (empty: none).
+pub fn as_caller(mut event: Value, sub: &str, scope: &str, accounts: &str) -> Value {
+    let mut claims = serde_json::json!({
+        "iss": "https://issuer.local.invalid", "sub": sub, "scope": scope,
+    });
+    if !accounts.is_empty() {
+        claims["accounts"] = accounts.into();
+    }
+    event["requestContext"]["authorizer"] =
+        serde_json::json!({"jwt": { "claims": claims, "scopes": [scope] }});
     event
 }
 

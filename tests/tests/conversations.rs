@@ -1025,3 +1025,215 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         "nothing sent"
     );
 }
+
+// ------------------------------------------------------------------ Idempotency-Key
+
+/// The conversations API on a transport whose faults the returned switches control.
+async fn faulty_api(env: &Env) -> (ConvApi, Arc<system_tests::faults::Faults>) {
+    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
+    let api = conversations_api::AwsApp::new(
+        &sdk,
+        conversations_api::Config {
+            table_name: env.table("ConversationsTable"),
+            event_bus_name: env.bus(),
+        },
+    );
+    (api, faults)
+}
+
+/// `POST /conversations` with `Idempotency-Key: key`, from the supervisor `sub`.
+fn keyed_start(key: &str, sub: &str) -> Value {
+    let mut ev = system_tests::as_caller(start_event(&["billing"]), sub, "supervisors", "");
+    ev["headers"]["idempotency-key"] = key.into();
+    ev
+}
+
+/// The request as the Lambda runtime hands it over, with `deadline_in` left before Lambda
+/// kills the function.
+fn with_deadline(ev: &Value, deadline_in: Duration) -> lambda_http::Request {
+    use lambda_http::RequestExt;
+    let mut ctx = lambda_http::Context::default();
+    ctx.deadline = u64::try_from(
+        (chrono::Utc::now() + chrono::Duration::from_std(deadline_in).unwrap()).timestamp_millis(),
+    )
+    .unwrap();
+    request(ev).with_lambda_context(ctx)
+}
+
+/// Twelve concurrent requests with one key while the bus is gone: none is answered as if its
+/// command had been accepted. Once the bus is back, the same race hands off exactly one.
+#[tokio::test]
+async fn duplicates_racing_an_unavailable_bus_never_get_a_202_and_exactly_one_is_applied() {
+    let s = system().await;
+    let (api, faults) = faulty_api(&s.env).await;
+    let queue = s.env.queue_url("ConversationsQueue");
+    faults.missing("PutEvents", true);
+    let answers =
+        futures::future::join_all((0..12).map(|_| call(&api, keyed_start("race-1", "sue")))).await;
+    for (status, body, headers) in &answers {
+        assert!(matches!(status, 409 | 503), "never a 202: {status} {body}");
+        assert!(headers.contains_key("retry-after"), "{status} {body}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+    }
+    assert!(answers.iter().any(|(s, _, _)| *s == 503), "the bus is down");
+    assert_eq!(s.env.depth(&queue).await, 0, "nothing handed off");
+    assert_eq!(
+        s.env.item_count("ConversationsTable").await,
+        0,
+        "no conversation left behind, no key held"
+    );
+
+    faults.missing("PutEvents", false);
+    let answers =
+        futures::future::join_all((0..12).map(|_| call(&api, keyed_start("race-1", "sue")))).await;
+    let accepted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _, _)| *s == 202)
+        .map(|(_, b, _)| b)
+        .collect();
+    assert!(!accepted.is_empty(), "{answers:?}");
+    assert!(
+        accepted.iter().all(|b| *b == accepted[0]),
+        "one response: {accepted:?}"
+    );
+    for (status, body, headers) in &answers {
+        assert!(
+            *status == 202 || (*status == 409 && headers.contains_key("retry-after")),
+            "{status} {body}"
+        );
+    }
+    let (status, replay, _) = call(&api, keyed_start("race-1", "sue")).await;
+    assert_eq!(
+        (status, &replay),
+        (202, accepted[0]),
+        "a later retry replays"
+    );
+    assert_eq!(
+        s.env.depth(&queue).await,
+        1,
+        "exactly one command handed off"
+    );
+    assert!(s.drain().await.is_empty());
+    let id = accepted[0]["conversationId"].as_str().unwrap();
+    assert_eq!(s.conversation(id).await["conversationId"], id);
+}
+
+/// A function killed between its claim of a key and the completion: the key answers `409`
+/// with `Retry-After` until the dead invocation's deadline, then serves the retry; if the dead
+/// one had handed its command off, the retry hands off the same command, applied once.
+#[tokio::test]
+async fn a_claim_whose_request_died_frees_its_key_at_the_deadline_and_applies_once() {
+    let s = system().await;
+    let (api, faults) = faulty_api(&s.env).await;
+    let queue = s.env.queue_url("ConversationsQueue");
+    for (key, dies_after, handed_off) in [("crash-1", "PutItem", 0), ("crash-2", "PutEvents", 1)] {
+        let ev = keyed_start(key, "sue");
+        faults.crash_after(dies_after, 1);
+        let deadline = Instant::now() + Duration::from_millis(1_500);
+        tokio::select! {
+            biased;
+            () = faults.crashed() => {}
+            resp = conversations_api::handle(&api, with_deadline(&ev, Duration::from_millis(1_500))) => {
+                panic!("{key}: finished instead of dying: {}", resp.status())
+            }
+        }
+        assert_eq!(s.env.depth(&queue).await, handed_off, "{key}");
+        let resp = conversations_api::handle(&api, request(&ev)).await;
+        assert_eq!(
+            resp.status(),
+            409,
+            "{key}: in progress: {}",
+            body_json(&resp)
+        );
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(body_json(&resp)["type"], "/problems/in-progress");
+
+        tokio::time::sleep_until(deadline.into()).await;
+        let (status, body, _) = call(&api, ev.clone()).await;
+        assert_eq!(
+            status, 202,
+            "{key}: usable again after the deadline: {body}"
+        );
+        assert_eq!(call(&api, ev).await.1, body, "{key}: and completed");
+        assert!(s.drain().await.is_empty());
+        let id = body["conversationId"].as_str().unwrap();
+        assert_eq!(
+            s.conversation(id).await["status"],
+            "QUEUED",
+            "{key}: applied"
+        );
+        assert_eq!(
+            s.env
+                .receive(&s.env.observer_url, 30)
+                .await
+                .iter()
+                .filter(|m| m.body().unwrap_or("").contains("ConversationStarted"))
+                .count(),
+            1,
+            "{key}: applied once"
+        );
+    }
+}
+
+/// A key belongs to the caller who sent it: two supervisors sending the same key and body
+/// start two conversations, each getting its own `202`; each caller's replay still replays.
+#[tokio::test]
+async fn two_callers_with_one_key_get_their_own_commands() {
+    let s = system().await;
+    let (status, sue, _) = call(&s.api, keyed_start("k-1", "sue")).await;
+    assert_eq!(status, 202, "{sue}");
+    let (status, sam, _) = call(&s.api, keyed_start("k-1", "sam")).await;
+    assert_eq!(status, 202, "{sam}");
+    assert_ne!(
+        sue["conversationId"], sam["conversationId"],
+        "two conversations"
+    );
+    assert_ne!(sue["commandId"], sam["commandId"]);
+    assert_eq!(
+        call(&s.api, keyed_start("k-1", "sue")).await.1,
+        sue,
+        "sue's replay"
+    );
+    assert_eq!(
+        call(&s.api, keyed_start("k-1", "sam")).await.1,
+        sam,
+        "sam's replay"
+    );
+    assert_eq!(s.env.depth(&s.env.queue_url("ConversationsQueue")).await, 2);
+    // The same for a message, a receipt and a close of one conversation.
+    assert!(s.drain().await.is_empty());
+    let id = sue["conversationId"].as_str().unwrap();
+    let with_key = |ev: Value, sub: &str| {
+        let mut ev = system_tests::as_caller(ev, sub, "agents", "");
+        ev["headers"]["idempotency-key"] = "k-2".into();
+        ev
+    };
+    let message = |sub| with_key(message_event(id, "agent", "hello"), sub);
+    let (_, m1, _) = call(&s.api, message("ann")).await;
+    let (_, m2, _) = call(&s.api, message("bob")).await;
+    assert!(m1["messageId"].is_string() && m2["messageId"].is_string());
+    assert_ne!(m1["messageId"], m2["messageId"], "two messages");
+    let m = m1["messageId"].as_str().unwrap();
+    let (_, r1, _) = call(&s.api, with_key(receipt_event(id, m, "DELIVERED"), "ann")).await;
+    let (_, r2, _) = call(&s.api, with_key(receipt_event(id, m, "DELIVERED"), "bob")).await;
+    assert_ne!(r1["commandId"], r2["commandId"], "two receipts");
+    let (_, c1, _) = call(&s.api, with_key(close_event(id), "ann")).await;
+    let (_, c2, _) = call(&s.api, with_key(close_event(id), "bob")).await;
+    assert!(c1["commandId"].is_string());
+    assert_ne!(c1["commandId"], c2["commandId"], "two closes");
+}
+
+/// The key's claim is a conditional write like any other: contention is retried, then `503`.
+#[tokio::test]
+async fn a_contended_claim_is_retried_then_answers_503() {
+    let s = system().await;
+    let (api, faults) = faulty_api(&s.env).await;
+    faults.contend("PutItem", 2);
+    let (status, body, _) = call(&api, keyed_start("contended", "sue")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(faults.contended(), 2);
+    faults.contend("PutItem", usize::MAX);
+    let (status, body, headers) = call(&api, keyed_start("contended-2", "sue")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"));
+}

@@ -891,6 +891,29 @@ async fn every_emf_line_is_valid_emf() {
         200
     );
 
+    // The functions' output reaches the runner's log a moment after their answers.
+    let wanted = [
+        "AgentsApiFunction",
+        "AgentsWorkerFunction",
+        "AnalyticsApiFunction",
+    ];
+    eventually(
+        "an EMF line from every function",
+        Duration::from_secs(10),
+        async || {
+            let lines = rt.lines();
+            wanted
+                .iter()
+                .all(|f| {
+                    let prefix = format!("[{f}");
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with(&prefix) && l.contains("\"_aws\""))
+                })
+                .then_some(())
+        },
+    )
+    .await;
     // One snapshot (other tests keep logging): every line that mentions `_aws` is a
     // function's JSON line with an `_aws` object.
     let emf: Vec<(String, Value)> = rt
@@ -907,11 +930,7 @@ async fn every_emf_line_is_valid_emf() {
             (prefix.trim_start_matches('[').to_owned(), doc)
         })
         .collect();
-    for function in [
-        "AgentsApiFunction",
-        "AgentsWorkerFunction",
-        "AnalyticsApiFunction",
-    ] {
+    for function in wanted {
         assert!(
             emf.iter().any(|(f, _)| f == function),
             "no EMF line from {function}"

@@ -365,7 +365,8 @@ async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
     assert_eq!(b3["field"], "Idempotency-Key");
     assert_eq!(h3["content-type"], "application/problem+json");
 
-    // Keys are scoped per account: another account may use the same key.
+    // A key belongs to its caller: another order of the same caller is refused, even for
+    // another of its accounts, but another trader sharing the account has keys of its own.
     let (s4, b4, _) = call(
         &a,
         trade(
@@ -374,8 +375,27 @@ async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
         ),
     )
     .await;
-    assert_eq!(s4, 202);
-    assert_ne!(b4["tradeId"], b1["tradeId"]);
+    assert_eq!((s4, &b4["field"]), (422, &json!("Idempotency-Key")), "{b4}");
+    let partner = |ev| system_tests::as_caller(ev, "partner", "traders", "acc-1");
+    let same_order = || {
+        trade(
+            order("acc-1", "BUY", json!(10), json!("1.5")),
+            Some("key-1"),
+        )
+    };
+    let (s6, b6, _) = send(&a, partner(same_order())).await;
+    assert_eq!(s6, 202, "{b6}");
+    assert_ne!(
+        b6["tradeId"], b1["tradeId"],
+        "the partner's own trade, not the other's"
+    );
+    let (_, b7, _) = send(&a, partner(same_order())).await;
+    assert_eq!(b7, b6, "a caller's replay still replays");
+    assert_eq!(
+        env.depth(&env.queue_url("TradesQueue")).await,
+        2,
+        "one command each"
+    );
 
     settle(&env, &a).await;
     let id = b1["tradeId"].as_str().unwrap();
@@ -391,7 +411,11 @@ async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
     .await;
     assert_eq!((s5, &b5), (202, &b1));
     assert_eq!(env.depth(&env.queue_url("TradesQueue")).await, 0);
-    assert_eq!(position(&a, "acc-1", "ACME").await["quantity"], "10");
+    assert_eq!(
+        position(&a, "acc-1", "ACME").await["quantity"],
+        "20",
+        "two trades of 10"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
-    command::{self, Accept},
+    command::{self, Accepted, CommandTransport, Ids, NoRecord},
     config,
     domain::{
         agents::{
@@ -89,14 +89,14 @@ struct MatchBody {
 }
 
 /// Handles one request; every error becomes a problem+json response here.
-pub async fn handle<S: AgentStore, B: EventBus, I: Idempotency>(
+pub async fn handle<S: AgentStore, B: EventBus + CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Response<Body> {
     shared::http::serve(req, |req| route(app, req)).await
 }
 
-async fn route<S: AgentStore, B: EventBus, I: Idempotency>(
+async fn route<S: AgentStore, B: EventBus + CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Result<Response<Body>, Error> {
@@ -113,8 +113,8 @@ async fn route<S: AgentStore, B: EventBus, I: Idempotency>(
 
 /// Versions order commands for the same agent. Callers may send their own (a counter they
 /// keep); otherwise the acceptance time in microseconds orders them.
-fn version_or_now(version: Option<u64>) -> u64 {
-    version.unwrap_or_else(|| Utc::now().timestamp_micros().unsigned_abs())
+fn version_or(version: Option<u64>, ids: &Ids) -> u64 {
+    version.unwrap_or_else(|| ids.at.timestamp_micros().unsigned_abs())
 }
 
 async fn get_state<S: AgentStore, B, I>(
@@ -141,39 +141,31 @@ async fn list<S: AgentStore, B, I>(
     Ok(json(200, &page))
 }
 
-async fn register<S: AgentStore, B: EventBus, I: Idempotency>(
+async fn register<S: AgentStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
     agent_id: AgentId,
 ) -> Result<Response<Body>, Error> {
     let (request, body): (Value, RegisterBody) = parse_command(req)?;
-    let envelope = Envelope::new(
-        correlation_id(req),
-        Message::RegisterAgent(RegisterAgent {
+    command::accept(&app.idempotency, &app.bus, req, &request, |ids| {
+        let cmd = RegisterAgent {
             agent_id: agent_id.clone(),
             name: body.name,
             skills: body.skills,
             capacity: body.capacity,
-            version: version_or_now(body.version),
-        }),
-    );
-    let response = json!({ "commandId": envelope.id, "agentId": agent_id });
-    command::accept(
-        &app.idempotency,
-        &app.bus,
-        req,
-        Accept {
-            scope: &format!("agent:{agent_id}"),
-            request: &request,
+            version: version_or(body.version, &ids),
+        };
+        Accepted {
             location: format!("/agents/{agent_id}/state"),
-            body: response,
-            envelope,
-        },
-    )
+            body: json!({ "commandId": ids.command, "agentId": agent_id }),
+            command: ids.envelope(correlation_id(req), Message::RegisterAgent(cmd)),
+            provisional: NoRecord,
+        }
+    })
     .await
 }
 
-async fn change_state<S: AgentStore, B: EventBus, I: Idempotency>(
+async fn change_state<S: AgentStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
     agent_id: AgentId,
@@ -184,27 +176,19 @@ async fn change_state<S: AgentStore, B: EventBus, I: Idempotency>(
     if app.store.get(&agent_id).await?.is_none() {
         return Err(Error::NotFound(format!("no agent {agent_id}")));
     }
-    let envelope = Envelope::new(
-        correlation_id(req),
-        Message::ChangeAgentState(ChangeAgentState {
+    command::accept(&app.idempotency, &app.bus, req, &request, |ids| {
+        let cmd = ChangeAgentState {
             agent_id: agent_id.clone(),
             state: body.state,
-            version: version_or_now(body.version),
-        }),
-    );
-    let response = json!({ "commandId": envelope.id, "agentId": agent_id });
-    command::accept(
-        &app.idempotency,
-        &app.bus,
-        req,
-        Accept {
-            scope: &format!("agent:{agent_id}"),
-            request: &request,
+            version: version_or(body.version, &ids),
+        };
+        Accepted {
             location: format!("/agents/{agent_id}/state"),
-            body: response,
-            envelope,
-        },
-    )
+            body: json!({ "commandId": ids.command, "agentId": agent_id }),
+            command: ids.envelope(correlation_id(req), Message::ChangeAgentState(cmd)),
+            provisional: NoRecord,
+        }
+    })
     .await
 }
 

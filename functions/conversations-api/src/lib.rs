@@ -2,24 +2,18 @@
 //! checked against what the table knows, and handed to EventBridge (`202`).
 //!
 //! A new conversation or message is visible at once: the API writes it (PENDING, ACCEPTED)
-//! before publishing its command, so `GET` on the `Location` never answers `404` for something
-//! just accepted, and a message can be refused at the API when its conversation is unknown or
-//! closed. The write and the publish cannot share a transaction, so:
-//! - the record is written only after the `Idempotency-Key` claim (a replay writes nothing);
-//! - if publishing fails, the record is deleted (compensation) and the caller gets `503`;
-//! - if that delete fails too, the record expires (`expiresAt`, DynamoDB TTL): its id was never
-//!   returned, so nobody waits for it;
-//! - the worker applies a command whose record is missing (a publish reported as failed may
-//!   have gone through) by creating it from the command, which carries every field.
+//! before handing its command off, so `GET` on the `Location` never answers `404` for
+//! something just accepted, and a message can be refused at the API when its conversation is
+//! unknown or closed. How that record and the command stay consistent when a write fails:
+//! `shared::command::Provisional`.
 
-use chrono::Utc;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::{
     Error,
-    bus::{EventBridgeBus, EventBus},
-    command::{self, Accept, Provisional},
+    bus::EventBridgeBus,
+    command::{self, Accepted, CommandTransport, Compensated, NoRecord, Provisional, Provisioned},
     config,
     domain::{
         agents::Skills,
@@ -30,7 +24,7 @@ use shared::{
         },
         ids::{ConversationId, CustomerId, MessageId},
     },
-    events::{Envelope, Message},
+    events::Message,
     http::{Route, correlation_id, json, limit, parse_command, query},
     store::{
         Write,
@@ -55,7 +49,8 @@ impl Config {
 
 pub struct App<S, B, I> {
     pub store: S,
-    pub bus: B,
+    /// Where commands go: the event bus, whose rules route them to the worker's queue.
+    pub commands: B,
     pub idempotency: I,
 }
 
@@ -66,7 +61,10 @@ impl AwsApp {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         App {
             store: DynamoConversationStore::new(dynamodb.clone(), config.table_name.clone()),
-            bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
+            commands: EventBridgeBus::new(
+                aws_sdk_eventbridge::Client::new(sdk),
+                config.event_bus_name,
+            ),
             idempotency: DynamoIdempotency::new(dynamodb, config.table_name),
         }
     }
@@ -100,14 +98,14 @@ struct ReceiptBody {
 struct CloseBody {}
 
 /// Handles one request; every error becomes a problem+json response here.
-pub async fn handle<S: ConversationStore, B: EventBus, I: Idempotency>(
+pub async fn handle<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Response<Body> {
     shared::http::serve(req, |req| route(app, req)).await
 }
 
-async fn route<S: ConversationStore, B: EventBus, I: Idempotency>(
+async fn route<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Result<Response<Body>, Error> {
@@ -180,65 +178,79 @@ enum Record<'a, S> {
 }
 
 impl<S: ConversationStore> Provisional for Record<'_, S> {
-    async fn write(&self) -> Result<(), Error> {
+    async fn write(&self) -> Result<Provisioned, Error> {
         let write = match self {
             Record::Conversation(store, c) => store.save(None, c, None).await?,
             Record::Message(store, m) => store.save_message(None, m, None).await?,
         };
-        match write {
-            Write::Done => Ok(()),
-            // Ids are fresh UUIDs: a collision is a bug, not a user error.
-            _ => Err(Error::Internal("generated id already exists".into())),
+        if write == Write::Done {
+            return Ok(Provisioned::Written);
         }
+        // There already: an earlier attempt of this request wrote it (the ids are derived from
+        // its Idempotency-Key). Still provisional, its command may not have been sent.
+        let provisional = match self {
+            Record::Conversation(store, c) => store
+                .get(&c.conversation_id)
+                .await?
+                .is_none_or(|c| c.version == 0 && c.status == ConversationStatus::Pending),
+            Record::Message(store, m) => store
+                .message(&m.conversation_id, &m.message_id)
+                .await?
+                .is_none_or(|m| m.version == 0 && m.status == MessageStatus::Accepted),
+        };
+        Ok(if provisional {
+            Provisioned::Written
+        } else {
+            Provisioned::Applied
+        })
     }
 
-    async fn undo(&self) -> Result<(), Error> {
-        match self {
-            Record::Conversation(store, c) => store.discard(&c.conversation_id, None).await,
+    async fn undo(&self) -> Result<Compensated, Error> {
+        let removed = match self {
+            Record::Conversation(store, c) => store.discard(&c.conversation_id, None).await?,
             Record::Message(store, m) => {
-                store.discard(&m.conversation_id, Some(&m.message_id)).await
+                store
+                    .discard(&m.conversation_id, Some(&m.message_id))
+                    .await?
             }
-        }
+        };
+        Ok(if removed {
+            Compensated::Undone
+        } else {
+            Compensated::Applied
+        })
     }
 }
 
-async fn start<S: ConversationStore, B: EventBus, I: Idempotency>(
+async fn start<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
 ) -> Result<Response<Body>, Error> {
     let (request, body): (Value, StartBody) = parse_command(req)?;
-    let cmd = StartConversation {
-        conversation_id: new_id(uuid::Uuid::new_v4()),
-        customer_id: body.customer_id,
-        channel: body.channel,
-        skills: body.skills,
-        created_at: Utc::now(),
-    };
-    let id = cmd.conversation_id.clone();
-    let scope = format!("customer:{}", cmd.customer_id);
-    let record = Record::Conversation(&app.store, Conversation::start(&cmd));
-    let envelope = Envelope::new(correlation_id(req), Message::StartConversation(cmd));
-    let response = json!({ "conversationId": id, "commandId": envelope.id, "status": ConversationStatus::Pending });
-    let accept = Accept {
-        scope: &scope,
-        request: &request,
-        location: format!("/conversations/{id}"),
-        body: response,
-        envelope,
-    };
-    command::accept_with(&app.idempotency, &app.bus, req, accept, &record).await
+    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
+        let cmd = StartConversation {
+            conversation_id: ids.created_id(),
+            customer_id: body.customer_id,
+            channel: body.channel,
+            skills: body.skills,
+            created_at: ids.at,
+        };
+        let id = cmd.conversation_id.clone();
+        let provisional = Record::Conversation(&app.store, Conversation::start(&cmd));
+        Accepted {
+            location: format!("/conversations/{id}"),
+            body: json!({
+                "conversationId": id, "commandId": ids.command,
+                "status": ConversationStatus::Pending,
+            }),
+            command: ids.envelope(correlation_id(req), Message::StartConversation(cmd)),
+            provisional,
+        }
+    })
+    .await
 }
 
-fn new_id<T: std::str::FromStr>(uuid: uuid::Uuid) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    uuid.to_string()
-        .parse()
-        .expect("a UUID is a valid id: 36 characters of hex digits and '-'")
-}
-
-async fn send<S: ConversationStore, B: EventBus, I: Idempotency>(
+async fn send<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
     id: ConversationId,
@@ -248,32 +260,32 @@ async fn send<S: ConversationStore, B: EventBus, I: Idempotency>(
     if conversation(&app.store, &id).await?.status == ConversationStatus::Closed {
         return Err(Error::Conflict(format!("conversation {id} is closed")));
     }
-    let cmd = SendMessage {
-        conversation_id: id.clone(),
-        // v7: time-ordered, so the table lists a conversation's messages in acceptance order.
-        message_id: new_id(uuid::Uuid::now_v7()),
-        sender: body.sender,
-        text: body.text,
-        accepted_at: Utc::now(),
-    };
-    let message_id = cmd.message_id.clone();
-    let record = Record::Message(&app.store, ChatMessage::accept(&cmd));
-    let envelope = Envelope::new(correlation_id(req), Message::SendMessage(cmd));
-    let response = json!({
-        "conversationId": id, "messageId": message_id, "commandId": envelope.id,
-        "status": MessageStatus::Accepted,
-    });
-    let accept = Accept {
-        scope: &format!("conversation:{id}:messages"),
-        request: &request,
-        location: format!("/conversations/{id}/messages/{message_id}"),
-        body: response,
-        envelope,
-    };
-    command::accept_with(&app.idempotency, &app.bus, req, accept, &record).await
+    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
+        let cmd = SendMessage {
+            conversation_id: id.clone(),
+            // UUIDv7: time-ordered, so the table lists a conversation's messages in
+            // acceptance order.
+            message_id: ids.created_id(),
+            sender: body.sender,
+            text: body.text,
+            accepted_at: ids.at,
+        };
+        let message_id = cmd.message_id.clone();
+        let provisional = Record::Message(&app.store, ChatMessage::accept(&cmd));
+        Accepted {
+            location: format!("/conversations/{id}/messages/{message_id}"),
+            body: json!({
+                "conversationId": id, "messageId": message_id, "commandId": ids.command,
+                "status": MessageStatus::Accepted,
+            }),
+            command: ids.envelope(correlation_id(req), Message::SendMessage(cmd)),
+            provisional,
+        }
+    })
+    .await
 }
 
-async fn receipt<S: ConversationStore, B: EventBus, I: Idempotency>(
+async fn receipt<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
     id: ConversationId,
@@ -289,33 +301,24 @@ async fn receipt<S: ConversationStore, B: EventBus, I: Idempotency>(
             "message {message_id} was rejected"
         )));
     }
-    let envelope = Envelope::new(
-        correlation_id(req),
-        Message::RecordReceipt(RecordReceipt {
+    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
+        let cmd = RecordReceipt {
             conversation_id: id.clone(),
             message_id: message_id.clone(),
             status: body.status,
-        }),
-    );
-    let response =
-        json!({ "conversationId": id, "messageId": message_id, "commandId": envelope.id });
-    command::accept(
-        &app.idempotency,
-        &app.bus,
-        req,
-        Accept {
-            scope: &format!("message:{id}:{message_id}"),
-            request: &request,
+        };
+        Accepted {
             location: format!("/conversations/{id}/messages/{message_id}"),
-            body: response,
-            envelope,
-        },
-    )
+            body: json!({ "conversationId": id, "messageId": message_id, "commandId": ids.command }),
+            command: ids.envelope(correlation_id(req), Message::RecordReceipt(cmd)),
+            provisional: NoRecord,
+        }
+    })
     .await
 }
 
 /// Closing an already closed conversation is accepted too (and changes nothing).
-async fn close<S: ConversationStore, B: EventBus, I: Idempotency>(
+async fn close<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
     id: ConversationId,
@@ -327,24 +330,16 @@ async fn close<S: ConversationStore, B: EventBus, I: Idempotency>(
     };
     command::idempotency_key(req)?;
     conversation(&app.store, &id).await?;
-    let envelope = Envelope::new(
-        correlation_id(req),
-        Message::CloseConversation(CloseConversation {
+    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
+        let cmd = CloseConversation {
             conversation_id: id.clone(),
-        }),
-    );
-    let response = json!({ "conversationId": id, "commandId": envelope.id });
-    command::accept(
-        &app.idempotency,
-        &app.bus,
-        req,
-        Accept {
-            scope: &format!("conversation:{id}:close"),
-            request: &request,
+        };
+        Accepted {
             location: format!("/conversations/{id}"),
-            body: response,
-            envelope,
-        },
-    )
+            body: json!({ "conversationId": id, "commandId": ids.command }),
+            command: ids.envelope(correlation_id(req), Message::CloseConversation(cmd)),
+            provisional: NoRecord,
+        }
+    })
     .await
 }

@@ -4,28 +4,26 @@
 //! # Why commands go to an SQS FIFO queue, not EventBridge
 //!
 //! Trades of one account must execute in submission order (a SELL is judged against what the
-//! earlier BUYs left). EventBridge can deliver to a FIFO queue, but a rule target's
-//! `MessageGroupId` is one fixed string, which would serialize every account behind one group.
-//! So the API sends `SubmitTrade` straight to `TradesQueue.fifo` with `MessageGroupId` = the
-//! account (order per account, accounts in parallel) and `MessageDeduplicationId` = the trade
-//! id. This is the one command that bypasses the bus; its outcome events go on the bus as usual.
+//! earlier BUYs left): the API sends `SubmitTrade` straight to `TradesQueue.fifo`, grouped by
+//! account (`shared::queue` says why the bus cannot do this). Its outcome events go on the bus
+//! as usual.
 
-use chrono::Utc;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
 use shared::{
     Error,
     auth::Caller,
-    command::{self, Accept},
+    command::{self, Accepted, CommandTransport},
     config,
     domain::{
         ids::AccountId,
         money::{Literal, MAX_NOTIONAL, Price, Quantity, exact_mul},
-        trades::{Side, SubmitTrade, Symbol},
+        trades::{Side, SubmitTrade, Symbol, Trade, TradeStatus},
     },
-    events::{Envelope, Message},
+    events::Message,
     http::{Route, correlation_id, json, parse_exact},
+    queue::SqsFifoQueue,
     store::{
         idempotency::{DynamoIdempotency, Idempotency},
         trades::{DynamoTradeStore, TradeStore},
@@ -35,7 +33,7 @@ use uuid::Uuid;
 
 mod intake;
 
-pub use intake::{CommandQueue, FifoQueue, Intake};
+pub use intake::PendingTrade;
 
 pub struct Config {
     pub table_name: String,
@@ -53,25 +51,23 @@ impl Config {
 
 pub struct App<S, Q, I> {
     pub store: S,
+    /// Where trade commands go: the trades FIFO queue, one message group per account.
     pub queue: Q,
     pub idempotency: I,
 }
 
-pub type AwsApp = App<DynamoTradeStore, FifoQueue, DynamoIdempotency>;
+pub type AwsApp = App<DynamoTradeStore, SqsFifoQueue, DynamoIdempotency>;
 
 impl AwsApp {
     pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         App {
             store: DynamoTradeStore::new(dynamodb.clone(), config.table_name.clone()),
-            queue: FifoQueue::new(aws_sdk_sqs::Client::new(sdk), config.queue_url),
+            queue: SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), config.queue_url),
             idempotency: DynamoIdempotency::new(dynamodb, config.table_name),
         }
     }
 }
-
-/// Namespace of trade ids derived from `Idempotency-Key`s (UUIDv5).
-const TRADE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8f1c_2a5e_7b3d_4c6f_9e0a_1b2c_3d4e_5f60);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -84,14 +80,14 @@ struct TradeBody {
 }
 
 /// Handles one request; every error becomes a problem+json response here.
-pub async fn handle<S: TradeStore, Q: CommandQueue, I: Idempotency>(
+pub async fn handle<S: TradeStore, Q: CommandTransport, I: Idempotency>(
     app: &App<S, Q, I>,
     req: Request,
 ) -> Response<Body> {
     shared::http::serve(req, |req| route(app, req)).await
 }
 
-async fn route<S: TradeStore, Q: CommandQueue, I: Idempotency>(
+async fn route<S: TradeStore, Q: CommandTransport, I: Idempotency>(
     app: &App<S, Q, I>,
     req: Request,
 ) -> Result<Response<Body>, Error> {
@@ -119,11 +115,12 @@ async fn get_trade<S: TradeStore, Q, I>(
     }
 }
 
-/// Accepts an order. With an `Idempotency-Key` the trade id is derived from the account and
-/// the key, so a retry after an ambiguous failure (the queue took the command but the answer
-/// was lost) names the same trade and can never execute a second one. Only the caller's own
-/// accounts can trade (`403` otherwise).
-async fn submit<S: TradeStore, Q: CommandQueue, I: Idempotency>(
+/// Accepts an order: the trade is PENDING at once, its command goes to the trades FIFO queue
+/// (ordered per account). Only the caller's own accounts can trade (`403` otherwise). With an
+/// `Idempotency-Key`, the trade and command ids derive from the key and the order, so a retry
+/// after an ambiguous failure (the queue took the command but the answer was lost) names the
+/// same trade and can never execute a second one.
+async fn submit<S: TradeStore, Q: CommandTransport, I: Idempotency>(
     app: &App<S, Q, I>,
     req: &Request,
 ) -> Result<Response<Body>, Error> {
@@ -137,47 +134,33 @@ async fn submit<S: TradeStore, Q: CommandQueue, I: Idempotency>(
             format!("quantity × price must be at most {MAX_NOTIONAL}"),
         ));
     }
-    let key = command::idempotency_key(req)?;
-    let scope = format!("account:{}", body.account_id);
-    let trade_id = match key {
-        Some(k) => Uuid::new_v5(&TRADE_ID_NAMESPACE, format!("{scope}\n{k}").as_bytes()),
-        None => Uuid::new_v4(),
-    };
-    let cmd = SubmitTrade {
-        trade_id,
-        account_id: body.account_id,
-        symbol: body.symbol,
-        side: body.side,
-        quantity,
-        price,
-        submitted_at: Utc::now(),
-    };
+    command::idempotency_key(req)?;
     // Two requests are "the same" when they describe the same order: `10` and `"10.0"` are.
-    let fingerprint = json!({
-        "accountId": cmd.account_id, "symbol": cmd.symbol, "side": cmd.side,
-        "quantity": cmd.quantity, "price": cmd.price,
+    let order = json!({
+        "accountId": body.account_id, "symbol": body.symbol, "side": body.side,
+        "quantity": quantity, "price": price,
     });
-    let envelope = Envelope {
-        id: trade_id,
-        correlation_id: correlation_id(req),
-        occurred_at: cmd.submitted_at,
-        message: Message::SubmitTrade(cmd),
-    };
-    let intake = Intake {
-        store: &app.store,
-        queue: &app.queue,
-    };
-    command::accept(
-        &app.idempotency,
-        &intake,
-        req,
-        Accept {
-            scope: &scope,
-            request: &fingerprint,
-            envelope,
+    command::accept(&app.idempotency, &app.queue, req, &order, |ids| {
+        let cmd = SubmitTrade {
+            trade_id: ids.created,
+            account_id: body.account_id,
+            symbol: body.symbol,
+            side: body.side,
+            quantity,
+            price,
+            submitted_at: ids.at,
+        };
+        let trade_id = cmd.trade_id;
+        let provisional = PendingTrade {
+            store: &app.store,
+            trade: Trade::pending(&cmd),
+        };
+        Accepted {
             location: format!("/trades/{trade_id}"),
-            body: json!({ "tradeId": trade_id, "status": "PENDING" }),
-        },
-    )
+            body: json!({ "tradeId": trade_id, "status": TradeStatus::Pending }),
+            command: ids.envelope(correlation_id(req), Message::SubmitTrade(cmd)),
+            provisional,
+        }
+    })
     .await
 }

@@ -104,18 +104,6 @@ pub struct SubmitTrade {
     pub submitted_at: DateTime<Utc>,
 }
 
-impl SubmitTrade {
-    /// Whether `other` is the same order (ids and times aside): what an `Idempotency-Key`
-    /// replay must match.
-    pub fn same_order(&self, other: &Trade) -> bool {
-        self.account_id == other.account_id
-            && self.symbol == other.symbol
-            && self.side == other.side
-            && self.quantity == other.quantity
-            && self.price == other.price
-    }
-}
-
 /// A trade executed against the account's holdings. `sequence` numbers the account's executed
 /// trades 1, 2, 3, … without gaps, so consumers can apply them in trade order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,7 +336,6 @@ mod tests {
         );
         let Outcome::Executed(e) = ev else { panic!() };
         assert_eq!(e.sequence, 8);
-        assert!(c.same_order(&trade));
     }
 
     #[test]

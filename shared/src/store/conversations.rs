@@ -77,13 +77,14 @@ pub trait ConversationStore: Inbox {
         record: Option<&InboxRecord>,
     ) -> impl Future<Output = Result<Write, Error>> + Send;
 
-    /// Deletes a provisional record (compensation when its command could not be published);
-    /// nothing happens once the worker has taken it over.
+    /// Deletes a provisional record (compensation when its command could not be published):
+    /// `true` when deleted, `false` when the worker had taken it over (its command was
+    /// applied after all) or it was not there.
     fn discard(
         &self,
         conversation: &ConversationId,
         message: Option<&MessageId>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Records a message that changed nothing.
     fn record(&self, record: &InboxRecord) -> impl Future<Output = Result<Write, Error>> + Send;
@@ -335,7 +336,7 @@ impl ConversationStore for DynamoConversationStore {
         &self,
         conversation: &ConversationId,
         message: Option<&MessageId>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let (sk, provisional) = match message {
             Some(m) => (message_sk(m), "ACCEPTED"),
             None => (s(CONVERSATION_SK), "PENDING"),
@@ -353,12 +354,12 @@ impl ConversationStore for DynamoConversationStore {
             .expression_attribute_values(":zero", n(0));
         let out = write_item(|| delete.clone().send()).await;
         match out {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(e) => {
                 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
                 match e.as_service_error() {
                     // The worker applied the command after all: keep its result.
-                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(()),
+                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
                     _ => Err(classify("DeleteItem provisional", e)),
                 }
             }
