@@ -444,12 +444,19 @@ pub(crate) mod tests {
             (route.method.as_str(), route.path.as_str()),
             ("PUT", "/agents/{agentId}")
         );
-        assert_eq!(api.routes.len(), 5);
+        assert_eq!(api.routes.len(), 6);
         assert!(api.sqs_sources.is_empty());
 
         let worker = &t.functions["AgentsWorkerFunction"];
-        let src = &worker.sqs_sources[0];
-        assert_eq!(src.queue, json!({"Fn::GetAtt": ["AgentsQueue", "Arn"]}));
+        let queues: Vec<_> = worker.sqs_sources.iter().map(|s| &s.queue).collect();
+        assert_eq!(
+            queues,
+            [
+                &json!({"Fn::GetAtt": ["AgentsCommandQueue", "Arn"]}),
+                &json!({"Fn::GetAtt": ["AgentsQueue", "Arn"]})
+            ]
+        );
+        let src = &worker.sqs_sources[1];
         assert_eq!((src.batch_size, src.max_batching_window_secs), (10, 0));
         assert!(src.report_batch_item_failures);
     }

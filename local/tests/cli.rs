@@ -614,6 +614,16 @@ impl Shared {
             .count()
     }
 
+    /// Waits until `n` printed lines contain every one of `parts` (output is asynchronous:
+    /// a REPORT line may follow the answer it reports on).
+    fn wait_for_count(&self, parts: &[&str], n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.count(parts) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.count(parts)
+    }
+
     fn post(&self, path: &str, body: &str) -> (u16, String) {
         request(self.port, "POST", path, Some(body))
     }
@@ -662,7 +672,7 @@ fn a_function_over_its_timeout_is_killed_and_the_next_request_gets_a_fresh_insta
     assert_ne!(pid_of(&body), first, "a fresh instance answers");
     // Two cold starts of Slow: the first request's and the replacement's.
     assert_eq!(
-        rt.count(&["[Slow] REPORT", "Init Duration"]),
+        rt.wait_for_count(&["[Slow] REPORT", "Init Duration"], 2),
         2,
         "{:#?}",
         rt.lines()
@@ -734,7 +744,7 @@ fn overlapping_requests_run_on_several_instances() {
         "{requests} overlapping 1 s requests took {took:?}"
     );
     assert!(
-        rt.count(&["[Echo] REPORT", "Init Duration"]) >= pids.len(),
+        rt.wait_for_count(&["[Echo] REPORT", "Init Duration"], pids.len()) >= pids.len(),
         "a cold start per instance: {:#?}",
         rt.lines()
     );

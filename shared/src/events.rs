@@ -148,7 +148,7 @@ mod tests {
             Message::ChangeAgentState(ChangeAgentState {
                 agent_id: "a1".parse().unwrap(),
                 state: AgentState::Away,
-                version: 3,
+                expected_version: Some(3),
             }),
         );
         let json = serde_json::to_value(&env).unwrap();

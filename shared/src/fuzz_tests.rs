@@ -235,6 +235,7 @@ fn sqs(body: Option<String>) -> aws_lambda_events::event::sqs::SqsMessage {
 fn fixture_bodies() -> Vec<String> {
     let files = [
         include_str!("../../events/agents-worker/sqs-batch.json"),
+        include_str!("../../events/agents-worker/sqs-events.json"),
         include_str!("../../events/conversations-worker/sqs-batch.json"),
         include_str!("../../events/trades-worker/sqs-batch.json"),
         include_str!("../../events/positions-worker/sqs-batch.json"),

@@ -242,7 +242,7 @@ mod tests {
             Message::ChangeAgentState(ChangeAgentState {
                 agent_id: agent.parse().unwrap(),
                 state: AgentState::Away,
-                version: 1,
+                expected_version: None,
             }),
         );
         serde_json::to_string(&env).unwrap()

@@ -2,16 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use agents_api::App as ApiApp;
 use agents_worker::App as WorkerApp;
 use serde_json::{Value, json};
-use shared::{
-    bus::EventBridgeBus,
-    store::{agents::DynamoAgentStore, idempotency::DynamoIdempotency},
-};
+use shared::{bus::EventBridgeBus, store::agents::DynamoAgentStore};
 use system_tests::{Env, api, body_json, fixture, request, sqs_bodies};
 
-type Api = ApiApp<DynamoAgentStore, EventBridgeBus, DynamoIdempotency>;
+type Api = agents_api::AwsApp;
 type Worker = WorkerApp<DynamoAgentStore, EventBridgeBus>;
 
 fn api_app(env: &Env) -> Api {
@@ -23,6 +19,7 @@ fn api_app_on(env: &Env, sdk: &aws_config::SdkConfig) -> Api {
         sdk,
         agents_api::Config {
             table_name: env.table("AgentsTable"),
+            command_queue_url: env.queue_url("AgentsCommandQueue"),
             event_bus_name: env.bus(),
         },
     )
@@ -51,10 +48,19 @@ async fn call(app: &Api, ev: Value) -> (u16, Value, lambda_http::http::HeaderMap
     )
 }
 
-/// Runs the agents worker over what its queue holds now; returns the failed message ids.
+/// Runs the agents worker over what its queues hold now (its command queue, then its event
+/// queue); returns the failed message ids.
 async fn drain(env: &Env, worker: &Worker) -> Vec<String> {
-    env.drain("AgentsQueue", |event| agents_worker::handle(worker, event))
-        .await
+    let mut failed = env
+        .drain("AgentsCommandQueue", |event| {
+            agents_worker::handle(worker, event)
+        })
+        .await;
+    failed.extend(
+        env.drain("AgentsQueue", |event| agents_worker::handle(worker, event))
+            .await,
+    );
+    failed
 }
 
 fn register_event(id: &str, name: &str, skills: &[&str], capacity: u32) -> Value {
@@ -117,44 +123,69 @@ fn match_event(conversation: &str, skills: &[&str]) -> Value {
     )
 }
 
+/// `GET /agents/{agentId}/commands/{commandId}`.
+async fn command(app: &Api, agent: &str, command: &Value) -> (u16, Value) {
+    let path = format!("/agents/{agent}/commands/{}", command.as_str().unwrap());
+    let (status, body, _) = call(app, api("agents-api/get-agent-command.json", &path, None)).await;
+    (status, body)
+}
+
 #[tokio::test]
-async fn register_then_change_state_travels_through_the_bus_and_shows_in_queries() {
+async fn register_then_change_state_at_once_both_apply_in_order_and_show_in_queries() {
     let env = Env::new().await;
     let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
 
-    let (status, body, headers) = call(&app, fixture("agents-api/register-agent.json")).await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["agentId"], "agent-1");
-    assert!(body["commandId"].is_string());
+    let (status, registered, headers) = call(&app, fixture("agents-api/register-agent.json")).await;
+    assert_eq!(status, 202, "{registered}");
+    assert_eq!(registered["agentId"], "agent-1");
+    assert!(registered["commandId"].is_string());
     assert_eq!(headers["location"], "/agents/agent-1/state");
-    // Not applied before the worker runs: commands are asynchronous.
-    assert_eq!(get_agent(&app, "agent-1").await.0, 404);
+    // Visible at once, before the worker ran: registered, not yet applied (version 0).
+    let (status, agent) = get_agent(&app, "agent-1").await;
+    assert_eq!(status, 200, "{agent}");
+    assert_eq!(
+        (&agent["state"], &agent["version"]),
+        (&json!("OFFLINE"), &json!(0))
+    );
+    assert_eq!(agent["name"], "Ada Lovelace");
+    // So a state change sent right after the 202 is accepted too (read your writes)...
+    let (status, changed, _) = call(&app, fixture("agents-api/change-agent-state.json")).await;
+    assert_eq!(status, 202, "{changed}");
+    assert_eq!(
+        command(&app, "agent-1", &changed["commandId"]).await.0,
+        404,
+        "no outcome before the worker ran"
+    );
 
+    // ... and applied after the registration: one FIFO message group per agent.
     assert!(drain(&env, &worker).await.is_empty());
     let (status, agent) = get_agent(&app, "agent-1").await;
     assert_eq!(status, 200);
-    assert_eq!(agent["state"], "OFFLINE");
+    assert_eq!(agent["state"], "AVAILABLE");
     assert_eq!(agent["name"], "Ada Lovelace");
     assert_eq!(agent["skills"], json!(["billing", "english"]));
     assert_eq!(agent["capacity"], 2);
     assert_eq!(agent["activeConversations"], 0);
+    assert_eq!(agent["version"], 2, "two commands applied");
     assert!(agent["updatedAt"].is_string());
-
-    let (status, _, _) = call(&app, fixture("agents-api/change-agent-state.json")).await;
-    assert_eq!(status, 202);
-    assert!(drain(&env, &worker).await.is_empty());
-    let (_, agent) = get_agent(&app, "agent-1").await;
-    assert_eq!(agent["state"], "AVAILABLE");
-    assert!(agent["version"].as_u64().unwrap() > 0);
+    for (cmd, version) in [(&registered, 1), (&changed, 2)] {
+        let (status, outcome) = command(&app, "agent-1", &cmd["commandId"]).await;
+        assert_eq!(status, 200, "{outcome}");
+        assert_eq!(
+            (&outcome["status"], &outcome["version"]),
+            (&json!("APPLIED"), &json!(version)),
+            "{outcome}"
+        );
+    }
+    assert_eq!(
+        command(&app, "other", &changed["commandId"]).await.0,
+        404,
+        "another agent's"
+    );
 
     let published = env.published().await;
     let types: Vec<&str> = published.iter().map(|(t, _)| t.as_str()).collect();
-    for t in [
-        "RegisterAgent",
-        "AgentRegistered",
-        "ChangeAgentState",
-        "AgentStateChanged",
-    ] {
+    for t in ["AgentRegistered", "AgentStateChanged"] {
         assert_eq!(
             types.iter().filter(|x| **x == t).count(),
             1,
@@ -258,17 +289,21 @@ async fn idempotency_key_replays_the_same_response_and_rejects_another_body() {
     let env = Env::new().await;
     let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
     call(&app, fixture("agents-api/register-agent.json")).await;
+    assert_eq!(
+        call(&app, register_event("agent-2", "Bo", &[], 1)).await.0,
+        202
+    );
     assert!(drain(&env, &worker).await.is_empty());
     env.published().await;
 
+    let commands = env.queue_url("AgentsCommandQueue");
     let ev = fixture("agents-api/change-agent-state.json");
     let (s1, b1, h1) = call(&app, ev.clone()).await;
     let (s2, b2, h2) = call(&app, ev.clone()).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(b1, b2, "same key and body: same response, same command id");
     assert_eq!(h1["location"], h2["location"]);
-    let commands = env.published().await;
-    assert_eq!(commands.len(), 1, "one command on the bus: {commands:?}");
+    assert_eq!(env.depth(&commands).await, 1, "one command queued");
 
     let mut other = ev.clone();
     other["body"] = json!({"state": "AWAY"}).to_string().into();
@@ -276,7 +311,27 @@ async fn idempotency_key_replays_the_same_response_and_rejects_another_body() {
     assert_eq!(s3, 422);
     assert_eq!(b3["field"], "Idempotency-Key");
     assert_eq!(h3["content-type"], "application/problem+json");
-    assert!(env.published().await.is_empty());
+    // The same key on another agent is another request too.
+    let mut elsewhere = api(
+        "agents-api/change-agent-state.json",
+        "/agents/agent-2/state",
+        Some(r#"{"state": "AVAILABLE"}"#),
+    );
+    elsewhere["headers"]["idempotency-key"] = ev["headers"]["idempotency-key"].clone();
+    let (s4, b4, _) = call(&app, elsewhere).await;
+    assert_eq!((s4, &b4["field"]), (422, &json!("Idempotency-Key")), "{b4}");
+    assert_eq!(env.depth(&commands).await, 1, "nothing more queued");
+
+    // A key belongs to its caller: another supervisor's same key and body is its own command.
+    let other_caller = system_tests::as_caller(ev.clone(), "sam", "supervisors", "");
+    let (s5, b5, _) = call(&app, other_caller.clone()).await;
+    assert_eq!(s5, 202, "{b5}");
+    assert_ne!(b5["commandId"], b1["commandId"], "sam's own command");
+    assert_eq!(call(&app, other_caller).await.1, b5, "sam's replay replays");
+    assert_eq!(env.depth(&commands).await, 2);
+    // Both are applied, each once.
+    assert!(drain(&env, &worker).await.is_empty());
+    assert_eq!(get_agent(&app, "agent-1").await.1["version"], 3);
 }
 
 #[tokio::test]
@@ -357,7 +412,7 @@ async fn concurrent_matches_never_exceed_capacity() {
 }
 
 #[tokio::test]
-async fn conversation_closed_frees_the_slot_once() {
+async fn conversation_closed_frees_the_slot_once_and_fixture_commands_apply_once() {
     let env = Env::new().await;
     let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
     available_agents(&env, &app, &worker, &[("agent-1", &["billing"], 1)]).await;
@@ -365,62 +420,169 @@ async fn conversation_closed_frees_the_slot_once() {
     assert_eq!(s, 200);
     assert_eq!(call(&app, match_event("conv-2", &["billing"])).await.0, 409);
 
-    // The fixture batch: RegisterAgent v1 (stale now), ChangeAgentState v2 (stale), and
-    // ConversationClosed for conv-1. Delivered twice, as at-least-once delivery may.
-    let batch: Value = fixture("agents-worker/sqs-batch.json");
-    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(batch).unwrap();
+    // The event fixture: ConversationClosed for conv-1, delivered twice, as at-least-once
+    // delivery may.
+    let sqs = |path: &str| -> aws_lambda_events::event::sqs::SqsEvent {
+        serde_json::from_value(fixture(path)).unwrap()
+    };
     for _ in 0..2 {
-        let resp = agents_worker::handle(&worker, event.clone()).await;
+        let resp = agents_worker::handle(&worker, sqs("agents-worker/sqs-events.json")).await;
         assert!(resp.batch_item_failures.is_empty());
     }
     let (_, agent) = get_agent(&app, "agent-1").await;
     assert_eq!(agent["activeConversations"], 0, "freed exactly once");
     assert_eq!(
-        agent["state"], "AVAILABLE",
-        "the stale fixture commands changed nothing"
+        (&agent["name"], &agent["version"]),
+        (&json!("Agent"), &json!(2))
     );
-    assert_eq!(agent["name"], "Agent");
     let (s, m, _) = call(&app, match_event("conv-2", &["billing"])).await;
     assert_eq!((s, m["agentId"].as_str()), (200, Some("agent-1")));
-}
 
-fn envelope_body(id: &str, kind: &str, data: Value) -> String {
-    json!({
-        "detail-type": kind, "source": "cqrs.agents.command",
-        "detail": {"id": id, "correlationId": "t", "occurredAt": "2026-11-25T18:00:00Z", "type": kind, "data": data}
-    })
-    .to_string()
-}
-
-#[tokio::test]
-async fn duplicates_and_out_of_order_state_changes_change_nothing() {
-    let env = Env::new().await;
-    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
-    call(&app, register_event("a1", "Ann", &["billing"], 2)).await;
-    assert!(drain(&env, &worker).await.is_empty());
-    env.published().await;
-
-    let v3 = envelope_body(
-        "00000000-0000-4000-8000-000000000003",
-        "ChangeAgentState",
-        json!({"agentId": "a1", "state": "AWAY", "version": 3}),
-    );
-    let v2 = envelope_body(
-        "00000000-0000-4000-8000-000000000002",
-        "ChangeAgentState",
-        json!({"agentId": "a1", "state": "AVAILABLE", "version": 2}),
-    );
-    // v3 arrives first, then the older v2, then v3 again (a duplicate delivery).
-    for batch in [vec![v3.clone()], vec![v2], vec![v3.clone(), v3]] {
-        let resp = agents_worker::handle(&worker, sqs_bodies(&batch)).await;
+    // The command fixture (a profile update and a state change of agent-1, in one message
+    // group), delivered twice: applied once, in order.
+    for _ in 0..2 {
+        let resp = agents_worker::handle(&worker, sqs("agents-worker/sqs-batch.json")).await;
         assert!(resp.batch_item_failures.is_empty());
     }
-    let (_, agent) = get_agent(&app, "a1").await;
-    assert_eq!(agent["state"], "AWAY");
-    assert_eq!(agent["version"], 3);
-    let events = env.published().await;
-    assert_eq!(events.len(), 1, "one AgentStateChanged only: {events:?}");
-    assert_eq!(events[0].1["data"]["state"], "AWAY");
+    let (_, agent) = get_agent(&app, "agent-1").await;
+    assert_eq!(
+        (&agent["name"], &agent["state"], &agent["version"]),
+        (&json!("Ada Lovelace"), &json!("AVAILABLE"), &json!(4)),
+        "{agent}"
+    );
+}
+
+/// `POST /agents/{agentId}/state` with a body `{"state": …}` and, when given, a `version`
+/// precondition; without an `Idempotency-Key`.
+async fn change(app: &Api, id: &str, state: &str, version: Option<Value>) -> (u16, Value) {
+    let mut body = json!({ "state": state });
+    if let Some(v) = version {
+        body["version"] = v;
+    }
+    let mut ev = state_event(id, state, None);
+    ev["body"] = body.to_string().into();
+    let (status, body, _) = call(app, ev).await;
+    (status, body)
+}
+
+/// The server orders an agent's changes: no client-chosen value can make later commands
+/// no-ops. A `version` is a precondition (`409` stale, `422` never issued), checked again when
+/// the command's turn comes; a command it rejects then says so.
+#[tokio::test]
+async fn the_server_orders_changes_and_a_version_is_only_a_precondition() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    assert_eq!(
+        call(&app, register_event("zed", "Zed", &["x"], 1)).await.0,
+        202
+    );
+
+    // A far-future version, a version in the wrong unit (ns since 1970), a negative one: none
+    // is accepted, and later valid commands of anybody go through.
+    for far in [
+        json!(18_446_744_073_709_551_615u64),
+        json!(1_765_000_000_000_000_000u64),
+        json!(7),
+    ] {
+        let (status, body) = change(&app, "zed", "AWAY", Some(far.clone())).await;
+        assert_eq!(
+            (status, &body["field"]),
+            (422, &json!("version")),
+            "{far}: {body}"
+        );
+    }
+    let (status, body) = change(&app, "zed", "AWAY", Some(json!(-1))).await;
+    assert_eq!((status, &body["field"]), (422, &json!("version")), "{body}");
+    let mut huge = register_event("zed", "Zed", &["x"], 1);
+    huge["body"] = json!({"name": "Zed", "capacity": 1, "version": u64::MAX})
+        .to_string()
+        .into();
+    let (status, body, _) = call(&app, huge).await;
+    assert_eq!((status, &body["field"]), (422, &json!("version")), "{body}");
+    assert_eq!(change(&app, "zed", "AVAILABLE", None).await.0, 202);
+    assert!(drain(&env, &worker).await.is_empty());
+    let (_, agent) = get_agent(&app, "zed").await;
+    assert_eq!(
+        (&agent["state"], &agent["version"]),
+        (&json!("AVAILABLE"), &json!(2))
+    );
+
+    // A stale precondition is refused at once, naming the version.
+    let (status, body) = change(&app, "zed", "AWAY", Some(json!(1))).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("version"),
+        "{body}"
+    );
+
+    // A precondition that holds when accepted but not when applied: another command accepted
+    // before it is applied first, so it is rejected, and its outcome says so.
+    let (status, first) = change(&app, "zed", "OFFLINE", None).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, second) = change(&app, "zed", "AWAY", Some(json!(2))).await;
+    assert_eq!(
+        status, 202,
+        "the agent is still at 2 when accepted: {second}"
+    );
+    assert!(drain(&env, &worker).await.is_empty());
+    let (_, agent) = get_agent(&app, "zed").await;
+    assert_eq!(
+        (&agent["state"], &agent["version"]),
+        (&json!("OFFLINE"), &json!(3))
+    );
+    let (status, outcome) = command(&app, "zed", &second["commandId"]).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["status"], "REJECTED");
+    assert!(
+        outcome["reason"].as_str().unwrap().contains("version 3"),
+        "{outcome}"
+    );
+    assert_eq!(
+        command(&app, "zed", &first["commandId"]).await.1["version"],
+        3
+    );
+}
+
+/// Two state changes from two callers at once end in the order the server accepted them: the
+/// order of their queue (its sequence numbers), whatever their clocks.
+#[tokio::test]
+async fn concurrent_changes_apply_in_the_order_the_server_accepted_them() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    assert_eq!(
+        call(&app, register_event("con", "Con", &[], 1)).await.0,
+        202
+    );
+    assert!(drain(&env, &worker).await.is_empty());
+    for round in 0..5 {
+        let from = |sub: &str, state: &str| {
+            let ev = state_event("con", state, None);
+            call(&app, system_tests::as_caller(ev, sub, "agents", ""))
+        };
+        let (a, b) = futures::join!(from("ann", "AWAY"), from("bob", "AVAILABLE"));
+        assert_eq!((a.0, b.0), (202, 202));
+        let url = env.queue_url("AgentsCommandQueue");
+        let queued = env.receive(&url, 30).await;
+        assert_eq!(queued.len(), 2, "round {round}");
+        // SQS hands a message group over in the order it accepted the messages (on AWS, their
+        // sequence numbers'; moto's are random, its delivery order is the witness).
+        let last = queued.last().unwrap();
+        let accepted_last = if last.body().unwrap().contains("AWAY") {
+            "AWAY"
+        } else {
+            "AVAILABLE"
+        };
+        let resp = agents_worker::handle(&worker, system_tests::sqs_event(&queued)).await;
+        assert!(resp.batch_item_failures.is_empty());
+        env.delete(&url, &queued).await;
+        let (_, agent) = get_agent(&app, "con").await;
+        assert_eq!(agent["state"], accepted_last, "round {round}: {agent}");
+        assert_eq!(
+            agent["version"],
+            1 + 2 * (round + 1),
+            "round {round}: both applied"
+        );
+    }
 }
 
 #[tokio::test]
@@ -483,7 +645,7 @@ async fn an_event_that_failed_to_publish_is_published_on_redelivery() {
     let events = env.published().await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].0, "AgentRegistered");
-    assert_eq!(env.depth(&env.queue_url("AgentsQueue")).await, 0);
+    assert_eq!(env.depth(&env.queue_url("AgentsCommandQueue")).await, 0);
 }
 
 #[tokio::test]
@@ -619,7 +781,7 @@ async fn bad_input_gets_a_problem_never_a_5xx_and_writes_nothing() {
     }
     assert_eq!(env.item_count("AgentsTable").await, 0, "nothing written");
     assert_eq!(
-        env.depth(&env.queue_url("AgentsQueue")).await,
+        env.depth(&env.queue_url("AgentsCommandQueue")).await,
         0,
         "nothing sent"
     );
@@ -644,6 +806,7 @@ async fn an_unreachable_dependency_answers_503_fast() {
         &sdk,
         agents_api::Config {
             table_name: "t".into(),
+            command_queue_url: format!("{dead}/123456789012/commands.fifo"),
             event_bus_name: "b".into(),
         },
     );
@@ -701,6 +864,7 @@ async fn an_outage_under_load_answers_503_fast_and_loses_no_accepted_command() {
         &sdk,
         agents_api::Config {
             table_name: env.table("AgentsTable"),
+            command_queue_url: env.queue_url("AgentsCommandQueue"),
             event_bus_name: env.bus(),
         },
     );
@@ -787,7 +951,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
         assert_eq!(status, 202, "{body}");
     }
     env.published().await;
-    let url = env.queue_url("AgentsQueue");
+    let url = env.queue_url("AgentsCommandQueue");
     let batch = env.receive(&url, 60).await;
     assert_eq!(batch.len(), 10, "the ten commands, in one batch");
 
@@ -861,7 +1025,7 @@ async fn a_burst_of_duplicate_deliveries_applies_once() {
     let env = Env::new().await;
     let app = api_app(&env);
     call(&app, register_event("dup", "Dee", &["billing"], 3)).await;
-    let url = env.queue_url("AgentsQueue");
+    let url = env.queue_url("AgentsCommandQueue");
     let original = env.receive(&url, 60).await;
     assert_eq!(original.len(), 1);
     env.published().await;
@@ -880,7 +1044,7 @@ async fn a_burst_of_duplicate_deliveries_applies_once() {
     let (_, agent) = get_agent(&app, "dup").await;
     assert_eq!(
         (&agent["capacity"], &agent["version"]),
-        (&json!(3), &json!(0)),
+        (&json!(3), &json!(1)),
         "{agent}"
     );
     let published = registrations(&env.published().await);
@@ -903,7 +1067,7 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
     call(&app, register_event("t1", "Tom", &[], 1)).await;
     faults.throttle(1);
     let failed = env
-        .drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+        .drain("AgentsCommandQueue", |e| agents_worker::handle(&worker, e))
         .await;
     assert!(failed.is_empty(), "retried within the invocation");
     assert_eq!(faults.throttled(), 1);
@@ -915,7 +1079,7 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
     faults.throttle(usize::MAX);
     let dlq = env
         .stack
-        .queue_url(env.stack.dlq("AgentsQueue").expect("dlq"))
+        .queue_url(env.stack.dlq("AgentsCommandQueue").expect("dlq"))
         .unwrap()
         .to_owned();
     let (mut deliveries, deadline) = (0, Instant::now() + Duration::from_secs(120));
@@ -923,7 +1087,7 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
         assert!(Instant::now() < deadline, "never reached the DLQ");
         let before = faults.throttled();
         let failed = env
-            .drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+            .drain("AgentsCommandQueue", |e| agents_worker::handle(&worker, e))
             .await;
         if !failed.is_empty() {
             deliveries += 1;
@@ -952,8 +1116,10 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
     assert_eq!(dead.len(), 1);
     env.sqs
         .send_message()
-        .queue_url(env.queue_url("AgentsQueue"))
+        .queue_url(env.queue_url("AgentsCommandQueue"))
         .message_body(dead[0].body().unwrap())
+        .message_group_id("t2")
+        .message_deduplication_id("redriven")
         .send()
         .await
         .unwrap();
@@ -997,7 +1163,9 @@ async fn contended_writes_are_retried_then_answer_503_never_500() {
     let (status, _, _) = call(&app, state_event("busy", "AWAY", None)).await;
     assert_eq!(status, 202);
     let failed = env
-        .drain("AgentsQueue", |e| agents_worker::handle(&faulty_worker, e))
+        .drain("AgentsCommandQueue", |e| {
+            agents_worker::handle(&faulty_worker, e)
+        })
         .await;
     assert_eq!(
         failed.len(),

@@ -400,6 +400,7 @@ async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
         &env.sdk,
         agents_api::Config {
             table_name: env.table("AgentsTable"),
+            command_queue_url: env.queue_url("AgentsCommandQueue"),
             event_bus_name: env.bus(),
         },
     ));
@@ -442,12 +443,12 @@ async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
         },
     );
     let drain_agents = async || {
-        let failed = env
-            .drain("AgentsQueue", |ev| {
-                agents_worker::handle(&agents_worker, ev)
-            })
-            .await;
-        assert!(failed.is_empty(), "agents worker failed {failed:?}");
+        for queue in ["AgentsCommandQueue", "AgentsQueue"] {
+            let failed = env
+                .drain(queue, |ev| agents_worker::handle(&agents_worker, ev))
+                .await;
+            assert!(failed.is_empty(), "agents worker failed {failed:?}");
+        }
     };
     let drain_conversations = async || {
         let failed = env

@@ -890,6 +890,7 @@ async fn responses_of_a_real_run_validate_against_the_spec() {
         &env.sdk,
         agents_api::Config {
             table_name: env.table("AgentsTable"),
+            command_queue_url: env.queue_url("AgentsCommandQueue"),
             event_bus_name: bus.clone(),
         },
     );
@@ -1054,8 +1055,10 @@ async fn responses_of_a_real_run_validate_against_the_spec() {
         &[("content-type", "text/plain")]
     );
     assert_eq!(s, 415);
-    env.drain("AgentsQueue", |e| agents_worker::handle(&agents_worker, e))
-        .await;
+    env.drain("AgentsCommandQueue", |e| {
+        agents_worker::handle(&agents_worker, e)
+    })
+    .await;
     let route = "/agents/{agentId}/state";
     let (s, _) = call!(
         agents_h,
@@ -1093,8 +1096,10 @@ async fn responses_of_a_real_run_validate_against_the_spec() {
         &[]
     );
     assert_eq!(s, 422);
-    env.drain("AgentsQueue", |e| agents_worker::handle(&agents_worker, e))
-        .await;
+    env.drain("AgentsCommandQueue", |e| {
+        agents_worker::handle(&agents_worker, e)
+    })
+    .await;
     let (s, agent) = call!(agents_h, "GET", route, "/agents/ada/state".to_string());
     assert_eq!((s, &agent["state"]), (200, &json!("AVAILABLE")));
     assert_eq!(

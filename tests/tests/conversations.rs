@@ -188,6 +188,7 @@ async fn system() -> System {
         &env.sdk,
         agents_api::Config {
             table_name: env.table("AgentsTable"),
+            command_queue_url: env.queue_url("AgentsCommandQueue"),
             event_bus_name: env.bus(),
         },
     ));
@@ -254,12 +255,18 @@ impl System {
             .await
     }
 
+    /// Runs the agents worker over its command queue, then its event queue.
     async fn drain_agents(&self) -> Vec<String> {
-        self.env
-            .drain("AgentsQueue", |ev| {
-                agents_worker::handle(&self.agents_worker, ev)
-            })
-            .await
+        let mut failed = Vec::new();
+        for queue in ["AgentsCommandQueue", "AgentsQueue"] {
+            let worker = &self.agents_worker;
+            failed.extend(
+                self.env
+                    .drain(queue, |ev| agents_worker::handle(worker, ev))
+                    .await,
+            );
+        }
+        failed
     }
 
     /// Registers an agent and, when `available`, makes it AVAILABLE, through the agents

@@ -94,7 +94,9 @@ async fn health_follows_an_outage_and_the_recovery() {
 
 fn ops_app(env: &Env) -> ops_api::App {
     let raw = format!(
-        "agents|{}|{},event-delivery|{}|bus:{}",
+        "agent-commands|{}|{},agents|{}|{},event-delivery|{}|bus:{}",
+        env.queue_url("AgentsCommandDLQ"),
+        env.queue_url("AgentsCommandQueue"),
         env.queue_url("AgentsDLQ"),
         env.queue_url("AgentsQueue"),
         env.queue_url("EventDeliveryDLQ"),
@@ -125,12 +127,12 @@ fn queue<'a>(list: &'a Value, name: &str) -> &'a Value {
         .unwrap()
 }
 
-fn agents_worker(env: &Env) -> agents_worker::AwsApp {
+fn agents_worker(env: &Env, bus: &str) -> agents_worker::AwsApp {
     agents_worker::AwsApp::new(
         &env.sdk,
         agents_worker::Config {
             table_name: env.table("AgentsTable"),
-            event_bus_name: env.bus(),
+            event_bus_name: bus.to_owned(),
         },
     )
 }
@@ -140,50 +142,21 @@ fn agents_api(env: &Env) -> agents_api::AwsApp {
         &env.sdk,
         agents_api::Config {
             table_name: env.table("AgentsTable"),
+            command_queue_url: env.queue_url("AgentsCommandQueue"),
             event_bus_name: env.bus(),
         },
     )
 }
 
-/// A state change for an agent whose registration never arrived fails until maxReceiveCount
-/// and lands in the DLQ; once the agent exists ("the bug is fixed"), a redrive applies it.
+/// A command whose event cannot be published (the worker is configured with a bus that does
+/// not exist) fails until maxReceiveCount and lands in the agent commands' DLQ; once the
+/// worker is fixed, a redrive brings it back, and its event is published (once: its effect
+/// was applied the first time and is not applied again).
 #[tokio::test]
 async fn redrive_moves_dead_messages_back_and_they_are_applied() {
     let env = Env::new().await;
-    let (ops_app, worker, api_app) = (ops_app(&env), agents_worker(&env), agents_api(&env));
-    let command = json!({
-        "detail-type": "ChangeAgentState", "source": "cqrs.agents.command",
-        "detail": {"id": "00000000-0000-4000-8000-0000000000aa", "correlationId": "redrive",
-                   "occurredAt": "2026-11-25T18:00:00Z", "type": "ChangeAgentState",
-                   "data": {"agentId": "late", "state": "AVAILABLE", "version": u64::MAX / 2}}
-    });
-    env.sqs
-        .send_message()
-        .queue_url(env.queue_url("AgentsQueue"))
-        .message_body(command.to_string())
-        .send()
-        .await
-        .unwrap();
-    let dlq = env.queue_url("AgentsDLQ");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.depth(&dlq).await == 0 {
-        assert!(Instant::now() < deadline, "never reached the DLQ");
-        env.drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
-            .await;
-    }
-
-    let (status, list) = ops(&ops_app, "GET", "/ops/dlq", None).await;
-    assert_eq!(status, 200, "{list}");
-    assert_eq!(queue(&list, "agents")["depth"], 1);
-    assert!(
-        queue(&list, "agents")["oldestMessageAgeSeconds"]
-            .as_i64()
-            .unwrap()
-            >= 0
-    );
-    assert_eq!(queue(&list, "event-delivery")["depth"], 0);
-
-    // The fix: the agent now exists.
+    let (ops_app, api_app) = (ops_app(&env), agents_api(&env));
+    let broken = agents_worker(&env, "no-such-bus");
     let register = api(
         "agents-api/register-agent.json",
         "/agents/late",
@@ -195,16 +168,38 @@ async fn redrive_moves_dead_messages_back_and_they_are_applied() {
             .status(),
         202
     );
+    let dlq = env.queue_url("AgentsCommandDLQ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.depth(&dlq).await == 0 {
+        assert!(Instant::now() < deadline, "never reached the DLQ");
+        env.drain("AgentsCommandQueue", |e| agents_worker::handle(&broken, e))
+            .await;
+    }
+
+    let (status, list) = ops(&ops_app, "GET", "/ops/dlq", None).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(queue(&list, "agent-commands")["depth"], 1);
     assert!(
-        env.drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+        queue(&list, "agent-commands")["oldestMessageAgeSeconds"]
+            .as_i64()
+            .unwrap()
+            >= 0
+    );
+    assert_eq!(queue(&list, "event-delivery")["depth"], 0);
+    assert!(
+        !env.published()
             .await
-            .is_empty()
+            .iter()
+            .any(|(t, _)| t == "AgentRegistered"),
+        "nothing published yet"
     );
 
+    // The fix: a worker with the right bus; the dead command goes back to its FIFO queue.
+    let worker = agents_worker(&env, &env.bus());
     let (status, report) = ops(
         &ops_app,
         "POST",
-        "/ops/dlq/agents/redrive",
+        "/ops/dlq/agent-commands/redrive",
         Some("limit=10"),
     )
     .await;
@@ -213,20 +208,31 @@ async fn redrive_moves_dead_messages_back_and_they_are_applied() {
     assert_eq!(report["failed"], 0);
     assert_eq!(report["remaining"], 0);
     assert!(
-        env.drain("AgentsQueue", |e| agents_worker::handle(&worker, e))
+        env.drain("AgentsCommandQueue", |e| agents_worker::handle(&worker, e))
             .await
             .is_empty()
     );
+    let registered: Vec<_> = env
+        .published()
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "AgentRegistered")
+        .collect();
+    assert_eq!(registered.len(), 1, "{registered:?}");
     let get = api(
         "agents-api/get-agent-state.json",
         "/agents/late/state",
         None,
     );
     let agent = body_json(&agents_api::handle(&api_app, request(&get)).await);
-    assert_eq!(agent["state"], "AVAILABLE", "{agent}");
+    assert_eq!(
+        (&agent["name"], &agent["version"]),
+        (&json!("Late"), &json!(1)),
+        "{agent}"
+    );
 
     // Redriving an empty DLQ is a no-op.
-    let (status, report) = ops(&ops_app, "POST", "/ops/dlq/agents/redrive", None).await;
+    let (status, report) = ops(&ops_app, "POST", "/ops/dlq/agent-commands/redrive", None).await;
     assert_eq!((status, report["moved"].as_i64()), (200, Some(0)));
 }
 

@@ -1,27 +1,48 @@
-//! The agents HTTP API: queries read the agents table, commands go to EventBridge (`202`), and
-//! `POST /agents/match` reserves an agent synchronously and publishes `AgentMatched`.
+//! The agents HTTP API: queries read the agents table; commands go to the agents FIFO command
+//! queue (`202`), one message group per agent, so each agent's commands apply in the order they
+//! were accepted; `POST /agents/match` reserves an agent synchronously and publishes
+//! `AgentMatched`.
+//!
+//! # Who orders an agent's changes
+//!
+//! The server does. An agent's `version` counts the commands applied to it; the worker issues
+//! each next version, in acceptance order. A client never supplies an ordering token: the
+//! `version` it may send is a precondition ("apply only if the agent is still at the version I
+//! saw", as `If-Match`), checked when the command is accepted (`409` when the agent has moved
+//! on, `422` for a version the server never issued) and again when it is applied (a command
+//! whose precondition no longer holds is rejected, and
+//! `GET /agents/{agentId}/commands/{commandId}` says so).
+//!
+//! # Read your writes
+//!
+//! `PUT /agents/{agentId}` of a new agent writes it at once (version 0, OFFLINE: the
+//! registration accepted, not yet applied), so a state change sent right after the `202` is
+//! accepted too, and applied after the registration. How that record and the command stay
+//! consistent when a write fails: `shared::command::Provisional`.
 
 use chrono::Utc;
 use lambda_http::{Body, Request, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
-    command::{self, Accepted, CommandTransport, Ids, NoRecord},
+    command::{self, Accepted, CommandTransport, Compensated, NoRecord, Provisional, Provisioned},
     config,
     domain::{
         agents::{
-            AgentMatched, AgentName, AgentState, Capacity, ChangeAgentState, RegisterAgent, Skills,
-            rank_candidates,
+            Agent, AgentMatched, AgentName, AgentState, Capacity, ChangeAgentState, RegisterAgent,
+            Skills, rank_candidates,
         },
         ids::{AgentId, ConversationId},
     },
     events::{Envelope, Message},
     http::{Route, correlation_id, json, limit, parse_command, parse_json, query},
+    queue::SqsFifoQueue,
     store::{
         agents::{AgentFilter, AgentStore, DynamoAgentStore, Reservation, Reserve},
         idempotency::{DynamoIdempotency, Idempotency},
+        inbox::OutcomeStatus,
     },
 };
 use uuid::Uuid;
@@ -29,6 +50,8 @@ use uuid::Uuid;
 pub struct Config {
     pub table_name: String,
     pub event_bus_name: String,
+    /// `AGENTS_COMMAND_QUEUE_URL`: the agents FIFO command queue.
+    pub command_queue_url: String,
 }
 
 impl Config {
@@ -36,23 +59,28 @@ impl Config {
         Ok(Config {
             table_name: config::var("TABLE_NAME")?,
             event_bus_name: config::var("EVENT_BUS_NAME")?,
+            command_queue_url: config::var("AGENTS_COMMAND_QUEUE_URL")?,
         })
     }
 }
 
-pub struct App<S, B, I> {
+pub struct App<S, C, B, I> {
     pub store: S,
+    /// Where agent commands go: the agents FIFO command queue, one message group per agent.
+    pub commands: C,
+    /// Where `AgentMatched` goes.
     pub bus: B,
     pub idempotency: I,
 }
 
-pub type AwsApp = App<DynamoAgentStore, EventBridgeBus, DynamoIdempotency>;
+pub type AwsApp = App<DynamoAgentStore, SqsFifoQueue, EventBridgeBus, DynamoIdempotency>;
 
 impl AwsApp {
     pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
         let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         App {
             store: DynamoAgentStore::new(dynamodb.clone(), config.table_name.clone()),
+            commands: SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), config.command_queue_url),
             bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
             idempotency: DynamoIdempotency::new(dynamodb, config.table_name),
         }
@@ -70,6 +98,7 @@ struct RegisterBody {
     #[serde(default)]
     skills: Skills,
     capacity: Capacity,
+    /// A precondition: the agent's version the client saw (0: not registered yet).
     version: Option<u64>,
 }
 
@@ -77,6 +106,7 @@ struct RegisterBody {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct StateBody {
     state: AgentState,
+    /// A precondition: the agent's version the client saw.
     version: Option<u64>,
 }
 
@@ -89,17 +119,23 @@ struct MatchBody {
 }
 
 /// Handles one request; every error becomes a problem+json response here.
-pub async fn handle<S: AgentStore, B: EventBus + CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
-    req: Request,
-) -> Response<Body> {
+pub async fn handle<S, C, B, I>(app: &App<S, C, B, I>, req: Request) -> Response<Body>
+where
+    S: AgentStore,
+    C: CommandTransport,
+    B: EventBus,
+    I: Idempotency,
+{
     shared::http::serve(req, |req| route(app, req)).await
 }
 
-async fn route<S: AgentStore, B: EventBus + CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
-    req: Request,
-) -> Result<Response<Body>, Error> {
+async fn route<S, C, B, I>(app: &App<S, C, B, I>, req: Request) -> Result<Response<Body>, Error>
+where
+    S: AgentStore,
+    C: CommandTransport,
+    B: EventBus,
+    I: Idempotency,
+{
     let route = Route::of(&req);
     match route.key() {
         "GET /agents" => list(app, &req).await,
@@ -107,18 +143,16 @@ async fn route<S: AgentStore, B: EventBus + CommandTransport, I: Idempotency>(
         "PUT /agents/{agentId}" => register(app, &req, route.param("agentId")?).await,
         "POST /agents/{agentId}/state" => change_state(app, &req, route.param("agentId")?).await,
         "GET /agents/{agentId}/state" => get_state(app, route.lookup("agentId", "agent")?).await,
+        "GET /agents/{agentId}/commands/{commandId}" => {
+            let agent = route.lookup("agentId", "agent")?;
+            get_command(app, agent, route.lookup("commandId", "command")?).await
+        }
         _ => Err(route.unknown()),
     }
 }
 
-/// Versions order commands for the same agent. Callers may send their own (a counter they
-/// keep); otherwise the acceptance time in microseconds orders them.
-fn version_or(version: Option<u64>, ids: &Ids) -> u64 {
-    version.unwrap_or_else(|| ids.at.timestamp_micros().unsigned_abs())
-}
-
-async fn get_state<S: AgentStore, B, I>(
-    app: &App<S, B, I>,
+async fn get_state<S: AgentStore, C, B, I>(
+    app: &App<S, C, B, I>,
     id: AgentId,
 ) -> Result<Response<Body>, Error> {
     match app.store.get(&id).await? {
@@ -127,8 +161,52 @@ async fn get_state<S: AgentStore, B, I>(
     }
 }
 
-async fn list<S: AgentStore, B, I>(
-    app: &App<S, B, I>,
+/// What became of an agent command, once the worker processed it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandView {
+    command_id: Uuid,
+    agent_id: AgentId,
+    status: OutcomeStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// `200` with the outcome of an agent command: APPLIED (with the version it left the agent at)
+/// or REJECTED (with the reason). `404` until the worker has processed it (within moments of its
+/// `202`), and for ids of no command of this agent.
+async fn get_command<S: AgentStore, C, B, I>(
+    app: &App<S, C, B, I>,
+    agent_id: AgentId,
+    command_id: Uuid,
+) -> Result<Response<Body>, Error> {
+    let outcome = app
+        .store
+        .processed(command_id)
+        .await?
+        .and_then(|r| r.outcome)
+        .filter(|o| o.aggregate_id == agent_id.as_str())
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "no processed command {command_id} of agent {agent_id}"
+            ))
+        })?;
+    Ok(json(
+        200,
+        &CommandView {
+            command_id,
+            agent_id,
+            status: outcome.status,
+            version: outcome.version,
+            reason: outcome.reason,
+        },
+    ))
+}
+
+async fn list<S: AgentStore, C, B, I>(
+    app: &App<S, C, B, I>,
     req: &Request,
 ) -> Result<Response<Body>, Error> {
     let filter = AgentFilter {
@@ -141,46 +219,123 @@ async fn list<S: AgentStore, B, I>(
     Ok(json(200, &page))
 }
 
-async fn register<S: AgentStore, B: CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
+/// Checks a command's precondition against the agent as it is now (version 0: not registered):
+/// `422` for a version the server never issued, `409` for one the agent has moved past. (The
+/// worker checks it again when the command's turn comes.)
+fn check_version(expected: Option<u64>, agent: &AgentId, actual: u64) -> Result<(), Error> {
+    match expected {
+        Some(v) if v > actual => Err(Error::invalid(
+            "version",
+            format!(
+                "agent {agent} is at version {actual}; a version is issued by the server \
+                 (GET /agents/{agent}/state), never chosen by the client"
+            ),
+        )),
+        Some(v) if v < actual => Err(Error::Conflict(format!(
+            "version {v} is stale: agent {agent} is at version {actual}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The agent a registration writes at once, unless the agent exists.
+struct ProvisionalAgent<'a, S> {
+    store: &'a S,
+    agent: Agent,
+    command: Uuid,
+}
+
+impl<S: AgentStore> Provisional for ProvisionalAgent<'_, S> {
+    async fn write(&self) -> Result<Provisioned, Error> {
+        if !self
+            .store
+            .create_provisional(&self.agent, self.command)
+            .await?
+            && self.store.processed(self.command).await?.is_some()
+        {
+            // An earlier attempt of this request (same derived command id) was applied.
+            return Ok(Provisioned::Applied);
+        }
+        Ok(Provisioned::Written)
+    }
+
+    async fn undo(&self) -> Result<Compensated, Error> {
+        if self
+            .store
+            .withdraw_provisional(&self.agent.agent_id, self.command)
+            .await?
+            || self.store.processed(self.command).await?.is_none()
+        {
+            Ok(Compensated::Undone)
+        } else {
+            Ok(Compensated::Applied)
+        }
+    }
+}
+
+async fn register<S, C, B, I>(
+    app: &App<S, C, B, I>,
     req: &Request,
     agent_id: AgentId,
-) -> Result<Response<Body>, Error> {
+) -> Result<Response<Body>, Error>
+where
+    S: AgentStore,
+    C: CommandTransport,
+    I: Idempotency,
+{
     let (request, body): (Value, RegisterBody) = parse_command(req)?;
-    command::accept(&app.idempotency, &app.bus, req, &request, |ids| {
+    command::idempotency_key(req)?;
+    if body.version.is_some() {
+        let current = app.store.get(&agent_id).await?;
+        check_version(body.version, &agent_id, current.map_or(0, |a| a.version))?;
+    }
+    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = RegisterAgent {
             agent_id: agent_id.clone(),
             name: body.name,
             skills: body.skills,
             capacity: body.capacity,
-            version: version_or(body.version, &ids),
+            expected_version: body.version,
+        };
+        let provisional = ProvisionalAgent {
+            store: &app.store,
+            agent: Agent::provisional(&cmd, ids.at),
+            command: ids.command,
         };
         Accepted {
             location: format!("/agents/{agent_id}/state"),
             body: json!({ "commandId": ids.command, "agentId": agent_id }),
             command: ids.envelope(correlation_id(req), Message::RegisterAgent(cmd)),
-            provisional: NoRecord,
+            provisional,
         }
     })
     .await
 }
 
-async fn change_state<S: AgentStore, B: CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
+/// Accepted for an agent whose registration was accepted (it exists, provisionally at least);
+/// applied after everything accepted before it for that agent.
+async fn change_state<S, C, B, I>(
+    app: &App<S, C, B, I>,
     req: &Request,
     agent_id: AgentId,
-) -> Result<Response<Body>, Error> {
+) -> Result<Response<Body>, Error>
+where
+    S: AgentStore,
+    C: CommandTransport,
+    I: Idempotency,
+{
     let (request, body): (Value, StateBody) = parse_command(req)?;
     // Every input error before the (costlier) existence check.
     command::idempotency_key(req)?;
-    if app.store.get(&agent_id).await?.is_none() {
+    let Some(agent) = app.store.get(&agent_id).await? else {
         return Err(Error::NotFound(format!("no agent {agent_id}")));
-    }
-    command::accept(&app.idempotency, &app.bus, req, &request, |ids| {
+    };
+    check_version(body.version, &agent_id, agent.version)?;
+    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = ChangeAgentState {
             agent_id: agent_id.clone(),
             state: body.state,
-            version: version_or(body.version, &ids),
+            expected_version: body.version,
         };
         Accepted {
             location: format!("/agents/{agent_id}/state"),
@@ -195,8 +350,8 @@ async fn change_state<S: AgentStore, B: CommandTransport, I: Idempotency>(
 /// Reserves an agent for a conversation. The same conversation always gets the same agent: the
 /// reservation is keyed by conversation and created in the same transaction that takes the
 /// slot, so concurrent requests cannot both succeed and no agent exceeds its capacity.
-async fn match_agent<S: AgentStore, B: EventBus, I>(
-    app: &App<S, B, I>,
+async fn match_agent<S: AgentStore, C, B: EventBus, I>(
+    app: &App<S, C, B, I>,
     req: &Request,
 ) -> Result<Response<Body>, Error> {
     let body: MatchBody = parse_json(req)?;
@@ -238,8 +393,8 @@ async fn match_agent<S: AgentStore, B: EventBus, I>(
 
 /// Publishes `AgentMatched` (again, with the same event id, on a repeated match: a publish that
 /// failed the first time is completed by the caller's retry) and answers with the match.
-async fn matched<S, B: EventBus, I>(
-    app: &App<S, B, I>,
+async fn matched<S, C, B: EventBus, I>(
+    app: &App<S, C, B, I>,
     r: Reservation,
 ) -> Result<Response<Body>, Error> {
     let result = AgentMatched {

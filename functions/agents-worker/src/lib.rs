@@ -1,5 +1,7 @@
-//! The agents worker: applies agent commands (`RegisterAgent`, `ChangeAgentState`) and frees
-//! slots on `ConversationClosed`, each message exactly once, publishing the resulting events.
+//! The agents worker: applies agent commands (`RegisterAgent`, `ChangeAgentState`, from the
+//! agents FIFO command queue, in the order the API accepted them per agent) and frees slots on
+//! `ConversationClosed` (from the event queue), each message exactly once, publishing the
+//! resulting events and recording each command's outcome.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
@@ -8,14 +10,15 @@ use shared::{
     bus::{EventBridgeBus, EventBus},
     config,
     domain::{
-        agents::{Agent, ChangeAgentState, RegisterAgent},
+        agents::{Agent, ChangeAgentState, RegisterAgent, Rejection},
         conversations::ConversationClosed,
+        ids::AgentId,
     },
     events::{Envelope, Message},
     store::{
         Write,
         agents::{AgentStore, DynamoAgentStore},
-        inbox::InboxRecord,
+        inbox::{InboxRecord, Outcome},
     },
     worker::{Applied, exactly_once, exactly_once_after, process_batch},
 };
@@ -50,9 +53,9 @@ impl AwsApp {
     }
 }
 
-/// Optimistic-concurrency retries when the agent changes between read and write (another
-/// command for the same agent in another batch, or a match taking a slot does not count: it
-/// never touches the fields the condition checks).
+/// Optimistic-concurrency retries when the agent changes between read and write: only the
+/// API's provisional write of a new agent can (a match taking a slot never touches the fields
+/// the condition checks).
 const WRITE_ATTEMPTS: usize = 5;
 
 pub async fn handle<S: AgentStore, B: EventBus>(
@@ -62,14 +65,10 @@ pub async fn handle<S: AgentStore, B: EventBus>(
     process_batch(event, order_key, |env| apply(app, env)).await
 }
 
-/// Messages about one agent are applied in batch order; different agents concurrently.
+/// Records of the event queue that concern one conversation apply in batch order. (Commands
+/// come from the FIFO queue, grouped by its `MessageGroupId`: the agent.)
 fn order_key(env: &Envelope) -> String {
-    match &env.message {
-        Message::RegisterAgent(c) => c.agent_id.to_string(),
-        Message::ChangeAgentState(c) => c.agent_id.to_string(),
-        Message::ConversationClosed(e) => e.conversation_id.to_string(),
-        _ => env.id.to_string(),
-    }
+    env.message.aggregate_id().to_owned()
 }
 
 async fn apply<S: AgentStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Result<(), Error> {
@@ -99,9 +98,24 @@ async fn apply<S: AgentStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Re
     }
 }
 
-async fn nothing_to_do<S: AgentStore>(store: &S, env: &Envelope) -> Result<Applied, Error> {
-    let write = store.record(&InboxRecord::new(env.id, Vec::new())).await?;
+async fn nothing_to_do<S: AgentStore>(store: &S, record: InboxRecord) -> Result<Applied, Error> {
+    let write = store.record(&record).await?;
     Ok(write.applied(Vec::new()).unwrap_or(Applied::Duplicate))
+}
+
+/// A command that is not applied: its outcome says why, for
+/// `GET /agents/{agentId}/commands/{commandId}`. Never retried: on the FIFO queue, a command
+/// that failed would hold back every later command of its agent.
+async fn rejected<S: AgentStore>(
+    store: &S,
+    env: &Envelope,
+    agent: &AgentId,
+    why: Rejection,
+) -> Result<Applied, Error> {
+    tracing::info!(agent_id = %agent, reason = %why, "command rejected");
+    let record =
+        InboxRecord::new(env.id, Vec::new()).with_outcome(Outcome::rejected(agent.as_str(), why));
+    nothing_to_do(store, record).await
 }
 
 /// `read` is the agent as read before the first attempt; later attempts (after a conflicting
@@ -118,12 +132,13 @@ async fn register<S: AgentStore, B>(
             Some(agent) => agent,
             None => app.store.get(&cmd.agent_id).await?,
         };
-        let Some((next, event)) = Agent::register(current.as_ref(), cmd, Utc::now()) else {
-            tracing::info!(agent_id = %cmd.agent_id, version = cmd.version, "stale profile update ignored");
-            return nothing_to_do(&app.store, env).await;
+        let (next, event) = match Agent::register(current.as_ref(), cmd, Utc::now()) {
+            Ok(applied) => applied,
+            Err(why) => return rejected(&app.store, env, &cmd.agent_id, why).await,
         };
+        let outcome = Outcome::applied(cmd.agent_id.as_str(), next.version);
         let events = vec![Envelope::caused_by(env, Message::AgentRegistered(event))];
-        let record = InboxRecord::new(env.id, events.clone());
+        let record = InboxRecord::new(env.id, events.clone()).with_outcome(outcome);
         let write = app.store.save(current.as_ref(), &next, &record).await?;
         if let Some(applied) = write.applied(events) {
             return Ok(applied);
@@ -148,20 +163,23 @@ async fn change_state<S: AgentStore, B>(
             Some(agent) => agent,
             None => app.store.get(&cmd.agent_id).await?,
         };
-        // The API checked the agent exists; if its registration is still in flight, failing
-        // lets SQS redeliver this command after it.
-        let current = current.ok_or_else(|| {
-            Error::Unavailable(format!("agent {} not registered yet", cmd.agent_id))
-        })?;
-        let Some((next, event)) = current.change_state(cmd, Utc::now()) else {
-            tracing::info!(agent_id = %cmd.agent_id, version = cmd.version, "stale state change ignored");
-            return nothing_to_do(&app.store, env).await;
+        // The API accepted the command for an agent whose registration was accepted; commands
+        // apply in acceptance order, so this one's registration was applied first, unless it
+        // was never handed off after all.
+        let Some(current) = current else {
+            let why = Rejection::NoAgent(cmd.agent_id.clone());
+            return rejected(&app.store, env, &cmd.agent_id, why).await;
         };
+        let (next, event) = match current.change_state(cmd, Utc::now()) {
+            Ok(applied) => applied,
+            Err(why) => return rejected(&app.store, env, &cmd.agent_id, why).await,
+        };
+        let outcome = Outcome::applied(cmd.agent_id.as_str(), next.version);
         let events: Vec<Envelope> = event
             .map(|e| Envelope::caused_by(env, Message::AgentStateChanged(e)))
             .into_iter()
             .collect();
-        let record = InboxRecord::new(env.id, events.clone());
+        let record = InboxRecord::new(env.id, events.clone()).with_outcome(outcome);
         let write = app.store.save(Some(&current), &next, &record).await?;
         if let Some(applied) = write.applied(events) {
             return Ok(applied);
@@ -180,14 +198,14 @@ async fn release<S: AgentStore, B>(
     ev: &ConversationClosed,
 ) -> Result<Applied, Error> {
     let reservation = app.store.reservation(&ev.conversation_id).await?;
+    let nothing = || InboxRecord::new(env.id, Vec::new());
     let Some(r) = reservation.filter(|r| r.released_at.is_none()) else {
-        return nothing_to_do(&app.store, env).await;
+        return nothing_to_do(&app.store, nothing()).await;
     };
-    let record = InboxRecord::new(env.id, Vec::new());
-    match app.store.release(&r, &record).await? {
+    match app.store.release(&r, &nothing()).await? {
         Write::Done => Ok(Applied::Done(Vec::new())),
         Write::Duplicate => Ok(Applied::Duplicate),
         // Released meanwhile by another delivery of an equivalent event.
-        Write::Conflict => nothing_to_do(&app.store, env).await,
+        Write::Conflict => nothing_to_do(&app.store, nothing()).await,
     }
 }

@@ -330,7 +330,7 @@ mod tests {
         let events = aws_sdk_eventbridge::Client::new(&sdk);
         let targets = events
             .list_targets_by_rule()
-            .rule(stack.rule_name("AgentsCommandsRule").unwrap())
+            .rule(stack.rule_name("AgentsEventsRule").unwrap())
             .event_bus_name("cqrs-local-bus")
             .send()
             .await

@@ -162,11 +162,17 @@ impl std::str::FromStr for AgentState {
 
 /// An agent as stored and as `GET /agents/{agentId}/state` shows it.
 ///
-/// `version` orders state changes and `profileVersion` orders profile updates: a command is
-/// applied only when its version is greater than the stored one, so stale and duplicate
-/// commands change nothing whatever order SQS delivers them in. `activeConversations` is changed
-/// only by atomic conditional increments (match) and decrements (release), never by
-/// read-modify-write, so it cannot exceed `capacity`.
+/// `version` counts the commands applied to the agent (profile updates and state changes):
+/// the server issues it, one more per applied command, never a client or a clock. Commands
+/// apply in the order the agents API accepted them (one FIFO message group per agent), so
+/// each applied command leaves the agent one version further. `0` means the registration was
+/// accepted and is not applied yet (the provisional agent the API writes at once, OFFLINE).
+/// A client may send the version it last saw as a precondition (`expectedVersion`): the
+/// command is then applied only if the agent is still at that version.
+///
+/// `activeConversations` is changed only by atomic conditional increments (match) and
+/// decrements (release), never by read-modify-write, so it cannot exceed `capacity`; it
+/// leaves `version` alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
@@ -177,7 +183,6 @@ pub struct Agent {
     pub capacity: Capacity,
     pub active_conversations: u32,
     pub version: u64,
-    pub profile_version: u64,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -189,7 +194,9 @@ pub struct RegisterAgent {
     pub name: AgentName,
     pub skills: Skills,
     pub capacity: Capacity,
-    pub version: u64,
+    /// Apply only if the agent is at this version (absent: whatever its version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
 }
 
 /// `POST /agents/{agentId}/state`.
@@ -198,7 +205,30 @@ pub struct RegisterAgent {
 pub struct ChangeAgentState {
     pub agent_id: AgentId,
     pub state: AgentState,
-    pub version: u64,
+    /// Apply only if the agent is at this version (absent: whatever its version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+/// Why an agent command was not applied. Recorded as the command's outcome, which
+/// `GET /agents/{agentId}/commands/{commandId}` shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The command's precondition no longer held when its turn came: another command was
+    /// applied in between.
+    #[error("the agent is at version {actual}, not {expected}: another command was applied first")]
+    Stale { expected: u64, actual: u64 },
+    /// A state change for an agent whose registration was never applied.
+    #[error("no agent {0}")]
+    NoAgent(AgentId),
+}
+
+/// `Ok` when `expected` (a command's precondition) holds for an agent at `actual`.
+pub fn precondition(expected: Option<u64>, actual: u64) -> Result<(), Rejection> {
+    match expected {
+        Some(expected) if expected != actual => Err(Rejection::Stale { expected, actual }),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,16 +264,30 @@ pub struct AgentMatched {
 }
 
 impl Agent {
-    /// Applies a profile command. A new agent starts OFFLINE with no conversations; an existing
-    /// one keeps its state and load. `None` when the command is stale or a duplicate.
+    /// The agent the API shows as soon as its registration is accepted (version 0, OFFLINE,
+    /// no conversations), before the worker applies it.
+    pub fn provisional(cmd: &RegisterAgent, now: DateTime<Utc>) -> Agent {
+        Agent {
+            agent_id: cmd.agent_id.clone(),
+            name: cmd.name.clone(),
+            state: AgentState::Offline,
+            skills: cmd.skills.clone(),
+            capacity: cmd.capacity,
+            active_conversations: 0,
+            version: 0,
+            updated_at: now,
+        }
+    }
+
+    /// Applies a profile command: the agent one version further. A new agent starts OFFLINE
+    /// with no conversations; an existing one keeps its state and load.
     pub fn register(
         current: Option<&Agent>,
         cmd: &RegisterAgent,
         now: DateTime<Utc>,
-    ) -> Option<(Agent, AgentRegistered)> {
-        if current.is_some_and(|a| cmd.version <= a.profile_version) {
-            return None;
-        }
+    ) -> Result<(Agent, AgentRegistered), Rejection> {
+        let version = current.map_or(0, |a| a.version);
+        precondition(cmd.expected_version, version)?;
         let agent = Agent {
             agent_id: cmd.agent_id.clone(),
             name: cmd.name.clone(),
@@ -251,8 +295,7 @@ impl Agent {
             skills: cmd.skills.clone(),
             capacity: cmd.capacity,
             active_conversations: current.map_or(0, |a| a.active_conversations),
-            version: current.map_or(0, |a| a.version),
-            profile_version: cmd.version,
+            version: version + 1,
             updated_at: now,
         };
         let event = AgentRegistered {
@@ -260,25 +303,22 @@ impl Agent {
             name: cmd.name.clone(),
             skills: cmd.skills.clone(),
             capacity: cmd.capacity,
-            version: cmd.version,
+            version: agent.version,
         };
-        Some((agent, event))
+        Ok((agent, event))
     }
 
-    /// Applies a state change if it is newer than the last applied one. A newer command with the
-    /// same state still advances the version (so an older one arriving later cannot undo it)
-    /// but publishes nothing.
+    /// Applies a state change: the agent one version further. A change to the state it is in
+    /// advances the version too but publishes nothing.
     pub fn change_state(
         &self,
         cmd: &ChangeAgentState,
         now: DateTime<Utc>,
-    ) -> Option<(Agent, Option<AgentStateChanged>)> {
-        if cmd.version <= self.version {
-            return None;
-        }
+    ) -> Result<(Agent, Option<AgentStateChanged>), Rejection> {
+        precondition(cmd.expected_version, self.version)?;
         let next = Agent {
             state: cmd.state,
-            version: cmd.version,
+            version: self.version + 1,
             updated_at: now,
             ..self.clone()
         };
@@ -289,10 +329,10 @@ impl Agent {
             skills: self.skills.clone(),
             capacity: self.capacity,
             active_conversations: self.active_conversations,
-            version: cmd.version,
+            version: next.version,
             changed_at: now,
         });
-        Some((next, event))
+        Ok((next, event))
     }
 
     /// Whether this agent may be given one more conversation needing `skills`.
@@ -343,73 +383,95 @@ mod tests {
             capacity: Capacity::try_from(cap).unwrap(),
             active_conversations: active,
             version: 5,
-            profile_version: 5,
             updated_at: Utc::now(),
         }
     }
 
-    fn register(version: u64) -> RegisterAgent {
+    fn register(expected_version: Option<u64>) -> RegisterAgent {
         RegisterAgent {
             agent_id: "a1".parse().unwrap(),
             name: AgentName::try_from(" Bob ".to_owned()).unwrap(),
             skills: skills(&["Spanish"]),
             capacity: Capacity::try_from(3).unwrap(),
-            version,
+            expected_version,
+        }
+    }
+
+    fn change(state: AgentState, expected_version: Option<u64>) -> ChangeAgentState {
+        ChangeAgentState {
+            agent_id: "a1".parse().unwrap(),
+            state,
+            expected_version,
         }
     }
 
     #[test]
     fn registration_starts_offline_and_keeps_state_and_load_on_update() {
-        let (new, ev) = Agent::register(None, &register(1), Utc::now()).unwrap();
+        let (new, ev) = Agent::register(None, &register(None), Utc::now()).unwrap();
         assert_eq!(new.state, AgentState::Offline);
         assert_eq!(new.active_conversations, 0);
         assert_eq!(String::from(new.name.clone()), "Bob");
-        assert_eq!(ev.version, 1);
+        assert_eq!(
+            (new.version, ev.version),
+            (1, 1),
+            "the first applied command"
+        );
+        // Over the provisional agent the API wrote at once (version 0).
+        let provisional = Agent::provisional(&register(None), Utc::now());
+        assert_eq!(
+            (provisional.version, provisional.state),
+            (0, AgentState::Offline)
+        );
+        let (applied, _) =
+            Agent::register(Some(&provisional), &register(Some(0)), Utc::now()).unwrap();
+        assert_eq!(applied.version, 1);
 
-        let mut busy = agent("a1", AgentState::Available, 5, 2);
-        busy.profile_version = 1;
-        let (updated, _) = Agent::register(Some(&busy), &register(2), Utc::now()).unwrap();
+        let busy = agent("a1", AgentState::Available, 5, 2);
+        let (updated, ev) = Agent::register(Some(&busy), &register(None), Utc::now()).unwrap();
         assert_eq!(updated.state, AgentState::Available);
         assert_eq!(updated.active_conversations, 2);
         assert_eq!(updated.capacity.get(), 3);
-        assert_eq!(updated.version, busy.version);
+        assert_eq!((updated.version, ev.version), (6, 6), "one version further");
     }
 
     #[test]
-    fn stale_and_duplicate_profile_updates_change_nothing() {
-        let a = agent("a1", AgentState::Available, 5, 0);
-        assert!(Agent::register(Some(&a), &register(5), Utc::now()).is_none());
-        assert!(Agent::register(Some(&a), &register(4), Utc::now()).is_none());
-    }
-
-    #[test]
-    fn state_changes_apply_in_version_order_only() {
+    fn every_applied_command_advances_the_version_by_one_whatever_it_carries() {
         let a = agent("a1", AgentState::Offline, 5, 0);
-        let newer = ChangeAgentState {
-            agent_id: a.agent_id.clone(),
-            state: AgentState::Available,
-            version: 7,
-        };
-        let (b, ev) = a.change_state(&newer, Utc::now()).unwrap();
-        assert_eq!(b.state, AgentState::Available);
-        assert_eq!(ev.unwrap().previous_state, AgentState::Offline);
-        // the late, older command is ignored
-        let older = ChangeAgentState {
-            state: AgentState::Away,
-            version: 6,
-            ..newer.clone()
-        };
-        assert!(b.change_state(&older, Utc::now()).is_none());
-        // the duplicate too
-        assert!(b.change_state(&newer, Utc::now()).is_none());
-        // a newer command to the same state advances the version without an event
-        let same = ChangeAgentState {
-            version: 8,
-            ..newer
-        };
-        let (c, ev) = b.change_state(&same, Utc::now()).unwrap();
-        assert_eq!(c.version, 8);
+        let (b, ev) = a
+            .change_state(&change(AgentState::Available, None), Utc::now())
+            .unwrap();
+        assert_eq!((b.state, b.version), (AgentState::Available, 6));
+        let ev = ev.unwrap();
+        assert_eq!((ev.previous_state, ev.version), (AgentState::Offline, 6));
+        // The same state again: one version further, nothing to publish.
+        let (c, ev) = b
+            .change_state(&change(AgentState::Available, None), Utc::now())
+            .unwrap();
+        assert_eq!(c.version, 7);
         assert!(ev.is_none());
+    }
+
+    #[test]
+    fn a_precondition_that_no_longer_holds_rejects_the_command() {
+        let a = agent("a1", AgentState::Offline, 5, 0);
+        let (b, _) = a
+            .change_state(&change(AgentState::Away, Some(5)), Utc::now())
+            .unwrap();
+        assert_eq!(b.version, 6);
+        assert_eq!(
+            b.change_state(&change(AgentState::Available, Some(5)), Utc::now()),
+            Err(Rejection::Stale {
+                expected: 5,
+                actual: 6
+            })
+        );
+        // A version the server never issued holds for no agent.
+        assert!(
+            b.change_state(&change(AgentState::Available, Some(u64::MAX)), Utc::now())
+                .is_err()
+        );
+        assert!(Agent::register(Some(&b), &register(Some(5)), Utc::now()).is_err());
+        assert!(Agent::register(None, &register(Some(1)), Utc::now()).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxRecord};
-use super::items::{build_err, failed, from_item, transact};
+use super::items::{build_err, failed, from_item, transact, write_item};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
 use crate::domain::ids::{AgentId, ConversationId};
@@ -55,8 +55,25 @@ pub trait AgentStore: Inbox {
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<Page<Agent>, Error>> + Send;
 
-    /// Writes `next`'s profile and state if the stored agent is still `expected` (absent when
-    /// `None`), together with the inbox record. Never touches `activeConversations`.
+    /// Writes the provisional agent of a registration whose command `command` is being handed
+    /// off, unless the agent exists: `true` when written.
+    fn create_provisional(
+        &self,
+        agent: &Agent,
+        command: Uuid,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Deletes the provisional agent written for `command` if it is still that (its command
+    /// could not be handed off): `true` when deleted.
+    fn withdraw_provisional(
+        &self,
+        id: &AgentId,
+        command: Uuid,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Writes `next`'s profile and state if the stored agent is still at `expected`'s version
+    /// (absent when `None`), together with the inbox record. Never touches
+    /// `activeConversations`.
     fn save(
         &self,
         expected: Option<&Agent>,
@@ -238,8 +255,9 @@ impl AgentStore for DynamoAgentStore {
             .key("sk", s("PROFILE"))
             .update_expression(
                 "SET agentId = :id, #name = :name, #skills = :skills, #capacity = :cap, \
-                 #state = :state, #version = :v, profileVersion = :pv, updatedAt = :at, \
-                 activeConversations = if_not_exists(activeConversations, :zero)",
+                 #state = :state, #version = :v, updatedAt = :at, \
+                 activeConversations = if_not_exists(activeConversations, :zero) \
+                 REMOVE pendingCommand",
             )
             .expression_attribute_names("#name", "name")
             .expression_attribute_names("#skills", "skills")
@@ -252,15 +270,13 @@ impl AgentStore for DynamoAgentStore {
             .expression_attribute_values(":cap", n(next.capacity.get()))
             .expression_attribute_values(":state", s(next.state.as_str()))
             .expression_attribute_values(":v", n(next.version))
-            .expression_attribute_values(":pv", n(next.profile_version))
             .expression_attribute_values(":at", to_av(&next.updated_at)?)
             .expression_attribute_values(":zero", n(0));
         update = match expected {
             None => update.condition_expression("attribute_not_exists(pk)"),
             Some(old) => update
-                .condition_expression("#version = :oldv AND profileVersion = :oldpv")
-                .expression_attribute_values(":oldv", n(old.version))
-                .expression_attribute_values(":oldpv", n(old.profile_version)),
+                .condition_expression("#version = :oldv")
+                .expression_attribute_values(":oldv", n(old.version)),
         };
         let items = vec![
             TransactWriteItem::builder()
@@ -273,6 +289,51 @@ impl AgentStore for DynamoAgentStore {
             Some(codes) if failed(&codes, 1) => Write::Duplicate,
             Some(_) => Write::Conflict,
         })
+    }
+
+    async fn create_provisional(&self, agent: &Agent, command: Uuid) -> Result<bool, Error> {
+        let mut item =
+            super::items::to_item(agent, format!("AGENT#{}", agent.agent_id), "PROFILE".into())?;
+        item.insert("pendingCommand".into(), s(command.to_string()));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)");
+        match write_item(|| put.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::put_item::PutItemError;
+                match e.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(_)) => Ok(false),
+                    _ => Err(classify("PutItem provisional agent", e)),
+                }
+            }
+        }
+    }
+
+    async fn withdraw_provisional(&self, id: &AgentId, command: Uuid) -> Result<bool, Error> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", agent_key(id))
+            .key("sk", s("PROFILE"))
+            .condition_expression("pendingCommand = :command AND #version = :zero")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":command", s(command.to_string()))
+            .expression_attribute_values(":zero", n(0));
+        match write_item(|| delete.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+                match e.as_service_error() {
+                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
+                    _ => Err(classify("DeleteItem provisional agent", e)),
+                }
+            }
+        }
     }
 
     async fn record(&self, record: &InboxRecord) -> Result<Write, Error> {

@@ -6,6 +6,7 @@
 use std::future::Future;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::items::write_item;
@@ -19,8 +20,11 @@ const RETENTION_SECS: i64 = 30 * 24 * 3600;
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxRecord {
     pub message_id: Uuid,
+    /// The events the message's effect publishes (the outbox of that effect).
     pub events: Vec<Envelope>,
     pub published: bool,
+    /// What the command did, for commands whose outcome clients can read.
+    pub outcome: Option<Outcome>,
 }
 
 impl InboxRecord {
@@ -31,6 +35,57 @@ impl InboxRecord {
             message_id,
             events,
             published,
+            outcome: None,
+        }
+    }
+
+    /// The record, saying what the command did.
+    pub fn with_outcome(self, outcome: Outcome) -> Self {
+        InboxRecord {
+            outcome: Some(outcome),
+            ..self
+        }
+    }
+}
+
+/// What applying a command did: applied (leaving its aggregate at `version`) or rejected (with
+/// the `reason`). Kept in the command's inbox record, written in the same transaction as the
+/// effect, so it is there exactly when the command was processed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// The aggregate the command was for (e.g. the agent id).
+    pub aggregate_id: String,
+    pub status: OutcomeStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum OutcomeStatus {
+    Applied,
+    Rejected,
+}
+
+impl Outcome {
+    pub fn applied(aggregate_id: impl Into<String>, version: u64) -> Outcome {
+        Outcome {
+            aggregate_id: aggregate_id.into(),
+            status: OutcomeStatus::Applied,
+            version: Some(version),
+            reason: None,
+        }
+    }
+
+    pub fn rejected(aggregate_id: impl Into<String>, reason: impl ToString) -> Outcome {
+        Outcome {
+            aggregate_id: aggregate_id.into(),
+            status: OutcomeStatus::Rejected,
+            version: None,
+            reason: Some(reason.to_string()),
         }
     }
 }
@@ -63,16 +118,18 @@ impl DynamoInbox {
     /// already processed, which makes the whole transaction (the effect) fail with it.
     pub fn put(&self, record: &InboxRecord) -> Result<TransactWriteItem, Error> {
         let expires = chrono::Utc::now().timestamp() + RETENTION_SECS;
-        let put = Put::builder()
+        let mut put = Put::builder()
             .table_name(&self.table)
             .item("pk", key(record.message_id))
             .item("sk", s("INBOX"))
             .item("events", s(serde_json::to_string(&record.events)?))
             .item("published", AttributeValue::Bool(record.published))
             .item("expiresAt", n(expires))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .condition_expression("attribute_not_exists(pk)");
+        if let Some(outcome) = &record.outcome {
+            put = put.item("outcome", s(serde_json::to_string(outcome)?));
+        }
+        let put = put.build().map_err(|e| Error::Internal(e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 }
@@ -97,10 +154,15 @@ impl Inbox for DynamoInbox {
             None => Vec::new(),
         };
         let published = matches!(item.get("published"), Some(AttributeValue::Bool(true)));
+        let outcome = match item.get("outcome").and_then(|v| v.as_s().ok()) {
+            Some(json) => Some(serde_json::from_str(json)?),
+            None => None,
+        };
         Ok(Some(InboxRecord {
             message_id,
             events,
             published,
+            outcome,
         }))
     }
 
