@@ -1155,3 +1155,116 @@ async fn the_gateway_checks_tokens_before_any_function_runs() {
         assert!(reached.is_empty(), "a refused request ran: {reached:?}");
     }
 }
+
+/// One command of the README's "Try it" block, and the status its comment documents.
+struct Documented {
+    /// The command, continuation lines joined.
+    command: String,
+    /// The status the comment starts with; `None` for commands that answer nothing (`export`).
+    status: Option<u16>,
+    /// "once …": a query that shows an effect a moment after its command's `202`.
+    eventually: bool,
+}
+
+/// The commands of the README's "Try it" block (the first `sh` block after its heading).
+fn readme_try_it() -> Vec<Documented> {
+    let readme = std::fs::read_to_string(system_tests::root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Try it").expect("a Try it section")..];
+    let start = section.find("```sh\n").expect("an sh block") + "```sh\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        let (code, comment) = line.split_once(" # ").unwrap_or((line, ""));
+        let code = code.trim_end();
+        match code.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(code);
+                let comment = comment.trim();
+                commands.push(Documented {
+                    command: std::mem::take(&mut current),
+                    status: comment.get(..3).and_then(|s| s.parse().ok()),
+                    eventually: comment.split_whitespace().any(|w| w == "once"),
+                });
+            }
+        }
+    }
+    commands
+}
+
+/// The README's "Try it" block, pasted into a shell against `make dev`: every command answers
+/// the status its comment documents (ids made unique to this run; the port the runner's).
+#[tokio::test]
+async fn the_readme_try_it_block_answers_as_documented() {
+    let rt = runner();
+    let commands = readme_try_it();
+    assert!(commands.len() >= 10, "the block was found whole");
+    let suffix = unique("r");
+    let rename = |command: &str| {
+        command
+            .replace("localhost:3000", rt.base.trim_start_matches("http://"))
+            .replace("agents/ada", &format!("agents/ada-{suffix}"))
+            .replace("acc-1", &format!("acc-{suffix}"))
+            .replace("\"c1\"", &format!("\"c1-{suffix}\""))
+            .replace("ada-1'", &format!("ada-1-{suffix}'"))
+            .replace("t-1'", &format!("t-1-{suffix}'"))
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    for documented in &commands {
+        let command = rename(&documented.command);
+        if let Some(assignment) = command.strip_prefix("export ") {
+            let name = assignment.split('=').next().unwrap().to_owned();
+            let out = Command::new("bash")
+                .args(["-c", &format!("{command}; printf %s \"${name}\"")])
+                .current_dir(system_tests::root())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{command}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            env.push((name, String::from_utf8(out.stdout).unwrap()));
+            continue;
+        }
+        let want = documented
+            .status
+            .unwrap_or_else(|| panic!("no documented status: {command}"));
+        // Every curl of the block also prints the status, last.
+        let script = format!(
+            "curl() {{ command curl -w '\\n@status %{{http_code}}\\n' \"$@\"; }}\n{command}"
+        );
+        let deadline =
+            Instant::now() + Duration::from_secs(if documented.eventually { 20 } else { 0 });
+        loop {
+            let out = tokio::process::Command::new("bash")
+                .args(["-c", &script])
+                .envs(env.iter().cloned())
+                .current_dir(system_tests::root())
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let status = stdout
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("@status "))
+                .and_then(|s| s.trim().parse::<u16>().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{command}: no status\n{stdout}\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+            if status == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{command}\nanswered {status}, the README says {want}\n{stdout}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
