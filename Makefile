@@ -41,9 +41,9 @@ build:
 release:
 	cargo lambda build --release --arm64
 
-## SAM build (needs cargo-lambda; CARGO_LAMBDA_COMPILER=cargo when zig is absent).
+## SAM build (SAM CLI 1.156+ and cargo-lambda; CARGO_LAMBDA_COMPILER=cargo when zig is absent).
 sam-build:
-	sam build --beta-features
+	sam build
 
 ## Benchmarks of DESIGN §7 (release builds, emulator, `local dev --release`): writes BENCHMARKS.md + .png.
 ## The harness's stdout is the functions' EMF lines; its progress goes to stderr.
