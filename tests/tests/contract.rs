@@ -1745,3 +1745,43 @@ Resources:
         "{bad:#?}"
     );
 }
+
+/// Every test the README's guarantees table names exists: the table cannot point at a test
+/// that was renamed or removed.
+#[test]
+fn every_test_the_readme_names_exists() {
+    let readme = std::fs::read_to_string(system_tests::root().join("README.md")).unwrap();
+    let start = readme
+        .find("| guarantee | proven by |")
+        .expect("the guarantees table");
+    let table = &readme[start..start + readme[start..].find("\n\n").unwrap()];
+    let mut sources = String::new();
+    let mut dirs = vec![system_tests::root()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() && name != "target" && name != ".git" {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut named = 0;
+    for part in table.split('`').skip(1).step_by(2) {
+        let is_test_name = part.len() > 12
+            && part.contains('_')
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if is_test_name {
+            named += 1;
+            assert!(
+                sources.contains(&format!("fn {part}(")),
+                "the README names {part}, which is no test"
+            );
+        }
+    }
+    assert!(named > 50, "the table names the tests ({named} found)");
+}
