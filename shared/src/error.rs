@@ -18,6 +18,10 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// A precondition the request states (a `version` it expects) does not hold: `409` naming
+    /// the field.
+    #[error("{field}: {detail}")]
+    Precondition { field: String, detail: String },
     /// The same request (same `Idempotency-Key`) is still being processed: a conflict that
     /// resolves itself, so callers get `409` with `Retry-After`.
     #[error("{0}")]
@@ -49,7 +53,9 @@ impl Error {
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Conflict(_) | Error::InProgress(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::Precondition { .. } | Error::InProgress(_) => {
+                StatusCode::CONFLICT
+            }
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

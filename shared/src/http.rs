@@ -7,8 +7,10 @@ use serde_json::Value;
 
 use crate::Error;
 
-/// Commands are small; anything bigger is refused before parsing (`413`).
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Commands are small; anything bigger is refused before parsing (`413`). Every body the spec
+/// admits fits: the largest, a 4000-character message, is under 48 KB even with every
+/// character escaped as a JSON surrogate pair (`\uD83D\uDE00`).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Parses a JSON body: `415` unless the content type is JSON, `413` when too big, `400` when
 /// not JSON, `422` naming the field (as a JSON path such as `skills[2]`) when a value is
@@ -167,7 +169,9 @@ impl<'r> Route<'r> {
     }
 }
 
-/// A query-string parameter parsed with `FromStr`; `422` naming it when it does not parse.
+/// A query-string parameter parsed with `FromStr`: `None` when absent; `422` naming it when it
+/// does not parse, or is empty (`?skill=` names no skill: the spec gives every parameter a
+/// non-empty schema, so an empty value is no more valid than a wrong one).
 pub fn query<T: std::str::FromStr>(req: &Request, name: &str) -> Result<Option<T>, Error>
 where
     T::Err: std::fmt::Display,
@@ -176,7 +180,8 @@ where
         .query_string_parameters_ref()
         .and_then(|q| q.first(name))
     {
-        None | Some("") => Ok(None),
+        None => Ok(None),
+        Some("") => Err(Error::invalid(name, "must not be empty")),
         Some(v) => v
             .parse::<T>()
             .map(Some)
@@ -244,6 +249,7 @@ pub fn problem(err: &Error) -> Response<Body> {
         Error::NotFound(_) => ("not-found", "Not found"),
         Error::Forbidden(_) => ("forbidden", "Forbidden"),
         Error::Conflict(_) => ("conflict", "Conflict"),
+        Error::Precondition { .. } => ("precondition-failed", "Precondition failed"),
         Error::InProgress(_) => ("in-progress", "Request in progress"),
         Error::TooLarge { .. } => ("payload-too-large", "Payload too large"),
         Error::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
@@ -262,7 +268,7 @@ pub fn problem(err: &Error) -> Response<Body> {
         other => other.to_string(),
     };
     let field = match err {
-        Error::Invalid { field, .. } => Some(field.as_str()),
+        Error::Invalid { field, .. } | Error::Precondition { field, .. } => Some(field.as_str()),
         _ => None,
     };
     let r#type = format!("/problems/{kind}");

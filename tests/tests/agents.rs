@@ -277,11 +277,19 @@ async fn list_filters_by_state_and_skill_and_paginates() {
         json!({"limit": "0"}),
         json!({"limit": "x"}),
         json!({"cursor": "garbage!"}),
+        // Present but empty names no skill (the spec's Skill has minLength 1): not "any".
+        json!({"skill": ""}),
+        json!({"state": ""}),
+        json!({"limit": ""}),
     ] {
         let (s, body, _) = call(&app, list(bad.clone())).await;
         assert_eq!(s, 422, "{bad}: {body}");
-        assert!(body["field"].is_string());
+        let named = bad.as_object().unwrap().keys().next().unwrap();
+        assert_eq!(&body["field"], named, "{bad}: {body}");
     }
+    // A cursor of base64url text that names no page of this list: not found.
+    let (s, body, _) = call(&app, list(json!({"cursor": "e30"}))).await;
+    assert_eq!(s, 404, "{body}");
 }
 
 #[tokio::test]
@@ -477,8 +485,9 @@ async fn the_server_orders_changes_and_a_version_is_only_a_precondition() {
         202
     );
 
-    // A far-future version, a version in the wrong unit (ns since 1970), a negative one: none
-    // is accepted, and later valid commands of anybody go through.
+    // A far-future version, a version in the wrong unit (ns since 1970), one the agent never
+    // reached: none holds (a 409 naming it: a version is a precondition), and later valid
+    // commands of anybody go through. A negative one is no version at all (422).
     for far in [
         json!(18_446_744_073_709_551_615u64),
         json!(1_765_000_000_000_000_000u64),
@@ -486,8 +495,12 @@ async fn the_server_orders_changes_and_a_version_is_only_a_precondition() {
     ] {
         let (status, body) = change(&app, "zed", "AWAY", Some(far.clone())).await;
         assert_eq!(
-            (status, &body["field"]),
-            (422, &json!("version")),
+            (status, &body["field"], &body["type"]),
+            (
+                409,
+                &json!("version"),
+                &json!("/problems/precondition-failed")
+            ),
             "{far}: {body}"
         );
     }
@@ -498,7 +511,7 @@ async fn the_server_orders_changes_and_a_version_is_only_a_precondition() {
         .to_string()
         .into();
     let (status, body, _) = call(&app, huge).await;
-    assert_eq!((status, &body["field"]), (422, &json!("version")), "{body}");
+    assert_eq!((status, &body["field"]), (409, &json!("version")), "{body}");
     assert_eq!(change(&app, "zed", "AVAILABLE", None).await.0, 202);
     assert!(drain(&env, &worker).await.is_empty());
     let (_, agent) = get_agent(&app, "zed").await;
@@ -652,7 +665,7 @@ async fn an_event_that_failed_to_publish_is_published_on_redelivery() {
 async fn bad_input_gets_a_problem_never_a_5xx_and_writes_nothing() {
     let env = Env::new().await;
     let app = api_app(&env);
-    let huge = format!(r#"{{"name": "{}", "capacity": 1}}"#, "x".repeat(20_000));
+    let huge = format!(r#"{{"name": "{}", "capacity": 1}}"#, "x".repeat(70_000));
     let cases: Vec<(Value, u16, Option<&str>)> = vec![
         (
             register_event("a1", "N", &[], 1).tap_body("{not json"),

@@ -847,7 +847,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
     };
     let huge = format!(
         r#"{{"sender": "customer", "text": "{}"}}"#,
-        "x".repeat(20_000)
+        "x".repeat(70_000)
     );
     let start = start_event(&[]);
     let msg = message_event(&id, "customer", "x");
@@ -1010,17 +1010,18 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
     for (query, field) in [
         (json!({"limit": "0"}), "limit"),
         (json!({"limit": "many"}), "limit"),
+        (json!({"limit": ""}), "limit"),
         (json!({"cursor": "garbage!"}), "cursor"),
-        // A well-formed cursor of another list.
-        (
-            json!({"cursor": "eyJwayI6IkFHRU5UI3giLCJzayI6IkFHRU5UIn0"}),
-            "cursor",
-        ),
+        (json!({"cursor": ""}), "cursor"),
     ] {
         let (status, body, _) = call(&s.api, list_event(&id, &query)).await;
         assert_eq!(status, 422, "{query}: {body}");
         assert_eq!(body["field"], field);
     }
+    // A well-formed cursor of another list names no page of this one.
+    let foreign = json!({"cursor": "eyJwayI6IkFHRU5UI3giLCJzayI6IkFHRU5UIn0"});
+    let (status, body, _) = call(&s.api, list_event(&id, &foreign)).await;
+    assert_eq!(status, 404, "{body}");
     assert_eq!(
         s.env.item_count("ConversationsTable").await,
         items,

@@ -30,6 +30,7 @@ use shared::{
     command::{self, Accepted, CommandTransport, Compensated, NoRecord, Provisional, Provisioned},
     config,
     domain::{
+        Whole,
         agents::{
             Agent, AgentMatched, AgentName, AgentState, Capacity, ChangeAgentState, RegisterAgent,
             Skills, rank_candidates,
@@ -99,7 +100,7 @@ struct RegisterBody {
     skills: Skills,
     capacity: Capacity,
     /// A precondition: the agent's version the client saw (0: not registered yet).
-    version: Option<u64>,
+    version: Option<Whole>,
 }
 
 #[derive(Deserialize)]
@@ -107,7 +108,7 @@ struct RegisterBody {
 struct StateBody {
     state: AgentState,
     /// A precondition: the agent's version the client saw.
-    version: Option<u64>,
+    version: Option<Whole>,
 }
 
 #[derive(Deserialize)]
@@ -219,21 +220,23 @@ async fn list<S: AgentStore, C, B, I>(
     Ok(json(200, &page))
 }
 
-/// Checks a command's precondition against the agent as it is now (version 0: not registered):
-/// `422` for a version the server never issued, `409` for one the agent has moved past. (The
+/// Checks a command's precondition against the agent as it is now (version 0: not
+/// registered): `409` naming `version` when it does not hold, whether the agent has moved past
+/// it or it is one the server never issued (a far-future value, or one in the wrong unit). (The
 /// worker checks it again when the command's turn comes.)
 fn check_version(expected: Option<u64>, agent: &AgentId, actual: u64) -> Result<(), Error> {
     match expected {
-        Some(v) if v > actual => Err(Error::invalid(
-            "version",
-            format!(
-                "agent {agent} is at version {actual}; a version is issued by the server \
-                 (GET /agents/{agent}/state), never chosen by the client"
+        Some(v) if v > actual => Err(Error::Precondition {
+            field: "version".into(),
+            detail: format!(
+                "agent {agent} is at version {actual}, and never was at {v}: versions are issued \
+                 by the server (GET /agents/{agent}/state), never chosen by the client"
             ),
-        )),
-        Some(v) if v < actual => Err(Error::Conflict(format!(
-            "version {v} is stale: agent {agent} is at version {actual}"
-        ))),
+        }),
+        Some(v) if v < actual => Err(Error::Precondition {
+            field: "version".into(),
+            detail: format!("version {v} is stale: agent {agent} is at version {actual}"),
+        }),
         _ => Ok(()),
     }
 }
@@ -284,10 +287,11 @@ where
     I: Idempotency,
 {
     let (request, body): (Value, RegisterBody) = parse_command(req)?;
+    let version = body.version.map(|v| v.0);
     command::idempotency_key(req)?;
-    if body.version.is_some() {
+    if version.is_some() {
         let current = app.store.get(&agent_id).await?;
-        check_version(body.version, &agent_id, current.map_or(0, |a| a.version))?;
+        check_version(version, &agent_id, current.map_or(0, |a| a.version))?;
     }
     command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = RegisterAgent {
@@ -295,7 +299,7 @@ where
             name: body.name,
             skills: body.skills,
             capacity: body.capacity,
-            expected_version: body.version,
+            expected_version: version,
         };
         let provisional = ProvisionalAgent {
             store: &app.store,
@@ -325,17 +329,18 @@ where
     I: Idempotency,
 {
     let (request, body): (Value, StateBody) = parse_command(req)?;
+    let version = body.version.map(|v| v.0);
     // Every input error before the (costlier) existence check.
     command::idempotency_key(req)?;
     let Some(agent) = app.store.get(&agent_id).await? else {
         return Err(Error::NotFound(format!("no agent {agent_id}")));
     };
-    check_version(body.version, &agent_id, agent.version)?;
+    check_version(version, &agent_id, agent.version)?;
     command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = ChangeAgentState {
             agent_id: agent_id.clone(),
             state: body.state,
-            expected_version: body.version,
+            expected_version: version,
         };
         Accepted {
             location: format!("/agents/{agent_id}/state"),

@@ -18,7 +18,7 @@ use shared::{
     config,
     domain::{
         ids::AccountId,
-        money::{Literal, MAX_NOTIONAL, Price, Quantity, exact_mul},
+        money::{Literal, Price, Quantity},
         trades::{Side, SubmitTrade, Symbol, Trade, TradeStatus},
     },
     events::Message,
@@ -128,12 +128,6 @@ async fn submit<S: TradeStore, Q: CommandTransport, I: Idempotency>(
     let body: TradeBody = parse_exact(req)?;
     caller.require_account(&body.account_id)?;
     let (quantity, price) = (body.quantity.0, body.price.0);
-    if exact_mul(quantity.get(), price.get()).map_or(true, |n| n > MAX_NOTIONAL) {
-        return Err(Error::invalid(
-            "quantity",
-            format!("quantity × price must be at most {MAX_NOTIONAL}"),
-        ));
-    }
     command::idempotency_key(req)?;
     // Two requests are "the same" when they describe the same order: `10` and `"10.0"` are.
     let order = json!({

@@ -67,19 +67,22 @@ impl Skills {
 
 impl TryFrom<Vec<Skill>> for Skills {
     type Error = String;
+    /// At most [`Skills::MAX`] as sent (the spec's `maxItems` counts them so); duplicates are
+    /// then merged.
     fn try_from(mut v: Vec<Skill>) -> Result<Self, String> {
-        v.sort();
-        v.dedup();
         if v.len() > Skills::MAX {
             return Err(format!("at most {} skills", Skills::MAX));
         }
+        v.sort();
+        v.dedup();
         Ok(Skills(v))
     }
 }
 
-/// How many conversations an agent may hold at once: 1–50.
+/// How many conversations an agent may hold at once: 1–50 (in a request, a JSON integer, or a
+/// number without a fraction such as `2.0`, which JSON Schema's `integer` admits too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
+#[serde(try_from = "super::Whole", into = "u32")]
 pub struct Capacity(u32);
 
 impl Capacity {
@@ -101,25 +104,36 @@ impl TryFrom<u32> for Capacity {
     }
 }
 
+impl TryFrom<super::Whole> for Capacity {
+    type Error = String;
+    fn try_from(n: super::Whole) -> Result<Self, String> {
+        u32::try_from(n.0)
+            .ok()
+            .and_then(|n| Capacity::try_from(n).ok())
+            .ok_or_else(|| format!("capacity must be between 1 and {}", Capacity::MAX))
+    }
+}
+
 impl From<Capacity> for u32 {
     fn from(c: Capacity) -> u32 {
         c.0
     }
 }
 
-/// A display name: 1–100 characters once trimmed.
+/// A display name: 1–100 characters, stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct AgentName(String);
 
 impl TryFrom<String> for AgentName {
     type Error = String;
+    /// 1–100 characters as sent (the spec's `maxLength` counts them so), not only white space,
+    /// no control characters; kept trimmed.
     fn try_from(s: String) -> Result<Self, String> {
-        let t = s.trim();
-        if t.is_empty() || t.chars().count() > 100 || t.chars().any(char::is_control) {
-            Err("name must be 1 to 100 printable characters".into())
+        if s.chars().count() > 100 || s.chars().any(char::is_control) || super::is_blank(&s) {
+            Err("name must be 1 to 100 characters, not only spaces, no control characters".into())
         } else {
-            Ok(AgentName(t.to_owned()))
+            Ok(AgentName(s.trim().to_owned()))
         }
     }
 }

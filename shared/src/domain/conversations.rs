@@ -208,7 +208,7 @@ impl TryFrom<String> for MessageText {
         let bad_char = s
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r');
-        if s.trim().is_empty() || s.chars().count() > Self::MAX_CHARS || bad_char {
+        if super::is_blank(&s) || s.chars().count() > Self::MAX_CHARS || bad_char {
             Err(format!(
                 "text must be 1 to {} characters, not only spaces, without control characters",
                 Self::MAX_CHARS

@@ -6,14 +6,17 @@
 //!
 //! | value    | rule                                                  |
 //! |----------|-------------------------------------------------------|
-//! | quantity | `> 0`, at most 8 decimal places, at most `1e9`        |
-//! | price    | `> 0`, at most 8 decimal places, at most `1e9`        |
-//! | notional | `quantity × price` at most `1e12`                     |
+//! | quantity | `> 0`, at most 8 decimal places, at most `1e6`        |
+//! | price    | `> 0`, at most 8 decimal places, at most `1e6`        |
 //!
-//! A value outside these (`1e400`, `0.000000001`, `0`, `-5`) is refused, never rounded. The
-//! notional limit keeps `quantity × price` (up to 16 decimal places) exact in 28 significant
-//! digits. Every later operation on money is checked with [`exact_add`], [`exact_sub`] and
-//! [`exact_mul`]: an operation whose exact result would not fit is an error, not a rounding.
+//! So `quantity × price` (the notional, up to 16 decimal places) is at most `1e12` and exact
+//! in 28 significant digits. A value outside these (`1e400`, `0.000000001`, `0`, `-5`) is
+//! refused, never rounded. Each limit is one a JSON Schema can state, so `openapi.yaml`
+//! admits exactly the values these types do (a property test holds them together): as a
+//! string, a plain decimal (`"12.5"`, no sign or exponent); as a JSON number, any number
+//! syntax, read from its literal text. Every later operation on money is checked with
+//! [`exact_add`], [`exact_sub`] and [`exact_mul`]: an operation whose exact result would not
+//! fit is an error, not a rounding.
 //! Division is the one operation that rounds, and it rounds once, at the last step: money
 //! kept in a position (its book cost) is exact at [`MONEY_SCALE`] places, the part of it a
 //! sale removes is [`share`] (multiply before dividing, one rounding half-to-even), and the
@@ -31,11 +34,10 @@ pub const PRICE_SCALE: u32 = 8;
 /// Decimal places of money: `quantity × price` has at most twice [`PRICE_SCALE`], so book costs
 /// and realized P&L are exact at this scale.
 pub const MONEY_SCALE: u32 = 2 * PRICE_SCALE;
-/// `1e9`: the largest quantity, and the largest price, of one trade.
-pub const MAX_QUANTITY: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+/// `1e6`: the largest quantity, and the largest price, of one trade (so a trade's notional is
+/// at most `1e12`).
+pub const MAX_QUANTITY: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
 pub const MAX_PRICE: Decimal = MAX_QUANTITY;
-/// `1e12`: the largest `quantity × price` of one trade.
-pub const MAX_NOTIONAL: Decimal = Decimal::from_parts(0xD4A5_1000, 0xE8, 0, false, 0);
 
 /// Parses a decimal literal, JSON-number syntax (`-12.5`, `1e3`, `2.5E-2`), refusing more than
 /// `max_scale` decimal places or a value above `max` before building anything, so that huge
@@ -169,12 +171,12 @@ macro_rules! positive_decimal {
 }
 
 positive_decimal!(
-    /// The number of units of one trade: `> 0`, at most 8 decimal places, at most `1e9`.
+    /// The number of units of one trade: `> 0`, at most 8 decimal places, at most `1e6`.
     Quantity,
     MAX_QUANTITY
 );
 positive_decimal!(
-    /// The price of one unit: `> 0`, at most 8 decimal places, at most `1e9`.
+    /// The price of one unit: `> 0`, at most 8 decimal places, at most `1e6`.
     Price,
     MAX_PRICE
 );
@@ -240,7 +242,9 @@ impl<'de> Deserialize<'de> for Amount {
 /// A request-body field holding a decimal as a JSON string **or number**, parsed from the
 /// literal text the caller sent (serde_json's `RawValue`), so `0.1` is exactly one tenth and
 /// `1e400` is a range error naming the field, never an `f64` or a parse failure of the body.
-/// Only works when deserializing straight from bytes ([`crate::http::parse_exact`]).
+/// A string is a plain decimal (`[0-9]+(.[0-9]+)?`: no sign, no exponent), as the spec's
+/// pattern says; a number may use any JSON number syntax. Only works when deserializing
+/// straight from bytes ([`crate::http::parse_exact`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Literal<T>(pub T);
 
@@ -252,7 +256,15 @@ where
         let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
         let text = raw.get();
         let literal = match text.as_bytes().first() {
-            Some(b'"') => serde_json::from_str::<String>(text).map_err(D::Error::custom)?,
+            Some(b'"') => {
+                let s = serde_json::from_str::<String>(text).map_err(D::Error::custom)?;
+                if !is_plain_decimal(&s) {
+                    return Err(D::Error::custom(
+                        "as a string, a plain decimal without sign or exponent (e.g. \"12.5\")",
+                    ));
+                }
+                s
+            }
             Some(b'-' | b'0'..=b'9') => text.to_owned(),
             _ => {
                 return Err(D::Error::custom(
@@ -261,6 +273,15 @@ where
             }
         };
         literal.parse().map(Literal).map_err(D::Error::custom)
+    }
+}
+
+/// `[0-9]+(\.[0-9]+)?`: how a decimal is written as a string in a request.
+fn is_plain_decimal(s: &str) -> bool {
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    match s.split_once('.') {
+        Some((int, frac)) => digits(int) && digits(frac),
+        None => digits(s),
     }
 }
 
@@ -367,8 +388,16 @@ mod tests {
 
     #[test]
     fn limits_are_the_documented_numbers() {
-        assert_eq!(MAX_QUANTITY.to_string(), "1000000000");
-        assert_eq!(MAX_NOTIONAL.to_string(), "1000000000000");
+        assert_eq!(MAX_QUANTITY.to_string(), "1000000");
+        assert_eq!(MAX_PRICE.to_string(), "1000000");
+        let notional = exact_mul(MAX_QUANTITY, MAX_PRICE).unwrap();
+        assert_eq!(
+            notional.to_string(),
+            "1000000000000",
+            "the largest notional"
+        );
+        let finest = exact_mul(d("999999.99999999"), d("999999.99999999")).unwrap();
+        assert_eq!(finest.scale(), 16, "exact at 16 places");
     }
 
     #[test]
@@ -379,12 +408,12 @@ mod tests {
         assert_eq!(q("1e3").unwrap(), "1000");
         assert_eq!(q("2.5E-2").unwrap(), "0.025");
         assert_eq!(q("0.00000001").unwrap(), "0.00000001");
-        assert_eq!(q("1000000000").unwrap(), "1000000000");
+        assert_eq!(q("1000000").unwrap(), "1000000");
         assert!(q("0.000000001").unwrap_err().contains("8 decimal places"));
         assert!(q("1e400").unwrap_err().contains("at most"));
         assert!(q("1e99999999999999999999").unwrap_err().contains("at most"));
         assert!(q("1e-400").unwrap_err().contains("decimal places"));
-        assert!(q("1000000000.00000001").unwrap_err().contains("at most"));
+        assert!(q("1000000.00000001").unwrap_err().contains("at most"));
         assert!(q(&"9".repeat(40)).unwrap_err().contains("at most"));
         assert!(q("0").unwrap_err().contains("greater than 0"));
         assert!(q("0e5").unwrap_err().contains("greater than 0"));
@@ -413,12 +442,22 @@ mod tests {
         assert_eq!(body(r#"{"quantity": 0.1}"#).unwrap().to_string(), "0.1");
         assert_eq!(body(r#"{"quantity": "0.1"}"#).unwrap().to_string(), "0.1");
         assert_eq!(
-            body(r#"{"quantity": 123456789.12345678}"#)
+            body(r#"{"quantity": 123456.12345678}"#)
                 .unwrap()
                 .to_string(),
-            "123456789.12345678"
+            "123456.12345678"
+        );
+        assert_eq!(body(r#"{"quantity": 1.5e2}"#).unwrap().to_string(), "150");
+        assert_eq!(
+            body(r#"{"quantity": "007.50"}"#).unwrap().to_string(),
+            "7.5"
         );
         for bad in [
+            r#"{"quantity": "1e2"}"#,
+            r#"{"quantity": "-1"}"#,
+            r#"{"quantity": "+1"}"#,
+            r#"{"quantity": ".5"}"#,
+            r#"{"quantity": "0"}"#,
             r#"{"quantity": 1e400}"#,
             r#"{"quantity": true}"#,
             r#"{"quantity": null}"#,
@@ -448,7 +487,7 @@ mod tests {
     fn exact_operations_fail_rather_than_round() {
         assert_eq!(exact_mul(d("1.5"), d("2")).unwrap(), d("3"));
         assert_eq!(
-            exact_mul(MAX_QUANTITY, d("1000")).unwrap().to_string(),
+            exact_mul(MAX_QUANTITY, d("1000000")).unwrap().to_string(),
             "1000000000000"
         );
         let tiny = d("0.00000001");

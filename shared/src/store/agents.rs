@@ -121,26 +121,18 @@ fn agent_key(id: &AgentId) -> AttributeValue {
 
 /// A list cursor is a `byState` position: the index key (`state`, `agentId`) of an agent
 /// profile and its table key, in the state the list is filtered by. Anything else would make
-/// DynamoDB fail the request (a 500), so it is refused here (`422`).
-fn check_list_cursor(
+/// DynamoDB fail the request, so it names no page of this list (`decode_cursor`).
+fn is_list_cursor(
     key: &std::collections::HashMap<String, AttributeValue>,
     filter: &AgentFilter,
-) -> Result<(), Error> {
+) -> bool {
     let text = |k: &str| key.get(k).and_then(|v| v.as_s().ok());
     let state = text("state").and_then(|v| v.parse::<AgentState>().ok());
     let agent = text("agentId").and_then(|v| v.parse::<AgentId>().ok());
-    let ours = key.len() == 4
+    key.len() == 4
         && state.is_some_and(|st| filter.state.is_none_or(|f| f == st))
         && agent.is_some_and(|a| key.get("pk") == Some(&agent_key(&a)))
-        && text("sk").is_some_and(|v| v == "PROFILE");
-    if ours {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "cursor",
-            "not a cursor returned by this list",
-        ))
-    }
+        && text("sk").is_some_and(|v| v == "PROFILE")
 }
 
 fn reservation_key(id: &ConversationId) -> AttributeValue {
@@ -193,10 +185,9 @@ impl AgentStore for DynamoAgentStore {
         limit: i32,
         cursor: Option<&str>,
     ) -> Result<Page<Agent>, Error> {
-        let start = cursor.map(decode_cursor).transpose()?;
-        if let Some(key) = &start {
-            check_list_cursor(key, filter)?;
-        }
+        let start = cursor
+            .map(|c| decode_cursor(c, |key| is_list_cursor(key, filter)))
+            .transpose()?;
         let (items, last) = match filter.state {
             Some(state) => {
                 let out = self

@@ -273,20 +273,15 @@ impl ConversationStore for DynamoConversationStore {
         cursor: Option<&str>,
     ) -> Result<Page<Message>, Error> {
         let pk = conversation_key(conversation);
-        let start = cursor.map(decode_cursor).transpose()?;
-        // A cursor of another conversation (or list) would make DynamoDB fail the query.
-        if let Some(key) = &start {
+        // Only a position in this conversation's messages.
+        let ours = |key: &Item| {
             let sk_ok = key
                 .get("sk")
                 .and_then(|v| v.as_s().ok())
                 .is_some_and(|v| v.starts_with("MSG#"));
-            if key.get("pk") != Some(&pk) || !sk_ok || key.len() != 2 {
-                return Err(Error::invalid(
-                    "cursor",
-                    "not a cursor of this conversation's messages",
-                ));
-            }
-        }
+            key.get("pk") == Some(&pk) && sk_ok && key.len() == 2
+        };
+        let start = cursor.map(|c| decode_cursor(c, ours)).transpose()?;
         let out = self
             .client
             .query()

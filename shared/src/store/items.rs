@@ -187,26 +187,22 @@ pub(crate) async fn query_prefix(
     Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
 }
 
-/// Decodes a page cursor for a query of partition `pk` under `prefix`, refusing (`422`) one
-/// that points elsewhere: DynamoDB would answer a foreign start key with an error, not a page.
+/// Decodes a page cursor for a query of partition `pk` under `prefix` (`super::decode_cursor`):
+/// one that points elsewhere names no page of it, since DynamoDB would answer a foreign start
+/// key with an error.
 pub(crate) fn start_key(
     cursor: Option<&str>,
     pk: &str,
     prefix: &str,
 ) -> Result<Option<Item>, Error> {
-    let Some(cursor) = cursor else {
-        return Ok(None);
-    };
-    let key = super::decode_cursor(cursor)?;
-    let text = |k: &str| key.get(k).and_then(|v| v.as_s().ok());
-    let ours = key.len() == 2
-        && text("pk").is_some_and(|p| p == pk)
-        && text("sk").is_some_and(|s| s.starts_with(prefix));
-    if !ours {
-        return Err(Error::invalid(
-            "cursor",
-            "not a cursor returned by this API",
-        ));
-    }
-    Ok(Some(key))
+    cursor
+        .map(|cursor| {
+            super::decode_cursor(cursor, |key| {
+                let text = |k: &str| key.get(k).and_then(|v| v.as_s().ok());
+                key.len() == 2
+                    && text("pk").is_some_and(|p| p == pk)
+                    && text("sk").is_some_and(|s| s.starts_with(prefix))
+            })
+        })
+        .transpose()
 }

@@ -65,14 +65,38 @@ pub fn encode_cursor(key: Option<&HashMap<String, AttributeValue>>) -> Option<St
     Some(URL_SAFE_NO_PAD.encode(json))
 }
 
-pub fn decode_cursor(cursor: &str) -> Result<HashMap<String, AttributeValue>, Error> {
-    let bad = || Error::invalid("cursor", "not a cursor returned by this API");
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let plain: HashMap<String, String> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    Ok(plain
+/// Reads a list's `cursor` parameter back into the key it encodes.
+///
+/// `422` naming `cursor` when it is not base64url text at all (what the spec's pattern
+/// admits); `404` when it is, but names no page of this list: not a key this API encodes, or
+/// one `ours` refuses (another list's or another partition's, which DynamoDB would fail the
+/// query with). A cursor is the name of a page, so an unknown one is not found.
+pub fn decode_cursor(
+    cursor: &str,
+    ours: impl Fn(&HashMap<String, AttributeValue>) -> bool,
+) -> Result<HashMap<String, AttributeValue>, Error> {
+    let base64url = !cursor.is_empty()
+        && cursor
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !base64url {
+        return Err(Error::invalid(
+            "cursor",
+            "a cursor is the base64url text of a nextCursor this API returned",
+        ));
+    }
+    let not_found = || Error::NotFound(format!("cursor {cursor} names no page of this list"));
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| not_found())?;
+    let plain: HashMap<String, String> = serde_json::from_slice(&bytes).map_err(|_| not_found())?;
+    let key = plain
         .into_iter()
         .map(|(k, v)| (k, AttributeValue::S(v)))
-        .collect())
+        .collect();
+    if ours(&key) {
+        Ok(key)
+    } else {
+        Err(not_found())
+    }
 }
 
 /// The reason codes of a cancelled transaction, one per item (`"None"` for items that passed).
@@ -110,8 +134,16 @@ mod tests {
     fn cursors_round_trip_and_reject_garbage() {
         let key = HashMap::from([("pk".to_owned(), s("AGENT#a")), ("sk".to_owned(), s("x"))]);
         let c = encode_cursor(Some(&key)).unwrap();
-        assert_eq!(decode_cursor(&c).unwrap(), key);
-        assert!(decode_cursor("!!!").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("[1]")).is_err());
+        assert_eq!(decode_cursor(&c, |_| true).unwrap(), key);
+        let status = |c: &str| decode_cursor(c, |k| k.len() == 2).unwrap_err().status();
+        assert_eq!(status("!!!"), 422, "not base64url: not a cursor at all");
+        assert_eq!(status(""), 422);
+        assert_eq!(status("abc"), 404, "base64url, but no page");
+        assert_eq!(status(&URL_SAFE_NO_PAD.encode("[1]")), 404);
+        assert_eq!(
+            status(&URL_SAFE_NO_PAD.encode(r#"{"pk":"x"}"#)),
+            404,
+            "not ours"
+        );
     }
 }
