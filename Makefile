@@ -45,7 +45,7 @@ release:
 sam-build:
 	sam build
 
-## Benchmarks of DESIGN §7 (release builds, emulator, `local dev --release`): writes BENCHMARKS.md + .png.
+## Benchmarks of the budgets in docs/ARCHITECTURE.md (release builds, emulator, `local dev --release`): writes BENCHMARKS.md + .png.
 ## The harness's stdout is the functions' EMF lines; its progress goes to stderr.
 bench: tools
 	cargo build --release --workspace --bins

@@ -1,4 +1,4 @@
-//! `make bench`: measures the budgets of DESIGN §7 side by side with their baselines in one
+//! `make bench`: measures the budgets of docs/ARCHITECTURE.md side by side with their baselines in one
 //! run and writes `BENCHMARKS.md` and `BENCHMARKS.png`. `--quick` (make bench-quick) takes
 //! fewer samples, skips RSS, writes under `--out` and exits non-zero only when a ratio budget
 //! is broken by a wide margin ([`MARGIN`]× the budget) or a ratio could not be measured at all,

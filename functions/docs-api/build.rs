@@ -1,5 +1,5 @@
 //! Converts `openapi.yaml` to JSON at build time: parsing the 40 KB of YAML took ≈ 4 ms of
-//! every cold start (DESIGN §7: init ≤ 1.5× hello-world), for bytes that never change.
+//! every cold start (docs/ARCHITECTURE.md §Budgets: init ≤ 1.5× hello-world), for bytes that never change.
 
 fn main() {
     let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../openapi.yaml");

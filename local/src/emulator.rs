@@ -137,7 +137,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         // The functions' HTTP client (the workspace builds the SDK without one of its own),
         // with the SDK's default connect timeout.
-        .http_client(shared::https::SdkHttpClient::shared(
+        .http_client(shared::http_client::SdkHttpClient::shared(
             std::time::Duration::from_millis(3_100),
         ))
         .endpoint_url(endpoint)

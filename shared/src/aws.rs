@@ -4,8 +4,8 @@
 //! outage would hang requests instead of answering `503`. Timeouts here are short and
 //! overridable (`AWS_CONNECT_TIMEOUT_MS`, `AWS_OPERATION_TIMEOUT_MS`).
 //!
-//! Cheap to build (DESIGN §7: init ≤ 1.5× a hello-world binary): every SDK client of the
-//! process shares one HTTP client ([`crate::https`], roots compiled in), and when the
+//! Cheap to build (docs/ARCHITECTURE.md §Budgets: init ≤ 1.5× a hello-world binary): every SDK client of the
+//! process shares one HTTP client ([`crate::http_client`], roots compiled in), and when the
 //! environment says everything the clients need, as Lambda's always does (region and
 //! credentials), the `SdkConfig` is built from it directly instead of running `aws-config`'s
 //! default chain (which probes profile files and builds its provider chain: ≈ 0.7 ms here).
@@ -20,7 +20,7 @@ use aws_config::{
 };
 use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
 
-use crate::config::var_or;
+use crate::config::Vars;
 
 pub async fn load() -> SdkConfig {
     let vars = std::env::vars_os()
@@ -42,7 +42,7 @@ pub fn configure(loader: ConfigLoader) -> ConfigLoader {
     loader
         .timeout_config(settings.timeouts())
         .retry_config(settings.retries())
-        .http_client(crate::https::SdkHttpClient::shared(settings.connect))
+        .http_client(crate::http_client::SdkHttpClient::shared(settings.connect))
 }
 
 struct Settings {
@@ -52,9 +52,10 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
+        let vars = Vars::process();
         Settings {
-            connect: Duration::from_millis(var_or("AWS_CONNECT_TIMEOUT_MS", 500)),
-            operation: Duration::from_millis(var_or("AWS_OPERATION_TIMEOUT_MS", 2_000)),
+            connect: Duration::from_millis(vars.var_or("AWS_CONNECT_TIMEOUT_MS", 500)),
+            operation: Duration::from_millis(vars.var_or("AWS_OPERATION_TIMEOUT_MS", 2_000)),
         }
     }
 
@@ -116,7 +117,7 @@ pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Option<Sdk
         .credentials_provider(SharedCredentialsProvider::new(credentials))
         .timeout_config(settings.timeouts())
         .retry_config(settings.retries())
-        .http_client(crate::https::SdkHttpClient::shared(settings.connect));
+        .http_client(crate::http_client::SdkHttpClient::shared(settings.connect));
     if let Some(endpoint) = var("AWS_ENDPOINT_URL") {
         sdk = sdk.endpoint_url(endpoint);
     }

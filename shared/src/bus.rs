@@ -4,7 +4,7 @@ use std::future::Future;
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use crate::{Error, command::CommandTransport, events::Envelope};
+use crate::{Error, command::CommandTransport, envelope::Envelope};
 
 pub trait EventBus: Send + Sync {
     /// Publishes every envelope or fails: a partial failure is an error, so the caller retries
@@ -26,8 +26,8 @@ impl EventBridgeBus {
     fn entry(&self, e: &Envelope) -> Result<PutEventsRequestEntry, Error> {
         Ok(PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus_name)
-            .source(e.message.source())
-            .detail_type(e.message.detail_type())
+            .source(e.payload.source())
+            .detail_type(e.payload.detail_type())
             .detail(serde_json::to_string(e)?)
             .build())
     }

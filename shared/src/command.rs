@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::{
     Error,
     auth::Caller,
-    events::Envelope,
+    envelope::Envelope,
     http::Route,
     store::idempotency::{Claim, Idempotency, KeyScope, StoredResponse},
 };
@@ -79,9 +79,9 @@ pub trait Provisional: Send + Sync {
 }
 
 /// No provisional record (the command changes something that exists already).
-pub struct NoRecord;
+pub struct NothingProvisional;
 
-impl Provisional for NoRecord {
+impl Provisional for NothingProvisional {
     async fn write(&self) -> Result<Provisioned, Error> {
         Ok(Provisioned::Written)
     }
@@ -143,12 +143,12 @@ impl Ids {
 
 impl Ids {
     /// The envelope of the command `message`, with these ids' command id and time.
-    pub fn envelope(&self, correlation_id: String, message: crate::events::Message) -> Envelope {
+    pub fn envelope(&self, correlation_id: String, payload: crate::envelope::Payload) -> Envelope {
         Envelope {
             id: self.command,
             correlation_id,
             occurred_at: self.at,
-            message,
+            payload,
         }
     }
 
@@ -173,7 +173,7 @@ pub struct Accepted<P> {
     pub location: String,
     /// The `202` body: the ids of what was accepted and created.
     pub body: Value,
-    /// What the command makes visible at once ([`NoRecord`] for nothing).
+    /// What the command makes visible at once ([`NothingProvisional`] for nothing).
     pub provisional: P,
 }
 
@@ -326,7 +326,7 @@ async fn hand_off<T: CommandTransport, P: Provisional>(
         }
     }
     tracing::info!(
-        command = command.message.detail_type(),
+        command = command.payload.detail_type(),
         command_id = %command.id,
         correlation_id = %command.correlation_id,
         "command accepted"

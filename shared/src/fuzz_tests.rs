@@ -1,7 +1,7 @@
 //! Property tests of everything that reads untrusted input: the request-body parsers
 //! ([`crate::http`]), the SQS record decoder ([`crate::worker::decode`]) and the decimal parser
 //! ([`crate::domain::money`]). On any input they return, never panic, and a request is never
-//! refused with a 5xx (DESIGN §3.7). Case counts are bounded so `cargo test` stays quick.
+//! refused with a 5xx (docs/ARCHITECTURE.md, guarantee 7). Case counts are bounded so `cargo test` stays quick.
 
 use lambda_http::{Body, Request};
 use proptest::prelude::*;

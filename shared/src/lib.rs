@@ -5,7 +5,7 @@
 //! Every function's `main` runs a current-thread Tokio runtime (`flavor = "current_thread"`).
 //! A Lambda instance handles one invocation at a time, and below 1,769 MB of memory it has at
 //! most one vCPU: worker threads would buy nothing but their start-up. Spawning them is
-//! ≈ 0.3 ms of every cold start here (DESIGN §7 budgets init at 1.5× hello-world, ≈ 2–3 ms).
+//! ≈ 0.3 ms of every cold start here (docs/ARCHITECTURE.md §Budgets: init at most 1.5× hello-world).
 //! The messages of a batch still run concurrently: their work is I/O, interleaved on one
 //! thread ([`worker`]).
 
@@ -15,10 +15,10 @@ pub mod bus;
 pub mod command;
 pub mod config;
 pub mod domain;
+pub mod envelope;
 pub mod error;
-pub mod events;
 pub mod http;
-pub mod https;
+pub mod http_client;
 pub mod metrics;
 pub mod queue;
 pub mod retry;

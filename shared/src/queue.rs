@@ -3,11 +3,11 @@
 //!
 //! EventBridge can deliver to a FIFO queue, but a rule target's `MessageGroupId` is one fixed
 //! string, which would serialize every aggregate behind one group. So these commands bypass
-//! the bus: `MessageGroupId` is the command's aggregate ([`crate::events::Message::aggregate_id`]:
+//! the bus: `MessageGroupId` is the command's aggregate ([`crate::envelope::Payload::aggregate_id`]:
 //! order per aggregate, aggregates in parallel) and `MessageDeduplicationId` the command's id
 //! (a resend within SQS's five-minute window is dropped; the worker's inbox covers the rest).
 
-use crate::{Error, command::CommandTransport, events::Envelope};
+use crate::{Error, command::CommandTransport, envelope::Envelope};
 
 /// An SQS FIFO queue of commands.
 #[derive(Clone)]
@@ -28,7 +28,7 @@ impl CommandTransport for SqsFifoQueue {
             .send_message()
             .queue_url(&self.url)
             .message_body(serde_json::to_string(command)?)
-            .message_group_id(command.message.aggregate_id())
+            .message_group_id(command.payload.aggregate_id())
             .message_deduplication_id(command.id.to_string())
             .send()
             .await

@@ -10,7 +10,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 ///
 /// The filter is a [`Targets`] (`level` or `target=level,...`), not an `EnvFilter`: the
 /// template only ever sets a plain level (`LogLevel`), and `EnvFilter` compiles regular
-/// expressions to parse even that, a measurable part of a cold start (DESIGN §7). An
+/// expressions to parse even that, a measurable part of a cold start (docs/ARCHITECTURE.md §Budgets). An
 /// unparsable `RUST_LOG` falls back to `info`, as before.
 pub fn init() {
     tracing_subscriber::fmt()

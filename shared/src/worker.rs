@@ -25,9 +25,9 @@ use tracing::Instrument;
 use crate::{
     Error,
     bus::EventBus,
-    events::Envelope,
+    envelope::Envelope,
     metrics::Unit,
-    store::inbox::{Inbox, InboxRecord},
+    store::inbox::{Inbox, InboxEntry},
 };
 
 /// EventBridge delivers `{ "detail-type": ..., "source": ..., "detail": <envelope> }` to SQS.
@@ -103,7 +103,7 @@ where
             let span = tracing::info_span!(
                 "message",
                 message_id = %id,
-                message = env.message.detail_type(),
+                message = env.payload.detail_type(),
                 envelope_id = %env.id,
                 correlation_id = %env.correlation_id,
             );
@@ -154,7 +154,7 @@ where
 
 /// What applying a message did.
 pub enum Applied {
-    /// The effect and its inbox record were written; these events must now be published.
+    /// The effect and its inbox entry were written; these events must now be published.
     Done(Vec<Envelope>),
     /// A concurrent delivery of the same message wrote its record first.
     Duplicate,
@@ -162,7 +162,7 @@ pub enum Applied {
 
 /// Applies `msg` at most once and publishes its events at least once.
 ///
-/// A message with an inbox record was applied before: its events are published again if that
+/// A message with an inbox entry was applied before: its events are published again if that
 /// did not complete (the dual-write gap), and nothing else happens. Otherwise `apply` writes
 /// the effect together with the record. A publish failure fails the message, so SQS redelivers
 /// it and the next attempt publishes from the record.
@@ -182,8 +182,8 @@ where
 }
 
 /// [`exactly_once`] whose `apply` starts from the result of `read` (typically the aggregate
-/// the message changes), read concurrently with the inbox record: one round trip less before
-/// the write that makes the effect visible (DESIGN §4: command → query-visible).
+/// the message changes), read concurrently with the inbox entry: one round trip less before
+/// the write that makes the effect visible (docs/ARCHITECTURE.md §Budgets: command → query-visible).
 ///
 /// Safe because the read only informs the write: the write is still conditioned on the inbox
 /// record being absent (and on the aggregate's version), so a message found in the inbox is
@@ -205,14 +205,14 @@ where
 {
     let (record, read) = futures::join!(inbox.processed(msg.id), read);
     let events = match record? {
-        Some(InboxRecord {
+        Some(InboxEntry {
             published: true, ..
         }) => return Ok(()),
-        Some(record) => record.events,
+        Some(record) => record.outbox,
         None => match apply(read?).await? {
             Applied::Done(events) => events,
             Applied::Duplicate => match inbox.processed(msg.id).await? {
-                Some(record) if !record.published => record.events,
+                Some(record) if !record.published => record.outbox,
                 _ => return Ok(()),
             },
         },
@@ -234,12 +234,12 @@ mod tests {
 
     use super::*;
     use crate::domain::agents::{AgentState, ChangeAgentState};
-    use crate::events::Message;
+    use crate::envelope::Payload;
 
     fn change(agent: &str) -> String {
         let env = Envelope::new(
             "c",
-            Message::ChangeAgentState(ChangeAgentState {
+            Payload::ChangeAgentState(ChangeAgentState {
                 agent_id: agent.parse().unwrap(),
                 state: AgentState::Away,
                 expected_version: None,
@@ -270,8 +270,8 @@ mod tests {
     /// Runs `event`, failing the records whose agent is `fail`: (failed ids, applied agents).
     async fn run(event: SqsEvent, fail: &str) -> (Vec<String>, Vec<String>) {
         let applied = Mutex::new(Vec::new());
-        let agent = |env: &Envelope| match &env.message {
-            Message::ChangeAgentState(c) => c.agent_id.to_string(),
+        let agent = |env: &Envelope| match &env.payload {
+            Payload::ChangeAgentState(c) => c.agent_id.to_string(),
             _ => unreachable!(),
         };
         let resp = process_batch(event, agent, |env| {

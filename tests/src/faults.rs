@@ -164,7 +164,7 @@ impl Faults {
 /// retries, so backoff behaves as deployed) whose transport obeys the returned [`Faults`].
 pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
     // The functions' own HTTP client, as `shared::aws::configure` would install it.
-    let inner = shared::https::SdkHttpClient::shared(std::time::Duration::from_millis(500));
+    let inner = shared::http_client::SdkHttpClient::shared(std::time::Duration::from_millis(500));
     let faults = Arc::new(Faults {
         throttle: AtomicUsize::new(0),
         throttled: AtomicUsize::new(0),

@@ -41,9 +41,9 @@ pub async fn sdk_for(endpoint: &str) -> SdkConfig {
                 .build(),
         )
         // The functions' HTTP client (the workspace builds the SDK without one of its own).
-        .http_client(shared::https::SdkHttpClient::shared(Duration::from_millis(
-            500,
-        )))
+        .http_client(shared::http_client::SdkHttpClient::shared(
+            Duration::from_millis(500),
+        ))
         .load()
         .await
 }
@@ -100,6 +100,18 @@ impl Env {
 
     pub fn queue_url(&self, logical: &str) -> String {
         self.stack.queue_url(logical).expect("queue").to_owned()
+    }
+
+    /// The environment `template.yaml` gives function `logical` (with `Globals`), every
+    /// intrinsic resolved against this test's stack as `make dev` resolves it. Tests build each
+    /// function from it (`Config::from_vars`), so a variable the template forgets or misnames
+    /// fails them; `.with(..)` points one function elsewhere (a fault, another bus).
+    pub fn vars(&self, logical: &str) -> shared::config::Vars {
+        let function = self
+            .stack
+            .function(logical)
+            .unwrap_or_else(|| panic!("{logical} is not a function of the template"));
+        shared::config::Vars::from(function.env.clone())
     }
 
     /// Receives what is in a queue now (waiting briefly for EventBridge deliveries), deleting

@@ -1,4 +1,4 @@
-//! Hello-world `lambda_runtime` function: the cold-start baseline of DESIGN §7.
+//! Hello-world `lambda_runtime` function: the cold-start baseline of docs/ARCHITECTURE.md §Budgets.
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;

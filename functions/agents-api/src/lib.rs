@@ -27,7 +27,9 @@ use serde_json::{Value, json};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
-    command::{self, Accepted, CommandTransport, Compensated, NoRecord, Provisional, Provisioned},
+    command::{
+        self, Accepted, CommandTransport, Compensated, NothingProvisional, Provisional, Provisioned,
+    },
     config,
     domain::{
         Whole,
@@ -37,7 +39,7 @@ use shared::{
         },
         ids::{AgentId, ConversationId},
     },
-    events::{Envelope, Message},
+    envelope::{Envelope, Payload},
     http::{Route, correlation_id, json, limit, parse_command, parse_json, query},
     queue::SqsFifoQueue,
     store::{
@@ -48,6 +50,10 @@ use shared::{
 };
 use uuid::Uuid;
 
+/// The commands this API sends straight to its worker's FIFO queue (not through the bus, so
+/// no rule routes them): checked against `template.yaml` with the worker's `HANDLES`.
+pub const QUEUED_COMMANDS: &[&str] = &["RegisterAgent", "ChangeAgentState"];
+
 pub struct Config {
     pub table_name: String,
     pub event_bus_name: String,
@@ -56,11 +62,11 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
-            event_bus_name: config::var("EVENT_BUS_NAME")?,
-            command_queue_url: config::var("AGENTS_COMMAND_QUEUE_URL")?,
+            table_name: vars.var("TABLE_NAME")?,
+            event_bus_name: vars.var("EVENT_BUS_NAME")?,
+            command_queue_url: vars.var("AGENTS_COMMAND_QUEUE_URL")?,
         })
     }
 }
@@ -309,7 +315,7 @@ where
         Accepted {
             location: format!("/agents/{agent_id}/state"),
             body: json!({ "commandId": ids.command, "agentId": agent_id }),
-            command: ids.envelope(correlation_id(req), Message::RegisterAgent(cmd)),
+            command: ids.envelope(correlation_id(req), Payload::RegisterAgent(cmd)),
             provisional,
         }
     })
@@ -345,8 +351,8 @@ where
         Accepted {
             location: format!("/agents/{agent_id}/state"),
             body: json!({ "commandId": ids.command, "agentId": agent_id }),
-            command: ids.envelope(correlation_id(req), Message::ChangeAgentState(cmd)),
-            provisional: NoRecord,
+            command: ids.envelope(correlation_id(req), Payload::ChangeAgentState(cmd)),
+            provisional: NothingProvisional,
         }
     })
     .await
@@ -411,7 +417,7 @@ async fn matched<S, C, B: EventBus, I>(
         id: r.event_id,
         correlation_id: r.correlation_id,
         occurred_at: r.matched_at,
-        message: Message::AgentMatched(result.clone()),
+        payload: Payload::AgentMatched(result.clone()),
     };
     app.bus.publish(std::slice::from_ref(&event)).await?;
     Ok(json(200, &result))

@@ -14,14 +14,21 @@ use shared::{
         conversations::ConversationClosed,
         ids::AgentId,
     },
-    events::{Envelope, Message},
+    envelope::{Envelope, Payload},
     store::{
         Write,
         agents::{AgentStore, DynamoAgentStore},
-        inbox::{InboxRecord, Outcome},
+        inbox::{InboxEntry, Outcome},
+        read_decide_write,
     },
     worker::{Applied, exactly_once, exactly_once_after, process_batch},
 };
+
+/// The command and event types (`detail-type`s) this worker applies; any other is refused as
+/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
+/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
+/// §Commands and events).
+pub const HANDLES: &[&str] = &["RegisterAgent", "ChangeAgentState", "ConversationClosed"];
 
 pub struct Config {
     pub table_name: String,
@@ -29,10 +36,10 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
-            event_bus_name: config::var("EVENT_BUS_NAME")?,
+            table_name: vars.var("TABLE_NAME")?,
+            event_bus_name: vars.var("EVENT_BUS_NAME")?,
         })
     }
 }
@@ -53,11 +60,6 @@ impl AwsApp {
     }
 }
 
-/// Optimistic-concurrency retries when the agent changes between read and write: only the
-/// API's provisional write of a new agent can (a match taking a slot never touches the fields
-/// the condition checks).
-const WRITE_ATTEMPTS: usize = 5;
-
 pub async fn handle<S: AgentStore, B: EventBus>(
     app: &App<S, B>,
     event: SqsEvent,
@@ -68,27 +70,27 @@ pub async fn handle<S: AgentStore, B: EventBus>(
 /// Records of the event queue that concern one conversation apply in batch order. (Commands
 /// come from the FIFO queue, grouped by its `MessageGroupId`: the agent.)
 fn order_key(env: &Envelope) -> String {
-    env.message.aggregate_id().to_owned()
+    env.payload.aggregate_id().to_owned()
 }
 
 async fn apply<S: AgentStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Result<(), Error> {
-    match &env.message {
-        // The agent is read concurrently with the inbox record (see `exactly_once_after`).
-        Message::RegisterAgent(cmd) => {
+    match &env.payload {
+        // The agent is read concurrently with the inbox entry (see `exactly_once_after`).
+        Payload::RegisterAgent(cmd) => {
             let read = app.store.get(&cmd.agent_id);
             exactly_once_after(&app.store, &app.bus, &env, read, |current| {
                 register(app, &env, cmd, current)
             })
             .await
         }
-        Message::ChangeAgentState(cmd) => {
+        Payload::ChangeAgentState(cmd) => {
             let read = app.store.get(&cmd.agent_id);
             exactly_once_after(&app.store, &app.bus, &env, read, |current| {
                 change_state(app, &env, cmd, current)
             })
             .await
         }
-        Message::ConversationClosed(ev) => {
+        Payload::ConversationClosed(ev) => {
             exactly_once(&app.store, &app.bus, &env, || release(app, &env, ev)).await
         }
         other => Err(Error::invalid(
@@ -98,8 +100,8 @@ async fn apply<S: AgentStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Re
     }
 }
 
-async fn nothing_to_do<S: AgentStore>(store: &S, record: InboxRecord) -> Result<Applied, Error> {
-    let write = store.record(&record).await?;
+async fn nothing_to_do<S: AgentStore>(store: &S, record: InboxEntry) -> Result<Applied, Error> {
+    let write = store.mark_processed(&record).await?;
     Ok(write.applied(Vec::new()).unwrap_or(Applied::Duplicate))
 }
 
@@ -114,7 +116,7 @@ async fn rejected<S: AgentStore>(
 ) -> Result<Applied, Error> {
     tracing::info!(agent_id = %agent, reason = %why, "command rejected");
     let record =
-        InboxRecord::new(env.id, Vec::new()).with_outcome(Outcome::rejected(agent.as_str(), why));
+        InboxEntry::new(env.id, Vec::new()).with_outcome(Outcome::rejected(agent.as_str(), why));
     nothing_to_do(store, record).await
 }
 
@@ -127,26 +129,26 @@ async fn register<S: AgentStore, B>(
     read: Option<Agent>,
 ) -> Result<Applied, Error> {
     let mut read = Some(read);
-    for _ in 0..WRITE_ATTEMPTS {
+    read_decide_write("the agent", async || {
         let current = match read.take() {
             Some(agent) => agent,
             None => app.store.get(&cmd.agent_id).await?,
         };
         let (next, event) = match Agent::register(current.as_ref(), cmd, Utc::now()) {
             Ok(applied) => applied,
-            Err(why) => return rejected(&app.store, env, &cmd.agent_id, why).await,
+            Err(why) => {
+                return rejected(&app.store, env, &cmd.agent_id, why)
+                    .await
+                    .map(Some);
+            }
         };
         let outcome = Outcome::applied(cmd.agent_id.as_str(), next.version);
-        let events = vec![Envelope::caused_by(env, Message::AgentRegistered(event))];
-        let record = InboxRecord::new(env.id, events.clone()).with_outcome(outcome);
+        let events = vec![Envelope::caused_by(env, Payload::AgentRegistered(event))];
+        let record = InboxEntry::new(env.id, events.clone()).with_outcome(outcome);
         let write = app.store.save(current.as_ref(), &next, &record).await?;
-        if let Some(applied) = write.applied(events) {
-            return Ok(applied);
-        }
-    }
-    Err(Error::Unavailable(
-        "agent kept changing during the update".into(),
-    ))
+        Ok(write.applied(events))
+    })
+    .await
 }
 
 /// `read` is the agent as read before the first attempt; later attempts (after a conflicting
@@ -158,7 +160,7 @@ async fn change_state<S: AgentStore, B>(
     read: Option<Agent>,
 ) -> Result<Applied, Error> {
     let mut read = Some(read);
-    for _ in 0..WRITE_ATTEMPTS {
+    read_decide_write("the agent", async || {
         let current = match read.take() {
             Some(agent) => agent,
             None => app.store.get(&cmd.agent_id).await?,
@@ -168,26 +170,28 @@ async fn change_state<S: AgentStore, B>(
         // was never handed off after all.
         let Some(current) = current else {
             let why = Rejection::NoAgent(cmd.agent_id.clone());
-            return rejected(&app.store, env, &cmd.agent_id, why).await;
+            return rejected(&app.store, env, &cmd.agent_id, why)
+                .await
+                .map(Some);
         };
         let (next, event) = match current.change_state(cmd, Utc::now()) {
             Ok(applied) => applied,
-            Err(why) => return rejected(&app.store, env, &cmd.agent_id, why).await,
+            Err(why) => {
+                return rejected(&app.store, env, &cmd.agent_id, why)
+                    .await
+                    .map(Some);
+            }
         };
         let outcome = Outcome::applied(cmd.agent_id.as_str(), next.version);
         let events: Vec<Envelope> = event
-            .map(|e| Envelope::caused_by(env, Message::AgentStateChanged(e)))
+            .map(|e| Envelope::caused_by(env, Payload::AgentStateChanged(e)))
             .into_iter()
             .collect();
-        let record = InboxRecord::new(env.id, events.clone()).with_outcome(outcome);
+        let record = InboxEntry::new(env.id, events.clone()).with_outcome(outcome);
         let write = app.store.save(Some(&current), &next, &record).await?;
-        if let Some(applied) = write.applied(events) {
-            return Ok(applied);
-        }
-    }
-    Err(Error::Unavailable(
-        "agent kept changing during the update".into(),
-    ))
+        Ok(write.applied(events))
+    })
+    .await
 }
 
 /// Frees the slot a closed conversation held. Closing twice, or closing a conversation that
@@ -198,7 +202,7 @@ async fn release<S: AgentStore, B>(
     ev: &ConversationClosed,
 ) -> Result<Applied, Error> {
     let reservation = app.store.reservation(&ev.conversation_id).await?;
-    let nothing = || InboxRecord::new(env.id, Vec::new());
+    let nothing = || InboxEntry::new(env.id, Vec::new());
     let Some(r) = reservation.filter(|r| r.released_at.is_none()) else {
         return nothing_to_do(&app.store, nothing()).await;
     };

@@ -1,5 +1,5 @@
 //! The analytics worker: keeps the counters of `GET /analytics/*` from conversation, agent and
-//! trade events, each event counted **exactly once**: its increments and its inbox record
+//! trade events, each event counted **exactly once**: its increments and its inbox entry
 //! (keyed by the event id) are one DynamoDB transaction, so a redelivered event (the same id,
 //! in another batch or twice in one) fails on its record and adds nothing.
 //!
@@ -27,25 +27,40 @@ use shared::{
     bus::EventBus,
     config,
     domain::{agents::AgentMatched, conversations::Sender, money::exact_mul},
-    events::{Envelope, Message},
+    envelope::{Envelope, Payload},
     store::{
+        Write,
         analytics::{
-            AnalyticsStore, DynamoAnalyticsStore, Fact, Increment, Target, Timeline,
-            TimelineUpdate, Write,
+            AnalyticsStore, DynamoAnalyticsStore, Fact, Increment, Target, Timeline, TimelineUpdate,
         },
-        inbox::InboxRecord,
+        inbox::InboxEntry,
+        read_decide_write,
     },
     worker::{Applied, exactly_once, process_batch},
 };
+
+/// The command and event types (`detail-type`s) this worker applies; any other is refused as
+/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
+/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
+/// §Commands and events).
+pub const HANDLES: &[&str] = &[
+    "ConversationStarted",
+    "AgentMatched",
+    "ConversationClosed",
+    "MessageSent",
+    "AgentRegistered",
+    "TradeExecuted",
+    "TradeRejected",
+];
 
 pub struct Config {
     pub table_name: String,
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
+            table_name: vars.var("TABLE_NAME")?,
         })
     }
 }
@@ -77,10 +92,6 @@ impl EventBus for Sink {
     }
 }
 
-/// Retries when the conversation's timeline changes between read and write (another event of
-/// the same conversation applied concurrently, in another batch).
-const WRITE_ATTEMPTS: usize = 5;
-
 pub async fn handle<S: AnalyticsStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
     process_batch(event, order_key, |env| apply(app, env)).await
 }
@@ -88,11 +99,11 @@ pub async fn handle<S: AnalyticsStore>(app: &App<S>, event: SqsEvent) -> SqsBatc
 /// Events of one conversation are applied in batch order (they share its timeline); all the
 /// rest concurrently.
 fn order_key(env: &Envelope) -> String {
-    match &env.message {
-        Message::ConversationStarted(e) => e.conversation_id.to_string(),
-        Message::AgentMatched(e) => e.conversation_id.to_string(),
-        Message::ConversationClosed(e) => e.conversation_id.to_string(),
-        Message::MessageSent(e) => e.conversation_id.to_string(),
+    match &env.payload {
+        Payload::ConversationStarted(e) => e.conversation_id.to_string(),
+        Payload::AgentMatched(e) => e.conversation_id.to_string(),
+        Payload::ConversationClosed(e) => e.conversation_id.to_string(),
+        Payload::MessageSent(e) => e.conversation_id.to_string(),
         _ => env.id.to_string(),
     }
 }
@@ -113,8 +124,8 @@ async fn apply<S: AnalyticsStore>(app: &App<S>, env: Envelope) -> Result<(), Err
 }
 
 async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applied, Error> {
-    let increments = match &env.message {
-        Message::ConversationStarted(e) => {
+    let increments = match &env.payload {
+        Payload::ConversationStarted(e) => {
             return timed(app, env, &e.conversation_id, |seen| {
                 let fact = Fact::Created(e.created_at);
                 if seen.created_at.is_some() {
@@ -128,8 +139,8 @@ async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applie
             })
             .await;
         }
-        Message::AgentMatched(m) => return matched(app, env, m).await,
-        Message::ConversationClosed(e) => {
+        Payload::AgentMatched(m) => return matched(app, env, m).await,
+        Payload::ConversationClosed(e) => {
             return timed(app, env, &e.conversation_id, |seen| {
                 (!seen.closed).then(|| {
                     (
@@ -140,7 +151,7 @@ async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applie
             })
             .await;
         }
-        Message::MessageSent(e) => {
+        Payload::MessageSent(e) => {
             let mut incs = vec![summary("messages")];
             if let (Sender::Agent, Some(agent)) = (e.sender, &e.agent_id) {
                 incs.push(Increment {
@@ -150,7 +161,7 @@ async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applie
             }
             incs
         }
-        Message::TradeExecuted(t) => {
+        Payload::TradeExecuted(t) => {
             let notional = exact_mul(t.quantity.get(), t.price.get())
                 .map_err(|e| Error::invalid("price", e.to_string()))?;
             vec![
@@ -161,8 +172,8 @@ async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applie
                 },
             ]
         }
-        Message::TradeRejected(_) => vec![summary("tradesRejected")],
-        Message::AgentRegistered(e) => vec![Increment {
+        Payload::TradeRejected(_) => vec![summary("tradesRejected")],
+        Payload::AgentRegistered(e) => vec![Increment {
             target: Target::Agent(e.agent_id.clone()),
             deltas: vec![("conversationsHandled", Decimal::ZERO)],
         }],
@@ -176,10 +187,10 @@ async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applie
             ));
         }
     };
-    let record = InboxRecord::new(env.id, Vec::new());
+    let record = InboxEntry::new(env.id, Vec::new());
     match app.store.apply(&record, None, &increments).await? {
         Write::Done => Ok(Applied::Done(Vec::new())),
-        // Without a timeline update there is no other condition than the inbox record's.
+        // Without a timeline update there is no other condition than the inbox entry's.
         Write::Duplicate | Write::Conflict => Ok(Applied::Duplicate),
     }
 }
@@ -239,8 +250,9 @@ where
     S: AnalyticsStore,
     D: Fn(&Timeline) -> Option<(Fact, Vec<Increment>)>,
 {
-    let record = InboxRecord::new(env.id, Vec::new());
-    for _ in 0..WRITE_ATTEMPTS {
+    let record = InboxEntry::new(env.id, Vec::new());
+    let what = format!("the timeline of conversation {conversation}");
+    read_decide_write(&what, async || {
         let seen = app.store.timeline(conversation).await?;
         let write = match decide(&seen) {
             Some((fact, increments)) => {
@@ -253,13 +265,7 @@ where
             }
             None => app.store.apply(&record, None, &[]).await?,
         };
-        match write {
-            Write::Done => return Ok(Applied::Done(Vec::new())),
-            Write::Duplicate => return Ok(Applied::Duplicate),
-            Write::Conflict => continue,
-        }
-    }
-    Err(Error::Unavailable(format!(
-        "conversation {conversation} kept changing while counting"
-    )))
+        Ok(write.applied(Vec::new()))
+    })
+    .await
 }

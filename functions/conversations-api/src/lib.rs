@@ -13,18 +13,20 @@ use serde_json::{Value, json};
 use shared::{
     Error,
     bus::EventBridgeBus,
-    command::{self, Accepted, CommandTransport, Compensated, NoRecord, Provisional, Provisioned},
+    command::{
+        self, Accepted, CommandTransport, Compensated, NothingProvisional, Provisional, Provisioned,
+    },
     config,
     domain::{
         agents::Skills,
         conversations::{
-            Channel, CloseConversation, Conversation, ConversationStatus, Message as ChatMessage,
+            Channel, ChatMessage, CloseConversation, Conversation, ConversationStatus,
             MessageStatus, MessageText, Receipt, RecordReceipt, SendMessage, Sender,
             StartConversation,
         },
         ids::{ConversationId, CustomerId, MessageId},
     },
-    events::Message,
+    envelope::Payload,
     http::{Route, correlation_id, json, limit, parse_command, query},
     store::{
         Write,
@@ -39,10 +41,10 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
-            event_bus_name: config::var("EVENT_BUS_NAME")?,
+            table_name: vars.var("TABLE_NAME")?,
+            event_bus_name: vars.var("EVENT_BUS_NAME")?,
         })
     }
 }
@@ -172,16 +174,16 @@ async fn get_message<S: ConversationStore, B, I>(
 }
 
 /// The PENDING conversation or ACCEPTED message written before its command is published.
-enum Record<'a, S> {
+enum ProvisionalItem<'a, S> {
     Conversation(&'a S, Conversation),
-    Message(&'a S, ChatMessage),
+    ChatMessage(&'a S, ChatMessage),
 }
 
-impl<S: ConversationStore> Provisional for Record<'_, S> {
+impl<S: ConversationStore> Provisional for ProvisionalItem<'_, S> {
     async fn write(&self) -> Result<Provisioned, Error> {
         let write = match self {
-            Record::Conversation(store, c) => store.save(None, c, None).await?,
-            Record::Message(store, m) => store.save_message(None, m, None).await?,
+            ProvisionalItem::Conversation(store, c) => store.save(None, c, None).await?,
+            ProvisionalItem::ChatMessage(store, m) => store.save_message(None, m, None).await?,
         };
         if write == Write::Done {
             return Ok(Provisioned::Written);
@@ -189,11 +191,11 @@ impl<S: ConversationStore> Provisional for Record<'_, S> {
         // There already: an earlier attempt of this request wrote it (the ids are derived from
         // its Idempotency-Key). Still provisional, its command may not have been sent.
         let provisional = match self {
-            Record::Conversation(store, c) => store
+            ProvisionalItem::Conversation(store, c) => store
                 .get(&c.conversation_id)
                 .await?
                 .is_none_or(|c| c.version == 0 && c.status == ConversationStatus::Pending),
-            Record::Message(store, m) => store
+            ProvisionalItem::ChatMessage(store, m) => store
                 .message(&m.conversation_id, &m.message_id)
                 .await?
                 .is_none_or(|m| m.version == 0 && m.status == MessageStatus::Accepted),
@@ -207,8 +209,10 @@ impl<S: ConversationStore> Provisional for Record<'_, S> {
 
     async fn undo(&self) -> Result<Compensated, Error> {
         let removed = match self {
-            Record::Conversation(store, c) => store.discard(&c.conversation_id, None).await?,
-            Record::Message(store, m) => {
+            ProvisionalItem::Conversation(store, c) => {
+                store.discard(&c.conversation_id, None).await?
+            }
+            ProvisionalItem::ChatMessage(store, m) => {
                 store
                     .discard(&m.conversation_id, Some(&m.message_id))
                     .await?
@@ -236,14 +240,14 @@ async fn start<S: ConversationStore, B: CommandTransport, I: Idempotency>(
             created_at: ids.at,
         };
         let id = cmd.conversation_id.clone();
-        let provisional = Record::Conversation(&app.store, Conversation::start(&cmd));
+        let provisional = ProvisionalItem::Conversation(&app.store, Conversation::start(&cmd));
         Accepted {
             location: format!("/conversations/{id}"),
             body: json!({
                 "conversationId": id, "commandId": ids.command,
                 "status": ConversationStatus::Pending,
             }),
-            command: ids.envelope(correlation_id(req), Message::StartConversation(cmd)),
+            command: ids.envelope(correlation_id(req), Payload::StartConversation(cmd)),
             provisional,
         }
     })
@@ -271,14 +275,14 @@ async fn send<S: ConversationStore, B: CommandTransport, I: Idempotency>(
             accepted_at: ids.at,
         };
         let message_id = cmd.message_id.clone();
-        let provisional = Record::Message(&app.store, ChatMessage::accept(&cmd));
+        let provisional = ProvisionalItem::ChatMessage(&app.store, ChatMessage::accept(&cmd));
         Accepted {
             location: format!("/conversations/{id}/messages/{message_id}"),
             body: json!({
                 "conversationId": id, "messageId": message_id, "commandId": ids.command,
                 "status": MessageStatus::Accepted,
             }),
-            command: ids.envelope(correlation_id(req), Message::SendMessage(cmd)),
+            command: ids.envelope(correlation_id(req), Payload::SendMessage(cmd)),
             provisional,
         }
     })
@@ -310,8 +314,8 @@ async fn receipt<S: ConversationStore, B: CommandTransport, I: Idempotency>(
         Accepted {
             location: format!("/conversations/{id}/messages/{message_id}"),
             body: json!({ "conversationId": id, "messageId": message_id, "commandId": ids.command }),
-            command: ids.envelope(correlation_id(req), Message::RecordReceipt(cmd)),
-            provisional: NoRecord,
+            command: ids.envelope(correlation_id(req), Payload::RecordReceipt(cmd)),
+            provisional: NothingProvisional,
         }
     })
     .await
@@ -337,8 +341,8 @@ async fn close<S: ConversationStore, B: CommandTransport, I: Idempotency>(
         Accepted {
             location: format!("/conversations/{id}"),
             body: json!({ "conversationId": id, "commandId": ids.command }),
-            command: ids.envelope(correlation_id(req), Message::CloseConversation(cmd)),
-            provisional: NoRecord,
+            command: ids.envelope(correlation_id(req), Payload::CloseConversation(cmd)),
+            provisional: NothingProvisional,
         }
     })
     .await

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::json;
 use shared::{
     Error,
-    config::var_or,
+    config::Vars,
     domain::{
         agents::{AgentMatched, Skills},
         ids::ConversationId,
@@ -34,7 +34,7 @@ use shared::retry::{Backoff, random_unit};
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// How calls are made; [`Policy::from_env`] reads the template's overrides.
+/// How calls are made; [`Policy::from_vars`] reads the template's overrides.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     /// Bound on one attempt: connect, send, and read the whole answer.
@@ -47,17 +47,17 @@ pub struct Policy {
 
 impl Policy {
     /// Defaults fit a worker with a 10 s timeout: at most 3 × 1 s + 0.1 s + 0.2 s per call.
-    pub fn from_env() -> Self {
-        let ms = |name: &str, default: u64| Duration::from_millis(var_or(name, default));
+    pub fn from_vars(vars: &Vars) -> Self {
+        let ms = |name: &str, default: u64| Duration::from_millis(vars.var_or(name, default));
         Policy {
             attempt_timeout: ms("AGENTS_TIMEOUT_MS", 1_000),
-            max_attempts: var_or("AGENTS_MAX_ATTEMPTS", 3),
+            max_attempts: vars.var_or("AGENTS_MAX_ATTEMPTS", 3),
             backoff: Backoff {
                 base: ms("AGENTS_BACKOFF_MS", 100),
                 max: ms("AGENTS_BACKOFF_MAX_MS", 1_000),
             },
             breaker: BreakerConfig {
-                failure_threshold: var_or("AGENTS_BREAKER_FAILURES", 5),
+                failure_threshold: vars.var_or("AGENTS_BREAKER_FAILURES", 5),
                 cool_down: ms("AGENTS_BREAKER_COOLDOWN_MS", 5_000),
             },
         }
@@ -150,11 +150,11 @@ impl Signer {
 }
 
 impl AgentsClient {
-    /// Builds the client (TLS configuration from `shared::https`, connection pool ready) once
+    /// Builds the client (TLS configuration from `shared::http_client`, connection pool ready) once
     /// per cold start, so the first request pays for neither.
     pub fn new(base_url: &str, signer: Signer, policy: Policy) -> Self {
         // Bounds the TCP connect and the TLS handshake, each.
-        let https = shared::https::connector(policy.attempt_timeout);
+        let https = shared::http_client::connector(policy.attempt_timeout);
         AgentsClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             http: Client::builder(TokioExecutor::new())

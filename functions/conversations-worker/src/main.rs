@@ -5,9 +5,10 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let config = Config::from_env()?;
+    let vars = shared::config::Vars::process();
+    let config = Config::from_vars(&vars)?;
     let sdk = shared::aws::load().await;
-    let app = &AwsApp::new(&sdk, config, Policy::from_env())?;
+    let app = &AwsApp::new(&sdk, config, Policy::from_vars(&vars))?;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(handle(app, event.payload).await)
     }))

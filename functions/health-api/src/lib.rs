@@ -20,10 +20,13 @@ pub struct Config {
     /// `HEALTH_QUEUES`: comma-separated queue URLs.
     pub queues: Vec<String>,
     pub event_bus_name: String,
+    /// `HEALTH_PROBE_TIMEOUT_MS` (default 1,000): the bound on each probe.
+    pub probe_timeout: Duration,
 }
 
-fn list(name: &'static str) -> Result<Vec<String>, config::MissingVar> {
-    Ok(config::var(name)?
+fn list(vars: &config::Vars, name: &'static str) -> Result<Vec<String>, config::MissingVar> {
+    Ok(vars
+        .var(name)?
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -32,11 +35,12 @@ fn list(name: &'static str) -> Result<Vec<String>, config::MissingVar> {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            tables: list("HEALTH_TABLES")?,
-            queues: list("HEALTH_QUEUES")?,
-            event_bus_name: config::var("EVENT_BUS_NAME")?,
+            tables: list(vars, "HEALTH_TABLES")?,
+            queues: list(vars, "HEALTH_QUEUES")?,
+            event_bus_name: vars.var("EVENT_BUS_NAME")?,
+            probe_timeout: Duration::from_millis(vars.var_or("HEALTH_PROBE_TIMEOUT_MS", 1_000)),
         })
     }
 }
@@ -46,7 +50,6 @@ pub struct App {
     dynamodb: aws_sdk_dynamodb::Client,
     sqs: aws_sdk_sqs::Client,
     events: aws_sdk_eventbridge::Client,
-    probe_timeout: Duration,
 }
 
 impl App {
@@ -56,7 +59,6 @@ impl App {
             dynamodb: aws_sdk_dynamodb::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
             events: aws_sdk_eventbridge::Client::new(sdk),
-            probe_timeout: Duration::from_millis(config::var_or("HEALTH_PROBE_TIMEOUT_MS", 1_000)),
         }
     }
 }
@@ -160,7 +162,7 @@ async fn probe(
     call: impl Future<Output = Result<(), ()>>,
 ) -> Check {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(app.probe_timeout, call).await;
+    let outcome = tokio::time::timeout(app.config.probe_timeout, call).await;
     let (status, error) = match outcome {
         Ok(Ok(())) => ("up", None),
         Ok(Err(())) => ("down", Some("request failed")),

@@ -16,9 +16,9 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
+            table_name: vars.var("TABLE_NAME")?,
         })
     }
 }

@@ -10,19 +10,28 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use shared::{
     Error, config,
     domain::ledger::journal,
-    events::{Envelope, Message},
-    store::ledger::{DynamoLedgerStore, LedgerStore, Posted},
+    envelope::{Envelope, Payload},
+    store::{
+        Write,
+        ledger::{DynamoLedgerStore, LedgerStore},
+    },
     worker::process_batch,
 };
+
+/// The command and event types (`detail-type`s) this worker applies; any other is refused as
+/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
+/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
+/// §Commands and events).
+pub const HANDLES: &[&str] = &["TradeExecuted"];
 
 pub struct Config {
     pub table_name: String,
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
+            table_name: vars.var("TABLE_NAME")?,
         })
     }
 }
@@ -48,24 +57,24 @@ pub async fn handle<S: LedgerStore>(app: &App<S>, event: SqsEvent) -> SqsBatchRe
 /// One account's postings one at a time (they update the same balance items, and concurrent
 /// transactions on one item would conflict); accounts concurrently.
 fn order_key(env: &Envelope) -> String {
-    match &env.message {
-        Message::TradeExecuted(t) => t.account_id.to_string(),
+    match &env.payload {
+        Payload::TradeExecuted(t) => t.account_id.to_string(),
         _ => env.id.to_string(),
     }
 }
 
 async fn apply<S: LedgerStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
-    let Message::TradeExecuted(trade) = &env.message else {
+    let Payload::TradeExecuted(trade) = &env.payload else {
         return Err(Error::invalid(
             "detail-type",
             format!(
                 "the ledger worker does not handle {}",
-                env.message.detail_type()
+                env.payload.detail_type()
             ),
         ));
     };
     let lines = journal(trade).map_err(|e| Error::invalid("data", e.to_string()))?;
-    if app.store.post(&lines).await? == Posted::Duplicate {
+    if app.store.post(&lines).await? == Write::Duplicate {
         tracing::info!(trade_id = %trade.trade_id, "trade posted before; ignored");
     }
     Ok(())

@@ -39,12 +39,12 @@ pub struct Config {
 impl Config {
     /// `OPS_DLQS`: comma-separated `name|dlqUrl|target`, where target is the source queue's URL
     /// or `bus:<event bus name>`.
-    pub fn from_env() -> Result<Self, String> {
-        let raw = config::var("OPS_DLQS").map_err(|e| e.to_string())?;
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, String> {
+        let raw = vars.var("OPS_DLQS").map_err(|e| e.to_string())?;
         Self::parse(&raw).map_err(|e| format!("OPS_DLQS: {e}"))
     }
 
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, String> {
         let dlqs = raw
             .split(',')
             .map(str::trim)

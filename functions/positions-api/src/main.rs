@@ -4,7 +4,8 @@ use positions_api::{AwsApp, Config, handle};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let config = Config::from_env()?;
+    let vars = shared::config::Vars::process();
+    let config = Config::from_vars(&vars)?;
     let sdk = shared::aws::load().await;
     let app = &AwsApp::new(&sdk, config);
     run(service_fn(move |req| async move {

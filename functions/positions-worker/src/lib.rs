@@ -14,19 +14,29 @@ use shared::{
     Error, config,
     domain::positions::{Cursor, Position, cursor},
     domain::trades::TradeExecuted,
-    events::{Envelope, Message},
-    store::positions::{Advanced, DynamoPositionStore, PositionStore},
+    envelope::{Envelope, Payload},
+    store::{
+        Write,
+        positions::{DynamoPositionStore, PositionStore},
+        read_decide_write,
+    },
     worker::{decode, process_batch},
 };
+
+/// The command and event types (`detail-type`s) this worker applies; any other is refused as
+/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
+/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
+/// §Commands and events).
+pub const HANDLES: &[&str] = &["TradeExecuted"];
 
 pub struct Config {
     pub table_name: String,
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
+            table_name: vars.var("TABLE_NAME")?,
         })
     }
 }
@@ -45,9 +55,6 @@ impl AwsApp {
     }
 }
 
-/// Retries when a concurrent delivery moves the cursor between read and write.
-const WRITE_ATTEMPTS: usize = 5;
-
 pub async fn handle<S: PositionStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
     process_batch(in_trade_order(event), order_key, |env| apply(app, env)).await
 }
@@ -57,23 +64,23 @@ pub async fn handle<S: PositionStore>(app: &App<S>, event: SqsEvent) -> SqsBatch
 fn in_trade_order(mut event: SqsEvent) -> SqsEvent {
     event
         .records
-        .sort_by_cached_key(|r| match decode(r).map(|e| e.message) {
-            Ok(Message::TradeExecuted(t)) => (false, t.account_id.to_string(), t.sequence),
+        .sort_by_cached_key(|r| match decode(r).map(|e| e.payload) {
+            Ok(Payload::TradeExecuted(t)) => (false, t.account_id.to_string(), t.sequence),
             _ => (true, String::new(), 0),
         });
     event
 }
 
 fn order_key(env: &Envelope) -> String {
-    match &env.message {
-        Message::TradeExecuted(t) => t.account_id.to_string(),
+    match &env.payload {
+        Payload::TradeExecuted(t) => t.account_id.to_string(),
         _ => env.id.to_string(),
     }
 }
 
 async fn apply<S: PositionStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
-    match &env.message {
-        Message::TradeExecuted(trade) => apply_trade(app, trade).await,
+    match &env.payload {
+        Payload::TradeExecuted(trade) => apply_trade(app, trade).await,
         other => Err(Error::invalid(
             "detail-type",
             format!(
@@ -85,13 +92,13 @@ async fn apply<S: PositionStore>(app: &App<S>, env: Envelope) -> Result<(), Erro
 }
 
 async fn apply_trade<S: PositionStore>(app: &App<S>, trade: &TradeExecuted) -> Result<(), Error> {
-    for _ in 0..WRITE_ATTEMPTS {
+    read_decide_write("the account's positions", async || {
         let last = app.store.last_applied(&trade.account_id).await?;
         match cursor(last, trade.sequence) {
             Cursor::Next => {}
             Cursor::Old => {
                 tracing::info!(trade_id = %trade.trade_id, sequence = trade.sequence, "trade applied before; ignored");
-                return Ok(());
+                return Ok(Some(()));
             }
             Cursor::Early { expected } => {
                 return Err(Error::Unavailable(format!(
@@ -109,11 +116,7 @@ async fn apply_trade<S: PositionStore>(app: &App<S>, trade: &TradeExecuted) -> R
         let next = current
             .apply(trade)
             .map_err(|e| Error::invalid("data", e.to_string()))?;
-        if app.store.advance(last, &next).await? == Advanced::Done {
-            return Ok(());
-        }
-    }
-    Err(Error::Unavailable(
-        "the account's positions kept changing".into(),
-    ))
+        Ok((app.store.advance(last, &next).await? == Write::Done).then_some(()))
+    })
+    .await
 }

@@ -24,12 +24,12 @@ use shared::{
 };
 
 /// A submitted trade, PENDING until the worker decides it.
-pub struct PendingTrade<'a, S> {
+pub struct ProvisionalTrade<'a, S> {
     pub store: &'a S,
     pub trade: Trade,
 }
 
-impl<S: TradeStore> Provisional for PendingTrade<'_, S> {
+impl<S: TradeStore> Provisional for ProvisionalTrade<'_, S> {
     async fn write(&self) -> Result<Provisioned, Error> {
         Ok(match self.store.create_pending(&self.trade).await? {
             Created::Created => Provisioned::Written,

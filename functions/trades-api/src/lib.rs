@@ -21,7 +21,7 @@ use shared::{
         money::{Literal, Price, Quantity},
         trades::{Side, SubmitTrade, Symbol, Trade, TradeStatus},
     },
-    events::Message,
+    envelope::Payload,
     http::{Route, correlation_id, json, parse_exact},
     queue::SqsFifoQueue,
     store::{
@@ -33,7 +33,11 @@ use uuid::Uuid;
 
 mod intake;
 
-pub use intake::PendingTrade;
+pub use intake::ProvisionalTrade;
+
+/// The commands this API sends straight to its worker's FIFO queue (not through the bus, so
+/// no rule routes them): checked against `template.yaml` with the worker's `HANDLES`.
+pub const QUEUED_COMMANDS: &[&str] = &["SubmitTrade"];
 
 pub struct Config {
     pub table_name: String,
@@ -41,10 +45,10 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
-            queue_url: config::var("TRADES_QUEUE_URL")?,
+            table_name: vars.var("TABLE_NAME")?,
+            queue_url: vars.var("TRADES_QUEUE_URL")?,
         })
     }
 }
@@ -145,14 +149,14 @@ async fn submit<S: TradeStore, Q: CommandTransport, I: Idempotency>(
             submitted_at: ids.at,
         };
         let trade_id = cmd.trade_id;
-        let provisional = PendingTrade {
+        let provisional = ProvisionalTrade {
             store: &app.store,
             trade: Trade::pending(&cmd),
         };
         Accepted {
             location: format!("/trades/{trade_id}"),
             body: json!({ "tradeId": trade_id, "status": TradeStatus::Pending }),
-            command: ids.envelope(correlation_id(req), Message::SubmitTrade(cmd)),
+            command: ids.envelope(correlation_id(req), Payload::SubmitTrade(cmd)),
             provisional,
         }
     })

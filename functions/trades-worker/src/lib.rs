@@ -6,7 +6,7 @@
 //! hands over an account's trades in order and never the next before the previous one is
 //! done; within a batch, [`process_batch`] keeps an account's trades in order and fails the
 //! rest of the account's trades after a failure (so none overtakes one that will be retried).
-//! Once: the decision, the holding, the account's execution count and the inbox record (with
+//! Once: the decision, the holding, the account's execution count and the inbox entry (with
 //! the events to publish) are one transaction, conditional on the count read before deciding.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -16,13 +16,20 @@ use shared::{
     bus::{EventBridgeBus, EventBus},
     config,
     domain::trades::{Decision, Outcome, SubmitTrade, decide},
-    events::{Envelope, Message},
+    envelope::{Envelope, Payload},
     store::{
-        inbox::InboxRecord,
-        trades::{Decided, DynamoTradeStore, TradeStore},
+        inbox::InboxEntry,
+        read_decide_write,
+        trades::{DynamoTradeStore, TradeStore},
     },
     worker::{Applied, exactly_once, process_batch},
 };
+
+/// The command and event types (`detail-type`s) this worker applies; any other is refused as
+/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
+/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
+/// §Commands and events).
+pub const HANDLES: &[&str] = &["SubmitTrade"];
 
 pub struct Config {
     pub table_name: String,
@@ -30,10 +37,10 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, config::MissingVar> {
+    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
         Ok(Config {
-            table_name: config::var("TABLE_NAME")?,
-            event_bus_name: config::var("EVENT_BUS_NAME")?,
+            table_name: vars.var("TABLE_NAME")?,
+            event_bus_name: vars.var("EVENT_BUS_NAME")?,
         })
     }
 }
@@ -54,10 +61,6 @@ impl AwsApp {
     }
 }
 
-/// Optimistic-concurrency retries when the account's book moves between read and write (only
-/// when a redelivered copy of an earlier trade races this one).
-const WRITE_ATTEMPTS: usize = 5;
-
 pub async fn handle<S: TradeStore, B: EventBus>(
     app: &App<S, B>,
     event: SqsEvent,
@@ -67,15 +70,15 @@ pub async fn handle<S: TradeStore, B: EventBus>(
 
 /// Trades of one account in batch (= submission) order; accounts concurrently.
 fn order_key(env: &Envelope) -> String {
-    match &env.message {
-        Message::SubmitTrade(cmd) => cmd.account_id.to_string(),
+    match &env.payload {
+        Payload::SubmitTrade(cmd) => cmd.account_id.to_string(),
         _ => env.id.to_string(),
     }
 }
 
 async fn apply<S: TradeStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Result<(), Error> {
-    match &env.message {
-        Message::SubmitTrade(cmd) => {
+    match &env.payload {
+        Payload::SubmitTrade(cmd) => {
             exactly_once(&app.store, &app.bus, &env, || execute(app, &env, cmd)).await
         }
         other => Err(Error::invalid(
@@ -90,7 +93,7 @@ async fn execute<S: TradeStore, B>(
     env: &Envelope,
     cmd: &SubmitTrade,
 ) -> Result<Applied, Error> {
-    for _ in 0..WRITE_ATTEMPTS {
+    read_decide_write("the account's book", async || {
         let book = app.store.book(&cmd.account_id, &cmd.symbol).await?;
         let decision = decide(cmd, book.holding, book.executed);
         let (trade, outcome) = decision.outcome(cmd, Utc::now());
@@ -99,25 +102,19 @@ async fn execute<S: TradeStore, B>(
             Decision::Reject { .. } => None,
         };
         let message = match outcome {
-            Outcome::Executed(e) => Message::TradeExecuted(e),
+            Outcome::Executed(e) => Payload::TradeExecuted(e),
             Outcome::Rejected(e) => {
                 tracing::info!(trade_id = %cmd.trade_id, reason = %e.reason, "trade rejected");
-                Message::TradeRejected(e)
+                Payload::TradeRejected(e)
             }
         };
         let events = vec![Envelope::caused_by(env, message)];
-        let record = InboxRecord::new(env.id, events.clone());
-        match app
+        let record = InboxEntry::new(env.id, events.clone());
+        let write = app
             .store
             .decide(book.executed, &trade, holding, &record)
-            .await?
-        {
-            Decided::Done => return Ok(Applied::Done(events)),
-            Decided::Duplicate => return Ok(Applied::Duplicate),
-            Decided::Conflict => continue,
-        }
-    }
-    Err(Error::Unavailable(
-        "the account's book kept changing during the trade".into(),
-    ))
+            .await?;
+        Ok(write.applied(events))
+    })
+    .await
 }

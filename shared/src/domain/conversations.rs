@@ -227,7 +227,7 @@ impl From<MessageText> for String {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Message {
+pub struct ChatMessage {
     pub message_id: MessageId,
     pub conversation_id: ConversationId,
     pub sender: Sender,
@@ -241,10 +241,10 @@ pub struct Message {
     pub version: u64,
 }
 
-impl Message {
+impl ChatMessage {
     /// A message just accepted by the API.
-    pub fn accept(cmd: &SendMessage) -> Message {
-        Message {
+    pub fn accept(cmd: &SendMessage) -> ChatMessage {
+        ChatMessage {
             message_id: cmd.message_id.clone(),
             conversation_id: cmd.conversation_id.clone(),
             sender: cmd.sender,
@@ -257,8 +257,8 @@ impl Message {
         }
     }
 
-    fn advance(&self, status: MessageStatus, now: DateTime<Utc>) -> Message {
-        Message {
+    fn advance(&self, status: MessageStatus, now: DateTime<Utc>) -> ChatMessage {
+        ChatMessage {
             status,
             updated_at: now,
             version: self.version + 1,
@@ -268,14 +268,14 @@ impl Message {
 
     /// The worker delivered the message to the conversation. `None` when it is past ACCEPTED
     /// already (a receipt overtook it) or was rejected.
-    pub fn sent(&self, now: DateTime<Utc>) -> Option<Message> {
+    pub fn sent(&self, now: DateTime<Utc>) -> Option<ChatMessage> {
         (self.status == MessageStatus::Accepted).then(|| self.advance(MessageStatus::Sent, now))
     }
 
     /// The conversation is closed or unknown: the message ends REJECTED. `None` when it got
     /// further than ACCEPTED (then it was applied before the conversation closed).
-    pub fn reject(&self, reason: &str, now: DateTime<Utc>) -> Option<Message> {
-        (self.status == MessageStatus::Accepted).then(|| Message {
+    pub fn reject(&self, reason: &str, now: DateTime<Utc>) -> Option<ChatMessage> {
+        (self.status == MessageStatus::Accepted).then(|| ChatMessage {
             reason: Some(reason.to_owned()),
             ..self.advance(MessageStatus::Rejected, now)
         })
@@ -283,7 +283,7 @@ impl Message {
 
     /// Applies a receipt only if it moves the status forward: a late DELIVERED after READ, or
     /// a duplicate, changes nothing. A rejected message takes no receipts.
-    pub fn receipt(&self, receipt: Receipt, now: DateTime<Utc>) -> Option<Message> {
+    pub fn receipt(&self, receipt: Receipt, now: DateTime<Utc>) -> Option<ChatMessage> {
         let status = MessageStatus::from(receipt);
         (self.status != MessageStatus::Rejected && status > self.status)
             .then(|| self.advance(status, now))
@@ -385,8 +385,8 @@ mod tests {
         }
     }
 
-    fn message() -> Message {
-        Message::accept(&SendMessage {
+    fn message() -> ChatMessage {
+        ChatMessage::accept(&SendMessage {
             conversation_id: "c1".parse().unwrap(),
             message_id: "m1".parse().unwrap(),
             sender: Sender::Customer,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxRecord};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry};
 use super::items::{build_err, failed, from_item, transact, write_item};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
@@ -72,17 +72,20 @@ pub trait AgentStore: Inbox {
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Writes `next`'s profile and state if the stored agent is still at `expected`'s version
-    /// (absent when `None`), together with the inbox record. Never touches
+    /// (absent when `None`), together with the inbox entry. Never touches
     /// `activeConversations`.
     fn save(
         &self,
         expected: Option<&Agent>,
         next: &Agent,
-        record: &InboxRecord,
+        record: &InboxEntry,
     ) -> impl Future<Output = Result<Write, Error>> + Send;
 
-    /// Records a message that changed nothing (stale, duplicate by version, nothing to free).
-    fn record(&self, record: &InboxRecord) -> impl Future<Output = Result<Write, Error>> + Send;
+    /// Marks a message processed that changed nothing: writes only its inbox entry (stale, duplicate by version, nothing to free).
+    fn mark_processed(
+        &self,
+        entry: &InboxEntry,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
 
     /// Every AVAILABLE agent (the match ranks and filters them).
     fn available(&self) -> impl Future<Output = Result<Vec<Agent>, Error>> + Send;
@@ -101,7 +104,7 @@ pub trait AgentStore: Inbox {
     fn release(
         &self,
         r: &Reservation,
-        record: &InboxRecord,
+        record: &InboxEntry,
     ) -> impl Future<Output = Result<Write, Error>> + Send;
 }
 
@@ -155,7 +158,7 @@ impl DynamoAgentStore {
 }
 
 impl Inbox for DynamoAgentStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxRecord>, Error> {
+    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
         self.inbox.processed(id).await
     }
 
@@ -238,7 +241,7 @@ impl AgentStore for DynamoAgentStore {
         &self,
         expected: Option<&Agent>,
         next: &Agent,
-        record: &InboxRecord,
+        record: &InboxEntry,
     ) -> Result<Write, Error> {
         let mut update = Update::builder()
             .table_name(&self.table)
@@ -327,13 +330,8 @@ impl AgentStore for DynamoAgentStore {
         }
     }
 
-    async fn record(&self, record: &InboxRecord) -> Result<Write, Error> {
-        Ok(
-            match transact(&self.client, vec![self.inbox.put(record)?]).await? {
-                None => Write::Done,
-                Some(_) => Write::Duplicate,
-            },
-        )
+    async fn mark_processed(&self, entry: &InboxEntry) -> Result<Write, Error> {
+        self.inbox.write_alone(entry).await
     }
 
     async fn available(&self) -> Result<Vec<Agent>, Error> {
@@ -413,7 +411,7 @@ impl AgentStore for DynamoAgentStore {
         })
     }
 
-    async fn release(&self, r: &Reservation, record: &InboxRecord) -> Result<Write, Error> {
+    async fn release(&self, r: &Reservation, record: &InboxEntry) -> Result<Write, Error> {
         let released = Update::builder()
             .table_name(&self.table)
             .key("pk", reservation_key(&r.conversation_id))

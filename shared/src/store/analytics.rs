@@ -13,9 +13,9 @@
 //!   ids (a conversation may be announced closed twice, with different event ids);
 //! - the inbox (`INBOX#<event id>`).
 //!
-//! Every event is applied as **one transaction**: its inbox record (condition: absent), the
+//! Every event is applied as **one transaction**: its inbox entry (condition: absent), the
 //! timeline update (condition: the timeline is as it was read) and the `ADD`s. A redelivered
-//! event fails on its inbox record and changes nothing; two events of one conversation applied
+//! event fails on its inbox entry and changes nothing; two events of one conversation applied
 //! concurrently cannot both miss each other: one fails its timeline condition and is retried.
 
 use std::collections::BTreeMap;
@@ -26,9 +26,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxRecord};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry};
 use super::items::{Item, build_err, failed, get, transact};
-use super::{n, s};
+use super::{Write, n, s};
 use crate::domain::ids::{AgentId, ConversationId};
 use crate::domain::money::Amount;
 use crate::domain::trades::Symbol;
@@ -39,16 +39,6 @@ const COUNTERS: &str = "COUNTERS";
 const VOLUME: &str = "VOLUME#";
 const STATS: &str = "STATS";
 const TIMELINE: &str = "TIMELINE";
-
-/// The outcome of applying one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    Done,
-    /// The event was applied before (its inbox record exists).
-    Duplicate,
-    /// The conversation's timeline changed since it was read: read again and decide again.
-    Conflict,
-}
 
 /// Which counters item an [`Increment`] adds to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,10 +124,12 @@ pub trait AnalyticsStore: Inbox {
         conversation: &ConversationId,
     ) -> impl Future<Output = Result<Timeline, Error>> + Send;
 
-    /// One transaction: the inbox record, the timeline update (if any) and the increments.
+    /// One transaction: the inbox entry, the timeline update (if any) and the increments.
+    /// `Duplicate` when the event was applied before; `Conflict` when the conversation's
+    /// timeline changed since it was read (read again and decide again).
     fn apply(
         &self,
-        record: &InboxRecord,
+        record: &InboxEntry,
         timeline: Option<&TimelineUpdate>,
         increments: &[Increment],
     ) -> impl Future<Output = Result<Write, Error>> + Send;
@@ -253,7 +245,7 @@ impl DynamoAnalyticsStore {
 }
 
 impl Inbox for DynamoAnalyticsStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxRecord>, Error> {
+    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
         self.inbox.processed(id).await
     }
 
@@ -318,7 +310,7 @@ impl AnalyticsStore for DynamoAnalyticsStore {
 
     async fn apply(
         &self,
-        record: &InboxRecord,
+        record: &InboxEntry,
         timeline: Option<&TimelineUpdate>,
         increments: &[Increment],
     ) -> Result<Write, Error> {

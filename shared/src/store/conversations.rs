@@ -4,7 +4,7 @@
 //! idempotency keys.
 //!
 //! Writes are optimistic: every item carries a `version` and is replaced only if the stored
-//! version is still the one read, together with the inbox record of the message that caused it.
+//! version is still the one read, together with the inbox entry of the message that caused it.
 //! QUEUED conversations also carry `queue` and `queuedAt`, the keys of the sparse `byQueue`
 //! index (oldest first). Records the API writes before publishing (PENDING conversations,
 //! ACCEPTED messages) carry `expiresAt`, so one whose command never got published expires;
@@ -16,11 +16,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxRecord};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry};
 use super::items::{failed, transact, write_item};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{AgentState, Skills};
-use crate::domain::conversations::{Conversation, ConversationStatus, Message, MessageStatus};
+use crate::domain::conversations::{ChatMessage, Conversation, ConversationStatus, MessageStatus};
 use crate::domain::ids::{AgentId, ConversationId, MessageId};
 use crate::{Error, aws::classify};
 
@@ -50,7 +50,7 @@ pub trait ConversationStore: Inbox {
         &self,
         conversation: &ConversationId,
         id: &MessageId,
-    ) -> impl Future<Output = Result<Option<Message>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<ChatMessage>, Error>> + Send;
 
     /// A conversation's messages in acceptance order.
     fn messages(
@@ -58,23 +58,23 @@ pub trait ConversationStore: Inbox {
         conversation: &ConversationId,
         limit: i32,
         cursor: Option<&str>,
-    ) -> impl Future<Output = Result<Page<Message>, Error>> + Send;
+    ) -> impl Future<Output = Result<Page<ChatMessage>, Error>> + Send;
 
     /// Writes `next` if the stored version is still `expected` (absent when `None`), with the
-    /// inbox record when given (without one, the write is a step a redelivery may repeat).
+    /// inbox entry when given (without one, the write is a step a redelivery may repeat).
     fn save(
         &self,
         expected: Option<u64>,
         next: &Conversation,
-        record: Option<&InboxRecord>,
+        record: Option<&InboxEntry>,
     ) -> impl Future<Output = Result<Write, Error>> + Send;
 
     /// Like [`ConversationStore::save`], for a message.
     fn save_message(
         &self,
         expected: Option<u64>,
-        next: &Message,
-        record: Option<&InboxRecord>,
+        next: &ChatMessage,
+        record: Option<&InboxEntry>,
     ) -> impl Future<Output = Result<Write, Error>> + Send;
 
     /// Deletes a provisional record (compensation when its command could not be published):
@@ -86,8 +86,11 @@ pub trait ConversationStore: Inbox {
         message: Option<&MessageId>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Records a message that changed nothing.
-    fn record(&self, record: &InboxRecord) -> impl Future<Output = Result<Write, Error>> + Send;
+    /// Marks a message processed that changed nothing: writes only its inbox entry.
+    fn mark_processed(
+        &self,
+        entry: &InboxEntry,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
 
     fn agent(&self, id: &AgentId) -> impl Future<Output = Result<Option<AgentView>, Error>> + Send;
 
@@ -95,7 +98,7 @@ pub trait ConversationStore: Inbox {
         &self,
         expected: Option<u64>,
         next: &AgentView,
-        record: &InboxRecord,
+        record: &InboxEntry,
     ) -> impl Future<Output = Result<Write, Error>> + Send;
 
     /// Up to `max` QUEUED conversations, oldest first, that an agent with `skills` can take
@@ -165,7 +168,7 @@ fn conversation_item(c: &Conversation) -> Result<Item, Error> {
     Ok(item)
 }
 
-fn message_item(m: &Message) -> Result<Item, Error> {
+fn message_item(m: &ChatMessage) -> Result<Item, Error> {
     let mut item = to_item(m)?;
     item.insert("pk".into(), conversation_key(&m.conversation_id));
     item.insert("sk".into(), message_sk(&m.message_id));
@@ -223,7 +226,7 @@ impl DynamoConversationStore {
     async fn write(
         &self,
         item: TransactWriteItem,
-        record: Option<&InboxRecord>,
+        record: Option<&InboxEntry>,
     ) -> Result<Write, Error> {
         let mut items = vec![item];
         if let Some(r) = record {
@@ -238,7 +241,7 @@ impl DynamoConversationStore {
 }
 
 impl Inbox for DynamoConversationStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxRecord>, Error> {
+    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
         self.inbox.processed(id).await
     }
 
@@ -259,7 +262,7 @@ impl ConversationStore for DynamoConversationStore {
         &self,
         conversation: &ConversationId,
         id: &MessageId,
-    ) -> Result<Option<Message>, Error> {
+    ) -> Result<Option<ChatMessage>, Error> {
         self.get_item(conversation_key(conversation), message_sk(id))
             .await?
             .map(from_item)
@@ -271,7 +274,7 @@ impl ConversationStore for DynamoConversationStore {
         conversation: &ConversationId,
         limit: i32,
         cursor: Option<&str>,
-    ) -> Result<Page<Message>, Error> {
+    ) -> Result<Page<ChatMessage>, Error> {
         let pk = conversation_key(conversation);
         // Only a position in this conversation's messages.
         let ours = |key: &Item| {
@@ -300,7 +303,7 @@ impl ConversationStore for DynamoConversationStore {
             .unwrap_or_default()
             .into_iter()
             .map(from_item)
-            .collect::<Result<Vec<Message>, _>>()?;
+            .collect::<Result<Vec<ChatMessage>, _>>()?;
         Ok(Page {
             items,
             next_cursor: encode_cursor(out.last_evaluated_key.as_ref()),
@@ -311,7 +314,7 @@ impl ConversationStore for DynamoConversationStore {
         &self,
         expected: Option<u64>,
         next: &Conversation,
-        record: Option<&InboxRecord>,
+        record: Option<&InboxEntry>,
     ) -> Result<Write, Error> {
         let put = self.put(conversation_item(next)?, expected)?;
         self.write(put, record).await
@@ -320,8 +323,8 @@ impl ConversationStore for DynamoConversationStore {
     async fn save_message(
         &self,
         expected: Option<u64>,
-        next: &Message,
-        record: Option<&InboxRecord>,
+        next: &ChatMessage,
+        record: Option<&InboxEntry>,
     ) -> Result<Write, Error> {
         let put = self.put(message_item(next)?, expected)?;
         self.write(put, record).await
@@ -361,13 +364,8 @@ impl ConversationStore for DynamoConversationStore {
         }
     }
 
-    async fn record(&self, record: &InboxRecord) -> Result<Write, Error> {
-        Ok(
-            match transact(&self.client, vec![self.inbox.put(record)?]).await? {
-                None => Write::Done,
-                Some(_) => Write::Duplicate,
-            },
-        )
+    async fn mark_processed(&self, entry: &InboxEntry) -> Result<Write, Error> {
+        self.inbox.write_alone(entry).await
     }
 
     async fn agent(&self, id: &AgentId) -> Result<Option<AgentView>, Error> {
@@ -381,7 +379,7 @@ impl ConversationStore for DynamoConversationStore {
         &self,
         expected: Option<u64>,
         next: &AgentView,
-        record: &InboxRecord,
+        record: &InboxEntry,
     ) -> Result<Write, Error> {
         let mut item = to_item(next)?;
         item.insert("pk".into(), agent_key(&next.agent_id));

@@ -1,7 +1,10 @@
-//! The inbox: one record per processed command or event, written **in the same transaction as
-//! the effect**. It makes redelivery harmless (a message with a record is not applied again) and
-//! closes the dual-write gap: the record holds the events the effect must publish and whether
-//! they were published; a redelivered message whose events are unpublished publishes them.
+//! The inbox, with each entry's outbox: one [`InboxEntry`] per processed command or event,
+//! written **in the same transaction as the effect**. As an inbox it makes redelivery harmless
+//! (a message with an entry is not applied again); as a transactional outbox it closes the
+//! dual-write gap: the entry holds the events the effect must publish (`outbox`) and whether
+//! they were published, and a redelivered message whose outbox is unpublished publishes it.
+//! One item does both jobs because both are keyed by the message id and written by the same
+//! transaction (docs/ARCHITECTURE.md, guarantees 2 and 6).
 
 use std::future::Future;
 
@@ -9,39 +12,40 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::items::write_item;
+use super::Write;
+use super::items::{transact, write_item};
 use super::{n, s};
-use crate::{Error, aws::classify, events::Envelope};
+use crate::{Error, aws::classify, envelope::Envelope};
 
-/// How long records are kept: far longer than SQS retention (14 days) plus redrive time, so a
-/// message can never outlive the record that deduplicates it.
+/// How long entries are kept: far longer than SQS retention (14 days) plus redrive time, so a
+/// message can never outlive the entry that deduplicates it.
 const RETENTION_SECS: i64 = 30 * 24 * 3600;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct InboxRecord {
+pub struct InboxEntry {
     pub message_id: Uuid,
     /// The events the message's effect publishes (the outbox of that effect).
-    pub events: Vec<Envelope>,
+    pub outbox: Vec<Envelope>,
     pub published: bool,
     /// What the command did, for commands whose outcome clients can read.
     pub outcome: Option<Outcome>,
 }
 
-impl InboxRecord {
-    /// The record for a message whose effect publishes `events` (none: nothing to publish).
+impl InboxEntry {
+    /// The entry for a message whose effect publishes `events` (none: nothing to publish).
     pub fn new(message_id: Uuid, events: Vec<Envelope>) -> Self {
         let published = events.is_empty();
-        InboxRecord {
+        InboxEntry {
             message_id,
-            events,
+            outbox: events,
             published,
             outcome: None,
         }
     }
 
-    /// The record, saying what the command did.
+    /// The entry, saying what the command did.
     pub fn with_outcome(self, outcome: Outcome) -> Self {
-        InboxRecord {
+        InboxEntry {
             outcome: Some(outcome),
             ..self
         }
@@ -49,7 +53,7 @@ impl InboxRecord {
 }
 
 /// What applying a command did: applied (leaving its aggregate at `version`) or rejected (with
-/// the `reason`). Kept in the command's inbox record, written in the same transaction as the
+/// the `reason`). Kept in the command's inbox entry, written in the same transaction as the
 /// effect, so it is there exactly when the command was processed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -94,7 +98,7 @@ pub trait Inbox: Send + Sync {
     fn processed(
         &self,
         message_id: Uuid,
-    ) -> impl Future<Output = Result<Option<InboxRecord>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<InboxEntry>, Error>> + Send;
     fn mark_published(&self, message_id: Uuid) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
@@ -114,15 +118,15 @@ impl DynamoInbox {
         DynamoInbox { client, table }
     }
 
-    /// The transaction item that records `record`; it fails its condition when the message was
+    /// The transaction item that writes `record`; it fails its condition when the message was
     /// already processed, which makes the whole transaction (the effect) fail with it.
-    pub fn put(&self, record: &InboxRecord) -> Result<TransactWriteItem, Error> {
+    pub fn put(&self, record: &InboxEntry) -> Result<TransactWriteItem, Error> {
         let expires = chrono::Utc::now().timestamp() + RETENTION_SECS;
         let mut put = Put::builder()
             .table_name(&self.table)
             .item("pk", key(record.message_id))
             .item("sk", s("INBOX"))
-            .item("events", s(serde_json::to_string(&record.events)?))
+            .item("events", s(serde_json::to_string(&record.outbox)?))
             .item("published", AttributeValue::Bool(record.published))
             .item("expiresAt", n(expires))
             .condition_expression("attribute_not_exists(pk)");
@@ -132,10 +136,21 @@ impl DynamoInbox {
         let put = put.build().map_err(|e| Error::Internal(e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
+
+    /// Writes `entry` alone, for a message processed with no effect: [`Write::Done`], or
+    /// [`Write::Duplicate`] when the message was already processed.
+    pub async fn write_alone(&self, entry: &InboxEntry) -> Result<Write, Error> {
+        Ok(
+            match transact(&self.client, vec![self.put(entry)?]).await? {
+                None => Write::Done,
+                Some(_) => Write::Duplicate,
+            },
+        )
+    }
 }
 
 impl Inbox for DynamoInbox {
-    async fn processed(&self, message_id: Uuid) -> Result<Option<InboxRecord>, Error> {
+    async fn processed(&self, message_id: Uuid) -> Result<Option<InboxEntry>, Error> {
         let out = self
             .client
             .get_item()
@@ -158,9 +173,9 @@ impl Inbox for DynamoInbox {
             Some(json) => Some(serde_json::from_str(json)?),
             None => None,
         };
-        Ok(Some(InboxRecord {
+        Ok(Some(InboxEntry {
             message_id,
-            events,
+            outbox: events,
             published,
             outcome,
         }))

@@ -73,7 +73,7 @@ pub(crate) async fn transact(
 /// 40–80 and 80–160 ms, at most ≈ 0.3 s in all, well inside a request's budget (guarantee 8
 /// of the README: a `503` within a couple of seconds).
 pub(crate) const CONTENTION_ATTEMPTS: u32 = 5;
-const CONTENTION_BACKOFF: Backoff = Backoff {
+pub(crate) const CONTENTION_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(20),
     max: Duration::from_millis(200),
 };

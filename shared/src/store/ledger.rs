@@ -13,22 +13,16 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
 use super::items::{build_err, from_item, query_prefix, start_key, to_item, transact};
-use super::{Page, encode_cursor, n, s};
+use super::{Page, Write, encode_cursor, n, s};
 use crate::Error;
 use crate::domain::ids::AccountId;
 use crate::domain::ledger::Entry;
 use crate::domain::money::Amount;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Posted {
-    Done,
-    /// The trade's lines were posted before.
-    Duplicate,
-}
-
 pub trait LedgerStore: Send + Sync {
-    /// Posts a trade's lines and moves the balances, once.
-    fn post(&self, lines: &[Entry]) -> impl Future<Output = Result<Posted, Error>> + Send;
+    /// Posts a trade's lines and moves the balances, once: `Done`, or `Duplicate` when they
+    /// were posted before. Never `Conflict`: balances move by `ADD`, which commutes.
+    fn post(&self, lines: &[Entry]) -> impl Future<Output = Result<Write, Error>> + Send;
 
     fn entries(
         &self,
@@ -70,7 +64,7 @@ impl DynamoLedgerStore {
 }
 
 impl LedgerStore for DynamoLedgerStore {
-    async fn post(&self, lines: &[Entry]) -> Result<Posted, Error> {
+    async fn post(&self, lines: &[Entry]) -> Result<Write, Error> {
         let mut items = Vec::with_capacity(lines.len() * 2);
         for line in lines {
             let pk = account_pk(&line.account_id);
@@ -94,8 +88,8 @@ impl LedgerStore for DynamoLedgerStore {
             items.push(TransactWriteItem::builder().update(balance).build());
         }
         Ok(match transact(&self.client, items).await? {
-            None => Posted::Done,
-            Some(_) => Posted::Duplicate,
+            None => Write::Done,
+            Some(_) => Write::Duplicate,
         })
     }
 

@@ -22,20 +22,23 @@ pub mod ledger;
 pub mod positions;
 pub mod trades;
 
-/// The outcome of a conditional write of an effect together with its inbox record.
+/// The outcome of every conditional write of an effect (with its inbox entry, or, where a
+/// store deduplicates otherwise, with its own condition: a position's cursor, a ledger line's
+/// key). Each store method documents which of the three it can answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Write {
     Done,
-    /// The aggregate changed since it was read: read again and decide again.
+    /// The aggregate changed since it was read: read again and decide again
+    /// ([`read_decide_write`]).
     Conflict,
-    /// The message was already processed (its inbox record exists).
+    /// The message was already processed (its inbox entry, or its effect, exists).
     Duplicate,
 }
 
 impl Write {
     /// What the write means to [`crate::worker::exactly_once`]: `events` to publish when done,
     /// `None` when the caller must read again and decide again.
-    pub fn applied(self, events: Vec<crate::events::Envelope>) -> Option<crate::worker::Applied> {
+    pub fn applied(self, events: Vec<crate::envelope::Envelope>) -> Option<crate::worker::Applied> {
         use crate::worker::Applied;
         match self {
             Write::Done => Some(Applied::Done(events)),
@@ -43,6 +46,38 @@ impl Write {
             Write::Conflict => None,
         }
     }
+}
+
+/// How many times [`read_decide_write`] reads, decides and writes before giving up.
+pub const WRITE_ATTEMPTS: u32 = 5;
+
+/// Optimistic concurrency, the one loop of every read → decide → conditional write: runs
+/// `attempt` until it answers `Some` (done: applied, a duplicate, or a decision not to write),
+/// or an error. `None` means its write lost to a concurrent one ([`Write::Conflict`]), so the
+/// item is read again and the decision made again, after a short jittered wait (the
+/// contention schedule of [`crate::retry`]). After [`WRITE_ATTEMPTS`] lost writes:
+/// [`Error::Unavailable`] naming `what` (a `503`, or a failed message that SQS redelivers),
+/// never a `500` (docs/ARCHITECTURE.md, guarantee 12).
+pub async fn read_decide_write<T>(
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<Option<T>, Error>,
+) -> Result<T, Error> {
+    for retry in 0..WRITE_ATTEMPTS {
+        if retry > 0 {
+            items::CONTENTION_BACKOFF.wait(retry - 1).await;
+        }
+        if let Some(done) = attempt().await? {
+            return Ok(done);
+        }
+        tracing::info!(
+            what,
+            retry,
+            "conditional write lost to a concurrent one; deciding again"
+        );
+    }
+    Err(Error::Unavailable(format!(
+        "{what} kept changing between read and write ({WRITE_ATTEMPTS} attempts)"
+    )))
 }
 
 /// One page of a list: `nextCursor` is absent on the last page.

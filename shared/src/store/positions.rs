@@ -8,18 +8,11 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
 use super::items::{build_err, from_item, get, query_prefix, start_key, to_item, transact};
-use super::{Page, encode_cursor, n, s};
+use super::{Page, Write, encode_cursor, n, s};
 use crate::Error;
 use crate::domain::ids::AccountId;
 use crate::domain::positions::Position;
 use crate::domain::trades::Symbol;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Advanced {
-    Done,
-    /// The cursor moved since it was read (a concurrent delivery applied this trade).
-    Conflict,
-}
 
 pub trait PositionStore: Send + Sync {
     fn get(
@@ -38,12 +31,14 @@ pub trait PositionStore: Send + Sync {
     /// The sequence number of the account's last applied trade (0: none yet).
     fn last_applied(&self, account: &AccountId) -> impl Future<Output = Result<u64, Error>> + Send;
 
-    /// Writes `next` and moves the account's cursor from `last` to `next.last_sequence`.
+    /// Writes `next` and moves the account's cursor from `last` to `next.last_sequence`:
+    /// `Done`, or `Conflict` when the cursor moved since it was read (a concurrent delivery
+    /// applied this trade). Never `Duplicate`: the cursor is what deduplicates.
     fn advance(
         &self,
         last: u64,
         next: &Position,
-    ) -> impl Future<Output = Result<Advanced, Error>> + Send;
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
 }
 
 #[derive(Clone)]
@@ -110,7 +105,7 @@ impl PositionStore for DynamoPositionStore {
             .map_err(|e| Error::Internal(format!("cursor: {e}")))
     }
 
-    async fn advance(&self, last: u64, next: &Position) -> Result<Advanced, Error> {
+    async fn advance(&self, last: u64, next: &Position) -> Result<Write, Error> {
         let pk = account_pk(&next.account_id);
         let mut cursor = Update::builder()
             .table_name(&self.table)
@@ -141,8 +136,8 @@ impl PositionStore for DynamoPositionStore {
             TransactWriteItem::builder().put(position).build(),
         ];
         Ok(match transact(&self.client, items).await? {
-            None => Advanced::Done,
-            Some(_) => Advanced::Conflict,
+            None => Write::Done,
+            Some(_) => Write::Conflict,
         })
     }
 }

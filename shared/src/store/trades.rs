@@ -11,9 +11,9 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
 use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxRecord};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry};
 use super::items::{build_err, failed, from_item, get, to_item, transact, write_item};
-use super::{n, s};
+use super::{Write, n, s};
 use crate::Error;
 use crate::aws::classify;
 use crate::domain::ids::AccountId;
@@ -41,15 +41,6 @@ pub enum Withdrawn {
     Decided,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decided {
-    Done,
-    /// The account's book moved since it was read: read again and decide again.
-    Conflict,
-    /// The command was already processed (its inbox record exists).
-    Duplicate,
-}
-
 pub trait TradeStore: Inbox {
     fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<Trade>, Error>> + Send;
 
@@ -66,14 +57,14 @@ pub trait TradeStore: Inbox {
     ) -> impl Future<Output = Result<Book, Error>> + Send;
 
     /// Writes the decided `trade`, the new `holding` when it executed, the book's new count and
-    /// the inbox record, in one transaction conditional on the book still counting `executed`.
+    /// the inbox entry, in one transaction conditional on the book still counting `executed`.
     fn decide(
         &self,
         executed: u64,
         trade: &Trade,
         holding: Option<Amount>,
-        record: &InboxRecord,
-    ) -> impl Future<Output = Result<Decided, Error>> + Send;
+        record: &InboxEntry,
+    ) -> impl Future<Output = Result<Write, Error>> + Send;
 }
 
 #[derive(Clone)]
@@ -113,7 +104,7 @@ impl DynamoTradeStore {
 }
 
 impl Inbox for DynamoTradeStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxRecord>, Error> {
+    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
         self.inbox.processed(id).await
     }
 
@@ -229,8 +220,8 @@ impl TradeStore for DynamoTradeStore {
         executed: u64,
         trade: &Trade,
         holding: Option<Amount>,
-        record: &InboxRecord,
-    ) -> Result<Decided, Error> {
+        record: &InboxEntry,
+    ) -> Result<Write, Error> {
         let pk = account_pk(&trade.account_id);
         let unchanged = if executed == 0 {
             "attribute_not_exists(executed)"
@@ -293,9 +284,9 @@ impl TradeStore for DynamoTradeStore {
             items.push(TransactWriteItem::builder().put(put).build());
         }
         Ok(match transact(&self.client, items).await? {
-            None => Decided::Done,
-            Some(codes) if failed(&codes, 1) && !failed(&codes, 0) => Decided::Conflict,
-            Some(_) => Decided::Duplicate,
+            None => Write::Done,
+            Some(codes) if failed(&codes, 1) && !failed(&codes, 0) => Write::Conflict,
+            Some(_) => Write::Duplicate,
         })
     }
 }

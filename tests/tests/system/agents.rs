@@ -17,11 +17,7 @@ fn api_app(env: &Env) -> Api {
 fn api_app_on(env: &Env, sdk: &aws_config::SdkConfig) -> Api {
     agents_api::AwsApp::new(
         sdk,
-        agents_api::Config {
-            table_name: env.table("AgentsTable"),
-            command_queue_url: env.queue_url("AgentsCommandQueue"),
-            event_bus_name: env.bus(),
-        },
+        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
     )
 }
 
@@ -32,10 +28,11 @@ fn worker_app(env: &Env, bus: &str) -> Worker {
 fn worker_app_on(env: &Env, sdk: &aws_config::SdkConfig, bus: &str) -> Worker {
     agents_worker::AwsApp::new(
         sdk,
-        agents_worker::Config {
-            table_name: env.table("AgentsTable"),
-            event_bus_name: bus.to_owned(),
-        },
+        agents_worker::Config::from_vars(
+            &env.vars("AgentsWorkerFunction")
+                .with("EVENT_BUS_NAME", bus.to_owned()),
+        )
+        .unwrap(),
     )
 }
 
@@ -875,11 +872,7 @@ async fn an_outage_under_load_answers_503_fast_and_loses_no_accepted_command() {
         .await;
     let app = agents_api::AwsApp::new(
         &sdk,
-        agents_api::Config {
-            table_name: env.table("AgentsTable"),
-            command_queue_url: env.queue_url("AgentsCommandQueue"),
-            event_bus_name: env.bus(),
-        },
+        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
     );
     let worker = worker_app(&env, &env.bus());
 

@@ -186,28 +186,21 @@ async fn system() -> System {
     let env = Env::new().await;
     let agents = Arc::new(agents_api::AwsApp::new(
         &env.sdk,
-        agents_api::Config {
-            table_name: env.table("AgentsTable"),
-            command_queue_url: env.queue_url("AgentsCommandQueue"),
-            event_bus_name: env.bus(),
-        },
+        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
     ));
     let agents_worker = agents_worker::AwsApp::new(
         &env.sdk,
-        agents_worker::Config {
-            table_name: env.table("AgentsTable"),
-            event_bus_name: env.bus(),
-        },
+        agents_worker::Config::from_vars(&env.vars("AgentsWorkerFunction")).unwrap(),
     );
     let server = AgentsServer::start(agents.clone()).await;
     let api = conv_api(&env, &env.bus());
     let worker = conversations_worker::AwsApp::new(
         &env.sdk,
-        conversations_worker::Config {
-            table_name: env.table("ConversationsTable"),
-            event_bus_name: env.bus(),
-            agents_api_url: server.url(),
-        },
+        conversations_worker::Config::from_vars(
+            &env.vars("ConversationsWorkerFunction")
+                .with("AGENTS_API_URL", server.url()),
+        )
+        .unwrap(),
         policy(),
     )
     .unwrap();
@@ -224,10 +217,11 @@ async fn system() -> System {
 fn conv_api(env: &Env, bus: &str) -> ConvApi {
     conversations_api::AwsApp::new(
         &env.sdk,
-        conversations_api::Config {
-            table_name: env.table("ConversationsTable"),
-            event_bus_name: bus.to_owned(),
-        },
+        conversations_api::Config::from_vars(
+            &env.vars("ConversationsApiFunction")
+                .with("EVENT_BUS_NAME", bus.to_owned()),
+        )
+        .unwrap(),
     )
 }
 
@@ -1041,10 +1035,7 @@ async fn faulty_api(env: &Env) -> (ConvApi, Arc<system_tests::faults::Faults>) {
     let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
     let api = conversations_api::AwsApp::new(
         &sdk,
-        conversations_api::Config {
-            table_name: env.table("ConversationsTable"),
-            event_bus_name: env.bus(),
-        },
+        conversations_api::Config::from_vars(&env.vars("ConversationsApiFunction")).unwrap(),
     );
     (api, faults)
 }

@@ -5,12 +5,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use system_tests::{Env, api, body_json, request};
 
+/// The health function as the template configures it, probing only `tables` and the agents
+/// queues (a test controls what is missing).
 fn health_config(env: &Env, tables: Vec<String>) -> health_api::Config {
-    health_api::Config {
-        tables,
-        queues: vec![env.queue_url("AgentsQueue"), env.queue_url("AgentsDLQ")],
-        event_bus_name: env.bus(),
-    }
+    let queues = [env.queue_url("AgentsQueue"), env.queue_url("AgentsDLQ")];
+    let vars = env
+        .vars("HealthFunction")
+        .with("HEALTH_TABLES", tables.join(","))
+        .with("HEALTH_QUEUES", queues.join(","));
+    health_api::Config::from_vars(&vars).unwrap()
 }
 
 async fn health(app: &health_api::App) -> (u16, Value) {
@@ -93,16 +96,8 @@ async fn health_follows_an_outage_and_the_recovery() {
 }
 
 fn ops_app(env: &Env) -> ops_api::App {
-    let raw = format!(
-        "agent-commands|{}|{},agents|{}|{},event-delivery|{}|bus:{}",
-        env.queue_url("AgentsCommandDLQ"),
-        env.queue_url("AgentsCommandQueue"),
-        env.queue_url("AgentsDLQ"),
-        env.queue_url("AgentsQueue"),
-        env.queue_url("EventDeliveryDLQ"),
-        env.bus()
-    );
-    ops_api::App::new(&env.sdk, ops_api::Config::parse(&raw).unwrap())
+    let config = ops_api::Config::from_vars(&env.vars("OpsFunction")).unwrap();
+    ops_api::App::new(&env.sdk, config)
 }
 
 async fn ops(app: &ops_api::App, method: &str, path: &str, query: Option<&str>) -> (u16, Value) {
@@ -130,21 +125,18 @@ fn queue<'a>(list: &'a Value, name: &str) -> &'a Value {
 fn agents_worker(env: &Env, bus: &str) -> agents_worker::AwsApp {
     agents_worker::AwsApp::new(
         &env.sdk,
-        agents_worker::Config {
-            table_name: env.table("AgentsTable"),
-            event_bus_name: bus.to_owned(),
-        },
+        agents_worker::Config::from_vars(
+            &env.vars("AgentsWorkerFunction")
+                .with("EVENT_BUS_NAME", bus.to_owned()),
+        )
+        .unwrap(),
     )
 }
 
 fn agents_api(env: &Env) -> agents_api::AwsApp {
     agents_api::AwsApp::new(
         &env.sdk,
-        agents_api::Config {
-            table_name: env.table("AgentsTable"),
-            command_queue_url: env.queue_url("AgentsCommandQueue"),
-            event_bus_name: env.bus(),
-        },
+        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
     )
 }
 

@@ -5,7 +5,7 @@
 //! Why not the SDK's `default-https-client`: it reads the system certificate store (every file
 //! of `/etc/ssl/certs`, then parses each PEM) when each SDK client is constructed, and builds a
 //! second TLS configuration on each client's first request. That was ≈ 7–15 ms of every cold
-//! start here (DESIGN §7 budgets init at 1.5× a hello-world binary, ≈ 3–4 ms), and its
+//! start here (docs/ARCHITECTURE.md §Budgets: init at most 1.5× a hello-world binary), and its
 //! `aws-lc-rs` crypto library alone is ≈ 2 MB of each binary (budget 8 MB). Here the roots are
 //! `webpki-roots`' already-parsed trust anchors (no file, no parsing: tens of µs), the TLS
 //! configuration and connection pool are built once, in init, and `ring` is the crypto.

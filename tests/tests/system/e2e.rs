@@ -648,7 +648,7 @@ async fn report_lines_carry_duration_memory_and_init_duration() {
     }
 }
 
-/// DESIGN §2 end to end: create → ASSIGNED (sync match) → message → READ (a late DELIVERED
+/// The contact centre end to end: create → ASSIGNED (sync match) → message → READ (a late DELIVERED
 /// does not move it back) → close → the agent's slot is freed.
 #[tokio::test]
 async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
@@ -723,7 +723,7 @@ async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
     assert_eq!(a.body["status"], "READ");
 }
 
-/// DESIGN §2 end to end: buy 10 @ 100, buy 5 @ 130, sell 20 (more than held: REJECTED),
+/// The trading back office end to end: buy 10 @ 100, buy 5 @ 130, sell 20 (more than held: REJECTED),
 /// sell 12 @ 150. By hand: average cost (1000 + 650) / 15 = 110; P&L 12 × (150 − 110) = 480;
 /// 3 left; cash −1650 + 1800 = 150 and securities −150, summing to zero.
 #[tokio::test]

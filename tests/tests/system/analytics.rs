@@ -19,14 +19,14 @@ struct Analytics {
 
 async fn analytics() -> Analytics {
     let env = Env::new().await;
-    let table = env.table("AnalyticsTable");
     let worker = analytics_worker::AwsApp::new(
         &env.sdk,
-        analytics_worker::Config {
-            table_name: table.clone(),
-        },
+        analytics_worker::Config::from_vars(&env.vars("AnalyticsWorkerFunction")).unwrap(),
     );
-    let api = analytics_api::AwsApp::new(&env.sdk, analytics_api::Config { table_name: table });
+    let api = analytics_api::AwsApp::new(
+        &env.sdk,
+        analytics_api::Config::from_vars(&env.vars("AnalyticsApiFunction")).unwrap(),
+    );
     Analytics { env, worker, api }
 }
 
@@ -398,49 +398,35 @@ async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
     let env = &a.env;
     let agents = std::sync::Arc::new(agents_api::AwsApp::new(
         &env.sdk,
-        agents_api::Config {
-            table_name: env.table("AgentsTable"),
-            command_queue_url: env.queue_url("AgentsCommandQueue"),
-            event_bus_name: env.bus(),
-        },
+        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
     ));
     let agents_worker = agents_worker::AwsApp::new(
         &env.sdk,
-        agents_worker::Config {
-            table_name: env.table("AgentsTable"),
-            event_bus_name: env.bus(),
-        },
+        agents_worker::Config::from_vars(&env.vars("AgentsWorkerFunction")).unwrap(),
     );
     let conversations = conversations_api::AwsApp::new(
         &env.sdk,
-        conversations_api::Config {
-            table_name: env.table("ConversationsTable"),
-            event_bus_name: env.bus(),
-        },
+        conversations_api::Config::from_vars(&env.vars("ConversationsApiFunction")).unwrap(),
     );
     let conversations_worker = conversations_worker::AwsApp::new(
         &env.sdk,
-        conversations_worker::Config {
-            table_name: env.table("ConversationsTable"),
-            event_bus_name: env.bus(),
-            agents_api_url: serve_agents(agents.clone()).await,
-        },
-        conversations_worker::agents_client::Policy::from_env(),
+        conversations_worker::Config::from_vars(
+            &env.vars("ConversationsWorkerFunction")
+                .with("AGENTS_API_URL", serve_agents(agents.clone()).await),
+        )
+        .unwrap(),
+        conversations_worker::agents_client::Policy::from_vars(
+            &env.vars("ConversationsWorkerFunction"),
+        ),
     )
     .unwrap();
     let trades = trades_api::AwsApp::new(
         &env.sdk,
-        trades_api::Config {
-            table_name: env.table("TradesTable"),
-            queue_url: env.queue_url("TradesQueue"),
-        },
+        trades_api::Config::from_vars(&env.vars("TradesApiFunction")).unwrap(),
     );
     let trades_worker = trades_worker::AwsApp::new(
         &env.sdk,
-        trades_worker::Config {
-            table_name: env.table("TradesTable"),
-            event_bus_name: env.bus(),
-        },
+        trades_worker::Config::from_vars(&env.vars("TradesWorkerFunction")).unwrap(),
     );
     let drain_agents = async || {
         for queue in ["AgentsCommandQueue", "AgentsQueue"] {

@@ -3,7 +3,7 @@
 //! Commands and domain events are one tagged enum shared by producers and consumers, so a
 //! renamed field or a new variant is a compile error on both sides, not a poison message. On
 //! EventBridge the envelope is the event's `detail`, `type` is its `detail-type` and
-//! [`Message::source`] its `source`: rules route on those two.
+//! [`Payload::source`] its `source`: rules route on those two.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,12 +28,12 @@ pub struct Envelope {
     pub correlation_id: String,
     pub occurred_at: DateTime<Utc>,
     #[serde(flatten)]
-    pub message: Message,
+    pub payload: Payload,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
-pub enum Message {
+pub enum Payload {
     // commands
     RegisterAgent(RegisterAgent),
     ChangeAgentState(ChangeAgentState),
@@ -54,24 +54,24 @@ pub enum Message {
     TradeRejected(TradeRejected),
 }
 
-impl Message {
+impl Payload {
     /// The EventBridge `source`: commands come from `<service>.command`, events from the
     /// service that owns them.
     pub fn source(&self) -> &'static str {
         match self {
-            Message::RegisterAgent(_) | Message::ChangeAgentState(_) => "cqrs.agents.command",
-            Message::StartConversation(_)
-            | Message::SendMessage(_)
-            | Message::RecordReceipt(_)
-            | Message::CloseConversation(_) => "cqrs.conversations.command",
-            Message::SubmitTrade(_) => "cqrs.trades.command",
-            Message::TradeExecuted(_) | Message::TradeRejected(_) => "cqrs.trades",
-            Message::AgentRegistered(_)
-            | Message::AgentStateChanged(_)
-            | Message::AgentMatched(_) => "cqrs.agents",
-            Message::ConversationClosed(_)
-            | Message::ConversationStarted(_)
-            | Message::MessageSent(_) => "cqrs.conversations",
+            Payload::RegisterAgent(_) | Payload::ChangeAgentState(_) => "cqrs.agents.command",
+            Payload::StartConversation(_)
+            | Payload::SendMessage(_)
+            | Payload::RecordReceipt(_)
+            | Payload::CloseConversation(_) => "cqrs.conversations.command",
+            Payload::SubmitTrade(_) => "cqrs.trades.command",
+            Payload::TradeExecuted(_) | Payload::TradeRejected(_) => "cqrs.trades",
+            Payload::AgentRegistered(_)
+            | Payload::AgentStateChanged(_)
+            | Payload::AgentMatched(_) => "cqrs.agents",
+            Payload::ConversationClosed(_)
+            | Payload::ConversationStarted(_)
+            | Payload::MessageSent(_) => "cqrs.conversations",
         }
     }
 
@@ -80,59 +80,59 @@ impl Message {
     /// queue's `MessageGroupId`.
     pub fn aggregate_id(&self) -> &str {
         match self {
-            Message::RegisterAgent(c) => c.agent_id.as_str(),
-            Message::ChangeAgentState(c) => c.agent_id.as_str(),
-            Message::AgentRegistered(e) => e.agent_id.as_str(),
-            Message::AgentStateChanged(e) => e.agent_id.as_str(),
-            Message::AgentMatched(e) => e.conversation_id.as_str(),
-            Message::StartConversation(c) => c.conversation_id.as_str(),
-            Message::SendMessage(c) => c.conversation_id.as_str(),
-            Message::RecordReceipt(c) => c.conversation_id.as_str(),
-            Message::CloseConversation(c) => c.conversation_id.as_str(),
-            Message::ConversationStarted(e) => e.conversation_id.as_str(),
-            Message::ConversationClosed(e) => e.conversation_id.as_str(),
-            Message::MessageSent(e) => e.conversation_id.as_str(),
-            Message::SubmitTrade(c) => c.account_id.as_str(),
-            Message::TradeExecuted(e) => e.account_id.as_str(),
-            Message::TradeRejected(e) => e.account_id.as_str(),
+            Payload::RegisterAgent(c) => c.agent_id.as_str(),
+            Payload::ChangeAgentState(c) => c.agent_id.as_str(),
+            Payload::AgentRegistered(e) => e.agent_id.as_str(),
+            Payload::AgentStateChanged(e) => e.agent_id.as_str(),
+            Payload::AgentMatched(e) => e.conversation_id.as_str(),
+            Payload::StartConversation(c) => c.conversation_id.as_str(),
+            Payload::SendMessage(c) => c.conversation_id.as_str(),
+            Payload::RecordReceipt(c) => c.conversation_id.as_str(),
+            Payload::CloseConversation(c) => c.conversation_id.as_str(),
+            Payload::ConversationStarted(e) => e.conversation_id.as_str(),
+            Payload::ConversationClosed(e) => e.conversation_id.as_str(),
+            Payload::MessageSent(e) => e.conversation_id.as_str(),
+            Payload::SubmitTrade(c) => c.account_id.as_str(),
+            Payload::TradeExecuted(e) => e.account_id.as_str(),
+            Payload::TradeRejected(e) => e.account_id.as_str(),
         }
     }
 
     /// The EventBridge `detail-type`: the variant name, the same string as the `type` tag.
     pub fn detail_type(&self) -> &'static str {
         match self {
-            Message::RegisterAgent(_) => "RegisterAgent",
-            Message::ChangeAgentState(_) => "ChangeAgentState",
-            Message::AgentRegistered(_) => "AgentRegistered",
-            Message::AgentStateChanged(_) => "AgentStateChanged",
-            Message::AgentMatched(_) => "AgentMatched",
-            Message::ConversationClosed(_) => "ConversationClosed",
-            Message::StartConversation(_) => "StartConversation",
-            Message::SendMessage(_) => "SendMessage",
-            Message::RecordReceipt(_) => "RecordReceipt",
-            Message::CloseConversation(_) => "CloseConversation",
-            Message::ConversationStarted(_) => "ConversationStarted",
-            Message::MessageSent(_) => "MessageSent",
-            Message::SubmitTrade(_) => "SubmitTrade",
-            Message::TradeExecuted(_) => "TradeExecuted",
-            Message::TradeRejected(_) => "TradeRejected",
+            Payload::RegisterAgent(_) => "RegisterAgent",
+            Payload::ChangeAgentState(_) => "ChangeAgentState",
+            Payload::AgentRegistered(_) => "AgentRegistered",
+            Payload::AgentStateChanged(_) => "AgentStateChanged",
+            Payload::AgentMatched(_) => "AgentMatched",
+            Payload::ConversationClosed(_) => "ConversationClosed",
+            Payload::StartConversation(_) => "StartConversation",
+            Payload::SendMessage(_) => "SendMessage",
+            Payload::RecordReceipt(_) => "RecordReceipt",
+            Payload::CloseConversation(_) => "CloseConversation",
+            Payload::ConversationStarted(_) => "ConversationStarted",
+            Payload::MessageSent(_) => "MessageSent",
+            Payload::SubmitTrade(_) => "SubmitTrade",
+            Payload::TradeExecuted(_) => "TradeExecuted",
+            Payload::TradeRejected(_) => "TradeRejected",
         }
     }
 }
 
 impl Envelope {
-    pub fn new(correlation_id: impl Into<String>, message: Message) -> Self {
+    pub fn new(correlation_id: impl Into<String>, payload: Payload) -> Self {
         Envelope {
             id: Uuid::new_v4(),
             correlation_id: correlation_id.into(),
             occurred_at: Utc::now(),
-            message,
+            payload,
         }
     }
 
     /// An event caused by `cause`, carrying its correlation id along.
-    pub fn caused_by(cause: &Envelope, message: Message) -> Self {
-        Envelope::new(cause.correlation_id.clone(), message)
+    pub fn caused_by(cause: &Envelope, payload: Payload) -> Self {
+        Envelope::new(cause.correlation_id.clone(), payload)
     }
 }
 
@@ -145,14 +145,14 @@ mod tests {
     fn envelope_round_trips_with_type_tag_matching_detail_type() {
         let env = Envelope::new(
             "corr-1",
-            Message::ChangeAgentState(ChangeAgentState {
+            Payload::ChangeAgentState(ChangeAgentState {
                 agent_id: "a1".parse().unwrap(),
                 state: AgentState::Away,
                 expected_version: Some(3),
             }),
         );
         let json = serde_json::to_value(&env).unwrap();
-        assert_eq!(json["type"], env.message.detail_type());
+        assert_eq!(json["type"], env.payload.detail_type());
         assert_eq!(json["data"]["state"], "AWAY");
         assert_eq!(json["correlationId"], "corr-1");
         let back: Envelope = serde_json::from_value(json).unwrap();

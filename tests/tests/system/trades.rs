@@ -22,47 +22,34 @@ struct Apps {
 }
 
 fn apps(env: &Env, bus: &str) -> Apps {
-    let (trades, positions, ledger) = (
-        env.table("TradesTable"),
-        env.table("PositionsTable"),
-        env.table("LedgerTable"),
-    );
     Apps {
         trades: trades_api::AwsApp::new(
             &env.sdk,
-            trades_api::Config {
-                table_name: trades.clone(),
-                queue_url: env.queue_url("TradesQueue"),
-            },
+            trades_api::Config::from_vars(&env.vars("TradesApiFunction")).unwrap(),
         ),
         worker: trades_worker::AwsApp::new(
             &env.sdk,
-            trades_worker::Config {
-                table_name: trades,
-                event_bus_name: bus.to_owned(),
-            },
+            trades_worker::Config::from_vars(
+                &env.vars("TradesWorkerFunction")
+                    .with("EVENT_BUS_NAME", bus.to_owned()),
+            )
+            .unwrap(),
         ),
         positions: positions_api::AwsApp::new(
             &env.sdk,
-            positions_api::Config {
-                table_name: positions.clone(),
-            },
+            positions_api::Config::from_vars(&env.vars("PositionsApiFunction")).unwrap(),
         ),
         positions_worker: positions_worker::AwsApp::new(
             &env.sdk,
-            positions_worker::Config {
-                table_name: positions,
-            },
+            positions_worker::Config::from_vars(&env.vars("PositionsWorkerFunction")).unwrap(),
         ),
         ledger: ledger_api::AwsApp::new(
             &env.sdk,
-            ledger_api::Config {
-                table_name: ledger.clone(),
-            },
+            ledger_api::Config::from_vars(&env.vars("LedgerApiFunction")).unwrap(),
         ),
         ledger_worker: ledger_worker::AwsApp::new(
             &env.sdk,
-            ledger_worker::Config { table_name: ledger },
+            ledger_worker::Config::from_vars(&env.vars("LedgerWorkerFunction")).unwrap(),
         ),
     }
 }
@@ -492,11 +479,11 @@ async fn a_poison_message_holds_back_the_later_trades_of_its_message_group() {
     let url = env.queue_url("TradesQueue");
     // A valid SubmitTrade envelope for acc-q1, as the trades API sends it.
     let trade_id = uuid::Uuid::new_v4();
-    let valid = serde_json::to_string(&shared::events::Envelope {
+    let valid = serde_json::to_string(&shared::envelope::Envelope {
         id: trade_id,
         correlation_id: "poison-test".into(),
         occurred_at: chrono::Utc::now(),
-        message: shared::events::Message::SubmitTrade(shared::domain::trades::SubmitTrade {
+        payload: shared::envelope::Payload::SubmitTrade(shared::domain::trades::SubmitTrade {
             trade_id,
             account_id: "acc-q1".parse().unwrap(),
             symbol: "ACME".parse().unwrap(),
