@@ -14,7 +14,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::{Response, StatusCode};
 use aws_smithy_types::body::SdkBody;
 
-use agents_worker::{AwsApp, Config};
+use agents_worker::AwsApp;
 
 /// `n` `RegisterAgent` commands for distinct new agents, as EventBridge delivers them.
 pub fn batch(n: usize) -> SqsEvent {
@@ -144,11 +144,9 @@ fn cpu_time() -> Duration {
 
 /// The agents worker with every AWS call answered by [`Canned`] after `delay`.
 pub async fn canned_app(delay: Duration) -> AwsApp {
-    AwsApp::new(
-        &canned_sdk(delay).await,
-        Config {
-            table_name: "agents".into(),
-            event_bus_name: "bus".into(),
-        },
-    )
+    let vars = shared::config::Vars::from(std::collections::BTreeMap::from([
+        ("TABLE_NAME".to_owned(), "agents".to_owned()),
+        ("EVENT_BUS_NAME".to_owned(), "bus".to_owned()),
+    ]));
+    agents_worker::init(&canned_sdk(delay).await, &vars).expect("both variables are set")
 }

@@ -228,16 +228,11 @@ async fn run(root: &std::path::Path, plan: &Plan, r: &mut Results) -> Result<(),
     }
 
     eprintln!("worker batch of 10 vs 1");
-    let app = agents_worker::AwsApp::new(
-        &sdk,
-        agents_worker::Config {
-            table_name: stack
-                .table_name("AgentsTable")
-                .ok_or("no AgentsTable")?
-                .into(),
-            event_bus_name: stack.bus_name("EventBus").ok_or("no EventBus")?.into(),
-        },
-    );
+    let worker = stack
+        .function("AgentsWorkerFunction")
+        .ok_or("no AgentsWorkerFunction")?;
+    let app = agents_worker::init(&sdk, &shared::config::Vars::from(worker.env.clone()))
+        .map_err(|e| e.to_string())?;
     (r.one, r.ten) = inproc::batch_vs_one(&app, plan.batch_reps).await;
 
     eprintln!("worker batch of 10 vs 1, AWS calls answered in {SIMULATED_LATENCY:?}");

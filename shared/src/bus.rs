@@ -23,6 +23,16 @@ impl EventBridgeBus {
         EventBridgeBus { client, bus_name }
     }
 
+    /// The bus the template names in every function's environment (`EVENT_BUS_NAME`, set in
+    /// `Globals`).
+    pub fn open(
+        sdk: &aws_config::SdkConfig,
+        vars: &crate::config::Vars,
+    ) -> Result<Self, crate::config::MissingVar> {
+        let client = aws_sdk_eventbridge::Client::new(sdk);
+        Ok(EventBridgeBus::new(client, vars.var("EVENT_BUS_NAME")?))
+    }
+
     fn entry(&self, e: &Envelope) -> Result<PutEventsRequestEntry, Error> {
         Ok(PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus_name)

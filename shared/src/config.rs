@@ -1,10 +1,12 @@
 //! Configuration is read once, at cold start, from the environment the template sets. A missing
 //! variable stops the function during init with its name, instead of failing every request.
 //!
-//! Every function reads it the same way: its `Config::from_vars(&Vars)`. On Lambda and under
-//! `make dev` the variables are the process environment ([`Vars::process`]); the system tests
-//! build each function from the template's environment as the local runner resolves it
-//! ([`Vars::from`] a map), so a variable the template forgets fails a test, not a deployment.
+//! Every function reads it the same way: its `init(sdk, &Vars)`, which `main` calls through
+//! [`crate::lambda`]. On Lambda and under `make dev` the variables are the process environment
+//! ([`Vars::process`]); the system tests call the same `init` with the template's environment
+//! as the local runner resolves it ([`Vars::from`] a map), so a variable the template forgets
+//! fails a test, not a deployment. Stores read `TABLE_NAME` ([`crate::store::open`]) and the
+//! bus `EVENT_BUS_NAME` ([`crate::bus::EventBridgeBus::open`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

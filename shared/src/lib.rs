@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod error;
 pub mod http;
 pub mod http_client;
+pub mod lambda;
 pub mod metrics;
 pub mod queue;
 pub mod retry;

@@ -20,17 +20,18 @@
 //! accepted too, and applied after the registration. How that record and the command stay
 //! consistent when a write fails: `shared::command::Provisional`.
 
+use aws_config::SdkConfig;
 use chrono::Utc;
 use lambda_http::{Body, Request, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
     command::{
         self, Accepted, CommandTransport, Compensated, NothingProvisional, Provisional, Provisioned,
     },
-    config,
     domain::{
         Whole,
         agents::{
@@ -54,23 +55,6 @@ use uuid::Uuid;
 /// no rule routes them): checked against `template.yaml` with the worker's `HANDLES`.
 pub const QUEUED_COMMANDS: &[&str] = &["RegisterAgent", "ChangeAgentState"];
 
-pub struct Config {
-    pub table_name: String,
-    pub event_bus_name: String,
-    /// `AGENTS_COMMAND_QUEUE_URL`: the agents FIFO command queue.
-    pub command_queue_url: String,
-}
-
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-            event_bus_name: vars.var("EVENT_BUS_NAME")?,
-            command_queue_url: vars.var("AGENTS_COMMAND_QUEUE_URL")?,
-        })
-    }
-}
-
 pub struct App<S, C, B, I> {
     pub store: S,
     /// Where agent commands go: the agents FIFO command queue, one message group per agent.
@@ -82,16 +66,15 @@ pub struct App<S, C, B, I> {
 
 pub type AwsApp = App<DynamoAgentStore, SqsFifoQueue, EventBridgeBus, DynamoIdempotency>;
 
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-        App {
-            store: DynamoAgentStore::new(dynamodb.clone(), config.table_name.clone()),
-            commands: SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), config.command_queue_url),
-            bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
-            idempotency: DynamoIdempotency::new(dynamodb, config.table_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`, `AGENTS_COMMAND_QUEUE_URL`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    let queue_url = vars.var("AGENTS_COMMAND_QUEUE_URL")?;
+    Ok(App {
+        store: shared::store::open(sdk, vars)?,
+        commands: SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), queue_url),
+        bus: EventBridgeBus::open(sdk, vars)?,
+        idempotency: shared::store::open(sdk, vars)?,
+    })
 }
 
 /// Rounds of "read candidates, try to reserve each" before answering that agents are too

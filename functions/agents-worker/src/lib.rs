@@ -3,12 +3,13 @@
 //! `ConversationClosed` (from the event queue), each message exactly once, publishing the
 //! resulting events and recording each command's outcome.
 
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
-    config,
     domain::{
         agents::{Agent, ChangeAgentState, RegisterAgent, Rejection},
         conversations::ConversationClosed,
@@ -30,20 +31,6 @@ use shared::{
 /// §Commands and events).
 pub const HANDLES: &[&str] = &["RegisterAgent", "ChangeAgentState", "ConversationClosed"];
 
-pub struct Config {
-    pub table_name: String,
-    pub event_bus_name: String,
-}
-
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-            event_bus_name: vars.var("EVENT_BUS_NAME")?,
-        })
-    }
-}
-
 pub struct App<S, B> {
     pub store: S,
     pub bus: B,
@@ -51,13 +38,13 @@ pub struct App<S, B> {
 
 pub type AwsApp = App<DynamoAgentStore, EventBridgeBus>;
 
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        App {
-            store: DynamoAgentStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
-            bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    let (store, bus) = (
+        shared::store::open(sdk, vars)?,
+        EventBridgeBus::open(sdk, vars)?,
+    );
+    Ok(App { store, bus })
 }
 
 pub async fn handle<S: AgentStore, B: EventBus>(

@@ -11,39 +11,23 @@
 //!
 //! Counters are eventually consistent with the commands (they follow the events).
 
+use aws_config::SdkConfig;
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
+use shared::config::{MissingVar, Vars};
 use shared::{
-    Error, config,
+    Error,
     domain::ids::AgentId,
     http::{Route, json},
     store::analytics::{AgentStats, AnalyticsStore, DynamoAnalyticsStore},
 };
 
-pub struct Config {
-    pub table_name: String,
-}
+/// The app of this function is its store.
+pub type AwsApp = DynamoAnalyticsStore;
 
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-        })
-    }
-}
-
-pub struct App<S> {
-    pub store: S,
-}
-
-pub type AwsApp = App<DynamoAnalyticsStore>;
-
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        App {
-            store: DynamoAnalyticsStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    shared::store::open(sdk, vars)
 }
 
 /// `GET /analytics/agents/{agentId}`.
@@ -76,24 +60,21 @@ impl AgentView {
     }
 }
 
-pub async fn handle<S: AnalyticsStore>(app: &App<S>, req: Request) -> Response<Body> {
+pub async fn handle<S: AnalyticsStore>(app: &S, req: Request) -> Response<Body> {
     shared::http::serve(req, |req| route(app, req)).await
 }
 
-async fn route<S: AnalyticsStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {
+async fn route<S: AnalyticsStore>(app: &S, req: Request) -> Result<Response<Body>, Error> {
     let route = Route::of(&req);
     match route.key() {
-        "GET /analytics/summary" => Ok(json(200, &app.store.summary().await?)),
+        "GET /analytics/summary" => Ok(json(200, &app.summary().await?)),
         "GET /analytics/agents/{agentId}" => agent(app, route.lookup("agentId", "agent")?).await,
         _ => Err(route.unknown()),
     }
 }
 
-async fn agent<S: AnalyticsStore>(
-    app: &App<S>,
-    agent_id: AgentId,
-) -> Result<Response<Body>, Error> {
+async fn agent<S: AnalyticsStore>(app: &S, agent_id: AgentId) -> Result<Response<Body>, Error> {
     let not_found = || Error::NotFound(format!("no analytics for agent {agent_id}"));
-    let stats = app.store.agent(&agent_id).await?.ok_or_else(not_found)?;
+    let stats = app.agent(&agent_id).await?.ok_or_else(not_found)?;
     Ok(json(200, &AgentView::new(agent_id, &stats)))
 }

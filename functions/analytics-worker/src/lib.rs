@@ -20,12 +20,13 @@
 //! clamped at 0 (the two times come from different functions' clocks). The two events arrive
 //! in either order; whichever comes second adds the conversation's time to its agent's total.
 
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use rust_decimal::Decimal;
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::EventBus,
-    config,
     domain::{agents::AgentMatched, conversations::Sender, money::exact_mul},
     envelope::{Envelope, Payload},
     store::{
@@ -53,30 +54,12 @@ pub const HANDLES: &[&str] = &[
     "TradeRejected",
 ];
 
-pub struct Config {
-    pub table_name: String,
-}
+/// The app of this function is its store.
+pub type AwsApp = DynamoAnalyticsStore;
 
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-        })
-    }
-}
-
-pub struct App<S> {
-    pub store: S,
-}
-
-pub type AwsApp = App<DynamoAnalyticsStore>;
-
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        App {
-            store: DynamoAnalyticsStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    shared::store::open(sdk, vars)
 }
 
 /// Analytics is a sink: applying an event never publishes one, so [`exactly_once`] is given a
@@ -92,7 +75,7 @@ impl EventBus for Sink {
     }
 }
 
-pub async fn handle<S: AnalyticsStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle<S: AnalyticsStore>(app: &S, event: SqsEvent) -> SqsBatchResponse {
     process_batch(event, order_key, |env| apply(app, env)).await
 }
 
@@ -119,11 +102,11 @@ fn summary(name: &'static str) -> Increment {
     }
 }
 
-async fn apply<S: AnalyticsStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
-    exactly_once(&app.store, &Sink, &env, || count(app, &env)).await
+async fn apply<S: AnalyticsStore>(app: &S, env: Envelope) -> Result<(), Error> {
+    exactly_once(app, &Sink, &env, || count(app, &env)).await
 }
 
-async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applied, Error> {
+async fn count<S: AnalyticsStore>(app: &S, env: &Envelope) -> Result<Applied, Error> {
     let increments = match &env.payload {
         Payload::ConversationStarted(e) => {
             return timed(app, env, &e.conversation_id, |seen| {
@@ -188,7 +171,7 @@ async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applie
         }
     };
     let record = InboxEntry::new(env.id, Vec::new());
-    match app.store.apply(&record, None, &increments).await? {
+    match app.apply(&record, None, &increments).await? {
         Write::Done => Ok(Applied::Done(Vec::new())),
         // Without a timeline update there is no other condition than the inbox entry's.
         Write::Duplicate | Write::Conflict => Ok(Applied::Duplicate),
@@ -196,7 +179,7 @@ async fn count<S: AnalyticsStore>(app: &App<S>, env: &Envelope) -> Result<Applie
 }
 
 async fn matched<S: AnalyticsStore>(
-    app: &App<S>,
+    app: &S,
     env: &Envelope,
     m: &AgentMatched,
 ) -> Result<Applied, Error> {
@@ -241,7 +224,7 @@ fn assign_time(
 /// event is then only recorded in the inbox). A concurrent change of the timeline makes the
 /// write fail its condition: read again and decide again.
 async fn timed<S, D>(
-    app: &App<S>,
+    app: &S,
     env: &Envelope,
     conversation: &shared::domain::ids::ConversationId,
     decide: D,
@@ -253,7 +236,7 @@ where
     let record = InboxEntry::new(env.id, Vec::new());
     let what = format!("the timeline of conversation {conversation}");
     read_decide_write(&what, async || {
-        let seen = app.store.timeline(conversation).await?;
+        let seen = app.timeline(conversation).await?;
         let write = match decide(&seen) {
             Some((fact, increments)) => {
                 let update = TimelineUpdate {
@@ -261,9 +244,9 @@ where
                     seen,
                     fact,
                 };
-                app.store.apply(&record, Some(&update), &increments).await?
+                app.apply(&record, Some(&update), &increments).await?
             }
-            None => app.store.apply(&record, None, &[]).await?,
+            None => app.apply(&record, None, &[]).await?,
         };
         Ok(write.applied(Vec::new()))
     })

@@ -7,16 +7,17 @@
 //! unknown or closed. How that record and the command stay consistent when a write fails:
 //! `shared::command::Provisional`.
 
+use aws_config::SdkConfig;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::EventBridgeBus,
     command::{
         self, Accepted, CommandTransport, Compensated, NothingProvisional, Provisional, Provisioned,
     },
-    config,
     domain::{
         agents::Skills,
         conversations::{
@@ -35,20 +36,6 @@ use shared::{
     },
 };
 
-pub struct Config {
-    pub table_name: String,
-    pub event_bus_name: String,
-}
-
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-            event_bus_name: vars.var("EVENT_BUS_NAME")?,
-        })
-    }
-}
-
 pub struct App<S, B, I> {
     pub store: S,
     /// Where commands go: the event bus, whose rules route them to the worker's queue.
@@ -58,18 +45,18 @@ pub struct App<S, B, I> {
 
 pub type AwsApp = App<DynamoConversationStore, EventBridgeBus, DynamoIdempotency>;
 
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-        App {
-            store: DynamoConversationStore::new(dynamodb.clone(), config.table_name.clone()),
-            commands: EventBridgeBus::new(
-                aws_sdk_eventbridge::Client::new(sdk),
-                config.event_bus_name,
-            ),
-            idempotency: DynamoIdempotency::new(dynamodb, config.table_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME` (commands go to the bus).
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    let commands = EventBridgeBus::open(sdk, vars)?;
+    let (store, idempotency) = (
+        shared::store::open(sdk, vars)?,
+        shared::store::open(sdk, vars)?,
+    );
+    Ok(App {
+        store,
+        commands,
+        idempotency,
+    })
 }
 
 #[derive(Deserialize)]

@@ -19,11 +19,12 @@ mod commands;
 mod reactions;
 pub mod resilience;
 
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
-    config,
     domain::conversations::ConversationClosed,
     envelope::{Envelope, Payload},
     store::{
@@ -51,23 +52,6 @@ pub const HANDLES: &[&str] = &[
     "ConversationClosed",
 ];
 
-pub struct Config {
-    pub table_name: String,
-    pub event_bus_name: String,
-    /// Base URL of the HTTP API serving `POST /agents/match`.
-    pub agents_api_url: String,
-}
-
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-            event_bus_name: vars.var("EVENT_BUS_NAME")?,
-            agents_api_url: vars.var("AGENTS_API_URL")?,
-        })
-    }
-}
-
 pub struct App<S, B> {
     pub store: S,
     pub bus: B,
@@ -76,18 +60,21 @@ pub struct App<S, B> {
 
 pub type AwsApp = App<DynamoConversationStore, EventBridgeBus>;
 
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config, policy: Policy) -> Result<Self, Error> {
-        let signer = Signer::from_sdk(sdk)?;
-        Ok(App {
-            store: DynamoConversationStore::new(
-                aws_sdk_dynamodb::Client::new(sdk),
-                config.table_name,
-            ),
-            bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
-            agents: AgentsClient::new(&config.agents_api_url, signer, policy),
-        })
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`, `AGENTS_API_URL`, and the agents client's policy (`AGENTS_TIMEOUT_MS`, ... : [`Policy::from_vars`]).
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, Error> {
+    let missing = |e: MissingVar| Error::Internal(e.to_string());
+    let agents_api_url = vars.var("AGENTS_API_URL").map_err(missing)?;
+    let agents = AgentsClient::new(
+        &agents_api_url,
+        Signer::from_sdk(sdk)?,
+        Policy::from_vars(vars),
+    );
+    let store = shared::store::open(sdk, vars).map_err(missing)?;
+    Ok(App {
+        store,
+        bus: EventBridgeBus::open(sdk, vars).map_err(missing)?,
+        agents,
+    })
 }
 
 pub async fn handle<S: ConversationStore, B: EventBus>(

@@ -52,6 +52,11 @@ pub struct App {
     events: aws_sdk_eventbridge::Client,
 }
 
+/// Builds the function from the template's environment ([`Config::from_vars`]).
+pub fn init(sdk: &aws_config::SdkConfig, vars: &config::Vars) -> Result<App, config::MissingVar> {
+    Ok(App::new(sdk, Config::from_vars(vars)?))
+}
+
 impl App {
     pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
         App {

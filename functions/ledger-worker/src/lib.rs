@@ -6,9 +6,11 @@
 //! commute, so late or early delivery changes nothing either: entries still list in trade
 //! order (their keys sort by sequence number).
 
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use shared::config::{MissingVar, Vars};
 use shared::{
-    Error, config,
+    Error,
     domain::ledger::journal,
     envelope::{Envelope, Payload},
     store::{
@@ -24,33 +26,15 @@ use shared::{
 /// §Commands and events).
 pub const HANDLES: &[&str] = &["TradeExecuted"];
 
-pub struct Config {
-    pub table_name: String,
+/// The app of this function is its store.
+pub type AwsApp = DynamoLedgerStore;
+
+/// Builds the function from the template's environment: `TABLE_NAME`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    shared::store::open(sdk, vars)
 }
 
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-        })
-    }
-}
-
-pub struct App<S> {
-    pub store: S,
-}
-
-pub type AwsApp = App<DynamoLedgerStore>;
-
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        App {
-            store: DynamoLedgerStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
-        }
-    }
-}
-
-pub async fn handle<S: LedgerStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle<S: LedgerStore>(app: &S, event: SqsEvent) -> SqsBatchResponse {
     process_batch(event, order_key, |env| apply(app, env)).await
 }
 
@@ -63,7 +47,7 @@ fn order_key(env: &Envelope) -> String {
     }
 }
 
-async fn apply<S: LedgerStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
+async fn apply<S: LedgerStore>(app: &S, env: Envelope) -> Result<(), Error> {
     let Payload::TradeExecuted(trade) = &env.payload else {
         return Err(Error::invalid(
             "detail-type",
@@ -74,7 +58,7 @@ async fn apply<S: LedgerStore>(app: &App<S>, env: Envelope) -> Result<(), Error>
         ));
     };
     let lines = journal(trade).map_err(|e| Error::invalid("data", e.to_string()))?;
-    if app.store.post(&lines).await? == Write::Duplicate {
+    if app.post(&lines).await? == Write::Duplicate {
         tracing::info!(trade_id = %trade.trade_id, "trade posted before; ignored");
     }
     Ok(())

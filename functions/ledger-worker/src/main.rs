@@ -1,16 +1,4 @@
-use aws_lambda_events::event::sqs::SqsEvent;
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
-use ledger_worker::{AwsApp, Config, handle};
-
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Error> {
-    shared::telemetry::init();
-    let vars = shared::config::Vars::process();
-    let config = Config::from_vars(&vars)?;
-    let sdk = shared::aws::load().await;
-    let app = &AwsApp::new(&sdk, config);
-    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(handle(app, event.payload).await)
-    }))
-    .await
+async fn main() -> Result<(), shared::lambda::Error> {
+    shared::lambda::serve_sqs(ledger_worker::init, ledger_worker::handle).await
 }

@@ -1,48 +1,31 @@
 //! The positions HTTP API: an account's positions (quantity, average price, realized P&L), as
 //! the positions worker keeps them from `TradeExecuted` events.
 
+use aws_config::SdkConfig;
 use lambda_http::{Body, Request, Response};
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     auth::Caller,
-    config,
     domain::trades::Symbol,
     http::{Route, json, limit, query},
     store::positions::{DynamoPositionStore, PositionStore},
 };
 
-pub struct Config {
-    pub table_name: String,
-}
+/// The app of this function is its store.
+pub type AwsApp = DynamoPositionStore;
 
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-        })
-    }
-}
-
-pub struct App<S> {
-    pub store: S,
-}
-
-pub type AwsApp = App<DynamoPositionStore>;
-
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        App {
-            store: DynamoPositionStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    shared::store::open(sdk, vars)
 }
 
 /// Handles one request; every error becomes a problem+json response here.
-pub async fn handle<S: PositionStore>(app: &App<S>, req: Request) -> Response<Body> {
+pub async fn handle<S: PositionStore>(app: &S, req: Request) -> Response<Body> {
     shared::http::serve(req, |req| route(app, req)).await
 }
 
-async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<Body>, Error> {
+async fn route<S: PositionStore>(app: &S, req: Request) -> Result<Response<Body>, Error> {
     let route = Route::of(&req);
     match route.key() {
         "GET /accounts/{accountId}/positions" => {
@@ -51,13 +34,13 @@ async fn route<S: PositionStore>(app: &App<S>, req: Request) -> Result<Response<
             let cursor = query::<String>(&req, "cursor")?;
             Ok(json(
                 200,
-                &app.store.list(&account, limit, cursor.as_deref()).await?,
+                &app.list(&account, limit, cursor.as_deref()).await?,
             ))
         }
         "GET /accounts/{accountId}/positions/{symbol}" => {
             let account = Caller::own_account(&req)?;
             let symbol: Symbol = route.param("symbol")?;
-            match app.store.get(&account, &symbol).await? {
+            match app.get(&account, &symbol).await? {
                 Some(p) => Ok(json(200, &p)),
                 None => Err(Error::NotFound(format!(
                     "account {account} has no position in {symbol}"

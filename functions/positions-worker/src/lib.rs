@@ -9,9 +9,11 @@
 //! arrived. The cursor is the deduplication record, so no separate inbox is needed: nothing is
 //! published, and even a republished copy with a new envelope id is recognised.
 
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use shared::config::{MissingVar, Vars};
 use shared::{
-    Error, config,
+    Error,
     domain::positions::{Cursor, Position, cursor},
     domain::trades::TradeExecuted,
     envelope::{Envelope, Payload},
@@ -29,33 +31,15 @@ use shared::{
 /// §Commands and events).
 pub const HANDLES: &[&str] = &["TradeExecuted"];
 
-pub struct Config {
-    pub table_name: String,
+/// The app of this function is its store.
+pub type AwsApp = DynamoPositionStore;
+
+/// Builds the function from the template's environment: `TABLE_NAME`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    shared::store::open(sdk, vars)
 }
 
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-        })
-    }
-}
-
-pub struct App<S> {
-    pub store: S,
-}
-
-pub type AwsApp = App<DynamoPositionStore>;
-
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        App {
-            store: DynamoPositionStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
-        }
-    }
-}
-
-pub async fn handle<S: PositionStore>(app: &App<S>, event: SqsEvent) -> SqsBatchResponse {
+pub async fn handle<S: PositionStore>(app: &S, event: SqsEvent) -> SqsBatchResponse {
     process_batch(in_trade_order(event), order_key, |env| apply(app, env)).await
 }
 
@@ -78,7 +62,7 @@ fn order_key(env: &Envelope) -> String {
     }
 }
 
-async fn apply<S: PositionStore>(app: &App<S>, env: Envelope) -> Result<(), Error> {
+async fn apply<S: PositionStore>(app: &S, env: Envelope) -> Result<(), Error> {
     match &env.payload {
         Payload::TradeExecuted(trade) => apply_trade(app, trade).await,
         other => Err(Error::invalid(
@@ -91,9 +75,9 @@ async fn apply<S: PositionStore>(app: &App<S>, env: Envelope) -> Result<(), Erro
     }
 }
 
-async fn apply_trade<S: PositionStore>(app: &App<S>, trade: &TradeExecuted) -> Result<(), Error> {
+async fn apply_trade<S: PositionStore>(app: &S, trade: &TradeExecuted) -> Result<(), Error> {
     read_decide_write("the account's positions", async || {
-        let last = app.store.last_applied(&trade.account_id).await?;
+        let last = app.last_applied(&trade.account_id).await?;
         match cursor(last, trade.sequence) {
             Cursor::Next => {}
             Cursor::Old => {
@@ -108,7 +92,6 @@ async fn apply_trade<S: PositionStore>(app: &App<S>, trade: &TradeExecuted) -> R
             }
         }
         let current = app
-            .store
             .get(&trade.account_id, &trade.symbol)
             .await?
             .unwrap_or_else(|| Position::flat(trade.account_id.clone(), trade.symbol.clone()));
@@ -116,7 +99,7 @@ async fn apply_trade<S: PositionStore>(app: &App<S>, trade: &TradeExecuted) -> R
         let next = current
             .apply(trade)
             .map_err(|e| Error::invalid("data", e.to_string()))?;
-        Ok((app.store.advance(last, &next).await? == Write::Done).then_some(()))
+        Ok((app.advance(last, &next).await? == Write::Done).then_some(()))
     })
     .await
 }

@@ -8,14 +8,15 @@
 //! account (`shared::queue` says why the bus cannot do this). Its outcome events go on the bus
 //! as usual.
 
+use aws_config::SdkConfig;
 use lambda_http::{Body, Request, Response};
 use serde::Deserialize;
 use serde_json::json;
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     auth::Caller,
     command::{self, Accepted, CommandTransport},
-    config,
     domain::{
         ids::AccountId,
         money::{Literal, Price, Quantity},
@@ -39,20 +40,6 @@ pub use intake::ProvisionalTrade;
 /// no rule routes them): checked against `template.yaml` with the worker's `HANDLES`.
 pub const QUEUED_COMMANDS: &[&str] = &["SubmitTrade"];
 
-pub struct Config {
-    pub table_name: String,
-    pub queue_url: String,
-}
-
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-            queue_url: vars.var("TRADES_QUEUE_URL")?,
-        })
-    }
-}
-
 pub struct App<S, Q, I> {
     pub store: S,
     /// Where trade commands go: the trades FIFO queue, one message group per account.
@@ -62,15 +49,18 @@ pub struct App<S, Q, I> {
 
 pub type AwsApp = App<DynamoTradeStore, SqsFifoQueue, DynamoIdempotency>;
 
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-        App {
-            store: DynamoTradeStore::new(dynamodb.clone(), config.table_name.clone()),
-            queue: SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), config.queue_url),
-            idempotency: DynamoIdempotency::new(dynamodb, config.table_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`, `TRADES_QUEUE_URL`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    let queue = SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), vars.var("TRADES_QUEUE_URL")?);
+    let (store, idempotency) = (
+        shared::store::open(sdk, vars)?,
+        shared::store::open(sdk, vars)?,
+    );
+    Ok(App {
+        store,
+        queue,
+        idempotency,
+    })
 }
 
 #[derive(Deserialize)]

@@ -1,15 +1,4 @@
-use lambda_http::{Error, run, service_fn};
-use trades_api::{AwsApp, Config, handle};
-
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Error> {
-    shared::telemetry::init();
-    let vars = shared::config::Vars::process();
-    let config = Config::from_vars(&vars)?;
-    let sdk = shared::aws::load().await;
-    let app = &AwsApp::new(&sdk, config);
-    run(service_fn(move |req| async move {
-        Ok::<_, std::convert::Infallible>(handle(app, req).await)
-    }))
-    .await
+async fn main() -> Result<(), shared::lambda::Error> {
+    shared::lambda::serve_http(trades_api::init, trades_api::handle).await
 }

@@ -9,12 +9,13 @@
 //! Once: the decision, the holding, the account's execution count and the inbox entry (with
 //! the events to publish) are one transaction, conditional on the count read before deciding.
 
+use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
+use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
-    config,
     domain::trades::{Decision, Outcome, SubmitTrade, decide},
     envelope::{Envelope, Payload},
     store::{
@@ -31,20 +32,6 @@ use shared::{
 /// §Commands and events).
 pub const HANDLES: &[&str] = &["SubmitTrade"];
 
-pub struct Config {
-    pub table_name: String,
-    pub event_bus_name: String,
-}
-
-impl Config {
-    pub fn from_vars(vars: &config::Vars) -> Result<Self, config::MissingVar> {
-        Ok(Config {
-            table_name: vars.var("TABLE_NAME")?,
-            event_bus_name: vars.var("EVENT_BUS_NAME")?,
-        })
-    }
-}
-
 pub struct App<S, B> {
     pub store: S,
     pub bus: B,
@@ -52,13 +39,13 @@ pub struct App<S, B> {
 
 pub type AwsApp = App<DynamoTradeStore, EventBridgeBus>;
 
-impl AwsApp {
-    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        App {
-            store: DynamoTradeStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name),
-            bus: EventBridgeBus::new(aws_sdk_eventbridge::Client::new(sdk), config.event_bus_name),
-        }
-    }
+/// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`.
+pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
+    let bus = EventBridgeBus::open(sdk, vars)?;
+    Ok(App {
+        bus,
+        store: shared::store::open(sdk, vars)?,
+    })
 }
 
 pub async fn handle<S: TradeStore, B: EventBus>(

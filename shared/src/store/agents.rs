@@ -146,8 +146,8 @@ fn to_av<T: Serialize>(v: &T) -> Result<AttributeValue, Error> {
     serde_dynamo::to_attribute_value(v).map_err(|e| Error::Internal(format!("encoding: {e}")))
 }
 
-impl DynamoAgentStore {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+impl super::Table for DynamoAgentStore {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
         let inbox = DynamoInbox::new(client.clone(), table.clone());
         DynamoAgentStore {
             client,

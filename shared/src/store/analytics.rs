@@ -148,15 +148,17 @@ pub struct DynamoAnalyticsStore {
     inbox: DynamoInbox,
 }
 
-impl DynamoAnalyticsStore {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+impl super::Table for DynamoAnalyticsStore {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
         DynamoAnalyticsStore {
             inbox: DynamoInbox::new(client.clone(), table.clone()),
             client,
             table,
         }
     }
+}
 
+impl DynamoAnalyticsStore {
     fn increment(&self, inc: &Increment) -> Result<TransactWriteItem, Error> {
         let (pk, sk) = match &inc.target {
             Target::Summary => (SUMMARY.to_owned(), COUNTERS.to_owned()),

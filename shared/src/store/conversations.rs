@@ -178,8 +178,8 @@ fn message_item(m: &ChatMessage) -> Result<Item, Error> {
     Ok(item)
 }
 
-impl DynamoConversationStore {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+impl super::Table for DynamoConversationStore {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
         let inbox = DynamoInbox::new(client.clone(), table.clone());
         DynamoConversationStore {
             client,
@@ -187,7 +187,9 @@ impl DynamoConversationStore {
             inbox,
         }
     }
+}
 
+impl DynamoConversationStore {
     async fn get_item(
         &self,
         pk: AttributeValue,

@@ -133,8 +133,8 @@ pub struct DynamoIdempotency {
     table: String,
 }
 
-impl DynamoIdempotency {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+impl super::Table for DynamoIdempotency {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
         DynamoIdempotency { client, table }
     }
 }

@@ -57,8 +57,8 @@ fn entry_sk(e: &Entry) -> String {
     format!("{ENTRY}{:020}#{line}", e.sequence)
 }
 
-impl DynamoLedgerStore {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+impl super::Table for DynamoLedgerStore {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
         DynamoLedgerStore { client, table }
     }
 }

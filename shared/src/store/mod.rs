@@ -48,6 +48,23 @@ impl Write {
     }
 }
 
+/// A store kept in its service's own DynamoDB table.
+pub trait Table: Sized {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self;
+}
+
+/// Opens a store from the function's environment: its service's table is `TABLE_NAME`, the
+/// one variable every function of a service with a table gets from the template.
+pub fn open<T: Table>(
+    sdk: &aws_config::SdkConfig,
+    vars: &crate::config::Vars,
+) -> Result<T, crate::config::MissingVar> {
+    Ok(T::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        vars.var("TABLE_NAME")?,
+    ))
+}
+
 /// How many times [`read_decide_write`] reads, decides and writes before giving up.
 pub const WRITE_ATTEMPTS: u32 = 5;
 

@@ -53,8 +53,8 @@ fn account_pk(account: &AccountId) -> String {
 
 const POSITION: &str = "POSITION#";
 
-impl DynamoPositionStore {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+impl super::Table for DynamoPositionStore {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
         DynamoPositionStore { client, table }
     }
 }

@@ -88,8 +88,8 @@ fn holding_sk(symbol: &Symbol) -> String {
 
 const BOOK: &str = "BOOK";
 
-impl DynamoTradeStore {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+impl super::Table for DynamoTradeStore {
+    fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
         let inbox = DynamoInbox::new(client.clone(), table.clone());
         DynamoTradeStore {
             client,
@@ -97,7 +97,9 @@ impl DynamoTradeStore {
             inbox,
         }
     }
+}
 
+impl DynamoTradeStore {
     fn trade_item(&self, trade: &Trade) -> Result<super::items::Item, Error> {
         to_item(trade, trade_pk(trade.trade_id), "TRADE".into())
     }

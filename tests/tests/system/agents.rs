@@ -15,10 +15,7 @@ fn api_app(env: &Env) -> Api {
 }
 
 fn api_app_on(env: &Env, sdk: &aws_config::SdkConfig) -> Api {
-    agents_api::AwsApp::new(
-        sdk,
-        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
-    )
+    agents_api::init(sdk, &env.vars("AgentsApiFunction")).unwrap()
 }
 
 fn worker_app(env: &Env, bus: &str) -> Worker {
@@ -26,14 +23,12 @@ fn worker_app(env: &Env, bus: &str) -> Worker {
 }
 
 fn worker_app_on(env: &Env, sdk: &aws_config::SdkConfig, bus: &str) -> Worker {
-    agents_worker::AwsApp::new(
+    agents_worker::init(
         sdk,
-        agents_worker::Config::from_vars(
-            &env.vars("AgentsWorkerFunction")
-                .with("EVENT_BUS_NAME", bus.to_owned()),
-        )
-        .unwrap(),
+        &env.vars("AgentsWorkerFunction")
+            .with("EVENT_BUS_NAME", bus.to_owned()),
     )
+    .unwrap()
 }
 
 async fn call(app: &Api, ev: Value) -> (u16, Value, lambda_http::http::HeaderMap) {
@@ -812,14 +807,15 @@ async fn an_unreachable_dependency_answers_503_fast() {
         ))
         .load()
         .await;
-    let app = agents_api::AwsApp::new(
-        &sdk,
-        agents_api::Config {
-            table_name: "t".into(),
-            command_queue_url: format!("{dead}/123456789012/commands.fifo"),
-            event_bus_name: "b".into(),
-        },
-    );
+    let vars = shared::config::Vars::from(std::collections::BTreeMap::from([
+        ("TABLE_NAME".to_owned(), "t".to_owned()),
+        (
+            "AGENTS_COMMAND_QUEUE_URL".to_owned(),
+            format!("{dead}/123456789012/commands.fifo"),
+        ),
+        ("EVENT_BUS_NAME".to_owned(), "b".to_owned()),
+    ]));
+    let app = agents_api::init(&sdk, &vars).unwrap();
     for ev in [
         fixture("agents-api/get-agent-state.json"),
         fixture("agents-api/register-agent.json"),
@@ -870,10 +866,7 @@ async fn an_outage_under_load_answers_503_fast_and_loses_no_accepted_command() {
         ))
         .load()
         .await;
-    let app = agents_api::AwsApp::new(
-        &sdk,
-        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
-    );
+    let app = agents_api::init(&sdk, &env.vars("AgentsApiFunction")).unwrap();
     let worker = worker_app(&env, &env.bus());
 
     let mut accepted = Vec::new();

@@ -19,14 +19,8 @@ struct Analytics {
 
 async fn analytics() -> Analytics {
     let env = Env::new().await;
-    let worker = analytics_worker::AwsApp::new(
-        &env.sdk,
-        analytics_worker::Config::from_vars(&env.vars("AnalyticsWorkerFunction")).unwrap(),
-    );
-    let api = analytics_api::AwsApp::new(
-        &env.sdk,
-        analytics_api::Config::from_vars(&env.vars("AnalyticsApiFunction")).unwrap(),
-    );
+    let worker = analytics_worker::init(&env.sdk, &env.vars("AnalyticsWorkerFunction")).unwrap();
+    let api = analytics_api::init(&env.sdk, &env.vars("AnalyticsApiFunction")).unwrap();
     Analytics { env, worker, api }
 }
 
@@ -396,38 +390,19 @@ fn status_of(resp: lambda_http::Response<lambda_http::Body>) -> (u16, Value) {
 async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
     let a = analytics().await;
     let env = &a.env;
-    let agents = std::sync::Arc::new(agents_api::AwsApp::new(
+    let agents =
+        std::sync::Arc::new(agents_api::init(&env.sdk, &env.vars("AgentsApiFunction")).unwrap());
+    let agents_worker = agents_worker::init(&env.sdk, &env.vars("AgentsWorkerFunction")).unwrap();
+    let conversations =
+        conversations_api::init(&env.sdk, &env.vars("ConversationsApiFunction")).unwrap();
+    let conversations_worker = conversations_worker::init(
         &env.sdk,
-        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
-    ));
-    let agents_worker = agents_worker::AwsApp::new(
-        &env.sdk,
-        agents_worker::Config::from_vars(&env.vars("AgentsWorkerFunction")).unwrap(),
-    );
-    let conversations = conversations_api::AwsApp::new(
-        &env.sdk,
-        conversations_api::Config::from_vars(&env.vars("ConversationsApiFunction")).unwrap(),
-    );
-    let conversations_worker = conversations_worker::AwsApp::new(
-        &env.sdk,
-        conversations_worker::Config::from_vars(
-            &env.vars("ConversationsWorkerFunction")
-                .with("AGENTS_API_URL", serve_agents(agents.clone()).await),
-        )
-        .unwrap(),
-        conversations_worker::agents_client::Policy::from_vars(
-            &env.vars("ConversationsWorkerFunction"),
-        ),
+        &env.vars("ConversationsWorkerFunction")
+            .with("AGENTS_API_URL", serve_agents(agents.clone()).await),
     )
     .unwrap();
-    let trades = trades_api::AwsApp::new(
-        &env.sdk,
-        trades_api::Config::from_vars(&env.vars("TradesApiFunction")).unwrap(),
-    );
-    let trades_worker = trades_worker::AwsApp::new(
-        &env.sdk,
-        trades_worker::Config::from_vars(&env.vars("TradesWorkerFunction")).unwrap(),
-    );
+    let trades = trades_api::init(&env.sdk, &env.vars("TradesApiFunction")).unwrap();
+    let trades_worker = trades_worker::init(&env.sdk, &env.vars("TradesWorkerFunction")).unwrap();
     let drain_agents = async || {
         for queue in ["AgentsCommandQueue", "AgentsQueue"] {
             let failed = env

@@ -10,14 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conversations_worker::{
-    agents_client::Policy,
-    resilience::{BreakerConfig, BreakerState},
-};
+use conversations_worker::resilience::BreakerState;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
-use shared::retry::Backoff;
 use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
 
 type ConvApi = conversations_api::AwsApp;
@@ -157,22 +153,6 @@ async fn respond(
 
 // ------------------------------------------------------------------ the system under test
 
-/// Short timeouts so that the resilience path runs in about a second.
-fn policy() -> Policy {
-    Policy {
-        attempt_timeout: Duration::from_millis(300),
-        max_attempts: 3,
-        backoff: Backoff {
-            base: Duration::from_millis(60),
-            max: Duration::from_millis(1_000),
-        },
-        breaker: BreakerConfig {
-            failure_threshold: 3,
-            cool_down: Duration::from_millis(700),
-        },
-    }
-}
-
 struct System {
     env: Env,
     api: ConvApi,
@@ -184,26 +164,21 @@ struct System {
 
 async fn system() -> System {
     let env = Env::new().await;
-    let agents = Arc::new(agents_api::AwsApp::new(
-        &env.sdk,
-        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
-    ));
-    let agents_worker = agents_worker::AwsApp::new(
-        &env.sdk,
-        agents_worker::Config::from_vars(&env.vars("AgentsWorkerFunction")).unwrap(),
-    );
+    let agents = Arc::new(agents_api::init(&env.sdk, &env.vars("AgentsApiFunction")).unwrap());
+    let agents_worker = agents_worker::init(&env.sdk, &env.vars("AgentsWorkerFunction")).unwrap();
     let server = AgentsServer::start(agents.clone()).await;
     let api = conv_api(&env, &env.bus());
-    let worker = conversations_worker::AwsApp::new(
-        &env.sdk,
-        conversations_worker::Config::from_vars(
-            &env.vars("ConversationsWorkerFunction")
-                .with("AGENTS_API_URL", server.url()),
-        )
-        .unwrap(),
-        policy(),
-    )
-    .unwrap();
+    // Short timeouts, so that the resilience path runs in about a second.
+    let vars = env
+        .vars("ConversationsWorkerFunction")
+        .with("AGENTS_API_URL", server.url())
+        .with("AGENTS_TIMEOUT_MS", "300")
+        .with("AGENTS_MAX_ATTEMPTS", "3")
+        .with("AGENTS_BACKOFF_MS", "60")
+        .with("AGENTS_BACKOFF_MAX_MS", "1000")
+        .with("AGENTS_BREAKER_FAILURES", "3")
+        .with("AGENTS_BREAKER_COOLDOWN_MS", "700");
+    let worker = conversations_worker::init(&env.sdk, &vars).unwrap();
     System {
         env,
         api,
@@ -215,14 +190,10 @@ async fn system() -> System {
 }
 
 fn conv_api(env: &Env, bus: &str) -> ConvApi {
-    conversations_api::AwsApp::new(
-        &env.sdk,
-        conversations_api::Config::from_vars(
-            &env.vars("ConversationsApiFunction")
-                .with("EVENT_BUS_NAME", bus.to_owned()),
-        )
-        .unwrap(),
-    )
+    let vars = env
+        .vars("ConversationsApiFunction")
+        .with("EVENT_BUS_NAME", bus);
+    conversations_api::init(&env.sdk, &vars).unwrap()
 }
 
 async fn call(app: &ConvApi, ev: Value) -> (u16, Value, http::HeaderMap) {
@@ -1033,10 +1004,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
 /// The conversations API on a transport whose faults the returned switches control.
 async fn faulty_api(env: &Env) -> (ConvApi, Arc<system_tests::faults::Faults>) {
     let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
-    let api = conversations_api::AwsApp::new(
-        &sdk,
-        conversations_api::Config::from_vars(&env.vars("ConversationsApiFunction")).unwrap(),
-    );
+    let api = conversations_api::init(&sdk, &env.vars("ConversationsApiFunction")).unwrap();
     (api, faults)
 }
 

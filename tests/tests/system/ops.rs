@@ -96,8 +96,7 @@ async fn health_follows_an_outage_and_the_recovery() {
 }
 
 fn ops_app(env: &Env) -> ops_api::App {
-    let config = ops_api::Config::from_vars(&env.vars("OpsFunction")).unwrap();
-    ops_api::App::new(&env.sdk, config)
+    ops_api::init(&env.sdk, &env.vars("OpsFunction")).unwrap()
 }
 
 async fn ops(app: &ops_api::App, method: &str, path: &str, query: Option<&str>) -> (u16, Value) {
@@ -123,21 +122,16 @@ fn queue<'a>(list: &'a Value, name: &str) -> &'a Value {
 }
 
 fn agents_worker(env: &Env, bus: &str) -> agents_worker::AwsApp {
-    agents_worker::AwsApp::new(
+    agents_worker::init(
         &env.sdk,
-        agents_worker::Config::from_vars(
-            &env.vars("AgentsWorkerFunction")
-                .with("EVENT_BUS_NAME", bus.to_owned()),
-        )
-        .unwrap(),
+        &env.vars("AgentsWorkerFunction")
+            .with("EVENT_BUS_NAME", bus.to_owned()),
     )
+    .unwrap()
 }
 
 fn agents_api(env: &Env) -> agents_api::AwsApp {
-    agents_api::AwsApp::new(
-        &env.sdk,
-        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
-    )
+    agents_api::init(&env.sdk, &env.vars("AgentsApiFunction")).unwrap()
 }
 
 /// A command whose event cannot be published (the worker is configured with a bus that does

@@ -23,34 +23,18 @@ struct Apps {
 
 fn apps(env: &Env, bus: &str) -> Apps {
     Apps {
-        trades: trades_api::AwsApp::new(
+        trades: trades_api::init(&env.sdk, &env.vars("TradesApiFunction")).unwrap(),
+        worker: trades_worker::init(
             &env.sdk,
-            trades_api::Config::from_vars(&env.vars("TradesApiFunction")).unwrap(),
-        ),
-        worker: trades_worker::AwsApp::new(
-            &env.sdk,
-            trades_worker::Config::from_vars(
-                &env.vars("TradesWorkerFunction")
-                    .with("EVENT_BUS_NAME", bus.to_owned()),
-            )
+            &env.vars("TradesWorkerFunction")
+                .with("EVENT_BUS_NAME", bus.to_owned()),
+        )
+        .unwrap(),
+        positions: positions_api::init(&env.sdk, &env.vars("PositionsApiFunction")).unwrap(),
+        positions_worker: positions_worker::init(&env.sdk, &env.vars("PositionsWorkerFunction"))
             .unwrap(),
-        ),
-        positions: positions_api::AwsApp::new(
-            &env.sdk,
-            positions_api::Config::from_vars(&env.vars("PositionsApiFunction")).unwrap(),
-        ),
-        positions_worker: positions_worker::AwsApp::new(
-            &env.sdk,
-            positions_worker::Config::from_vars(&env.vars("PositionsWorkerFunction")).unwrap(),
-        ),
-        ledger: ledger_api::AwsApp::new(
-            &env.sdk,
-            ledger_api::Config::from_vars(&env.vars("LedgerApiFunction")).unwrap(),
-        ),
-        ledger_worker: ledger_worker::AwsApp::new(
-            &env.sdk,
-            ledger_worker::Config::from_vars(&env.vars("LedgerWorkerFunction")).unwrap(),
-        ),
+        ledger: ledger_api::init(&env.sdk, &env.vars("LedgerApiFunction")).unwrap(),
+        ledger_worker: ledger_worker::init(&env.sdk, &env.vars("LedgerWorkerFunction")).unwrap(),
     }
 }
 

@@ -108,50 +108,19 @@ fn event(method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)])
 #[tokio::test]
 async fn responses_of_a_real_run_validate_against_the_spec() {
     let env = Env::new().await;
-    let agents = agents_api::AwsApp::new(
-        &env.sdk,
-        agents_api::Config::from_vars(&env.vars("AgentsApiFunction")).unwrap(),
-    );
-    let agents_worker = agents_worker::AwsApp::new(
-        &env.sdk,
-        agents_worker::Config::from_vars(&env.vars("AgentsWorkerFunction")).unwrap(),
-    );
-    let conversations = conversations_api::AwsApp::new(
-        &env.sdk,
-        conversations_api::Config::from_vars(&env.vars("ConversationsApiFunction")).unwrap(),
-    );
-    let trades = trades_api::AwsApp::new(
-        &env.sdk,
-        trades_api::Config::from_vars(&env.vars("TradesApiFunction")).unwrap(),
-    );
-    let trades_worker = trades_worker::AwsApp::new(
-        &env.sdk,
-        trades_worker::Config::from_vars(&env.vars("TradesWorkerFunction")).unwrap(),
-    );
-    let positions = positions_api::AwsApp::new(
-        &env.sdk,
-        positions_api::Config::from_vars(&env.vars("PositionsApiFunction")).unwrap(),
-    );
-    let positions_worker = positions_worker::AwsApp::new(
-        &env.sdk,
-        positions_worker::Config::from_vars(&env.vars("PositionsWorkerFunction")).unwrap(),
-    );
-    let ledger = ledger_api::AwsApp::new(
-        &env.sdk,
-        ledger_api::Config::from_vars(&env.vars("LedgerApiFunction")).unwrap(),
-    );
-    let ledger_worker = ledger_worker::AwsApp::new(
-        &env.sdk,
-        ledger_worker::Config::from_vars(&env.vars("LedgerWorkerFunction")).unwrap(),
-    );
-    let health = health_api::App::new(
-        &env.sdk,
-        health_api::Config::from_vars(&env.vars("HealthFunction")).unwrap(),
-    );
-    let ops = ops_api::App::new(
-        &env.sdk,
-        ops_api::Config::from_vars(&env.vars("OpsFunction")).unwrap(),
-    );
+    let agents = agents_api::init(&env.sdk, &env.vars("AgentsApiFunction")).unwrap();
+    let agents_worker = agents_worker::init(&env.sdk, &env.vars("AgentsWorkerFunction")).unwrap();
+    let conversations =
+        conversations_api::init(&env.sdk, &env.vars("ConversationsApiFunction")).unwrap();
+    let trades = trades_api::init(&env.sdk, &env.vars("TradesApiFunction")).unwrap();
+    let trades_worker = trades_worker::init(&env.sdk, &env.vars("TradesWorkerFunction")).unwrap();
+    let positions = positions_api::init(&env.sdk, &env.vars("PositionsApiFunction")).unwrap();
+    let positions_worker =
+        positions_worker::init(&env.sdk, &env.vars("PositionsWorkerFunction")).unwrap();
+    let ledger = ledger_api::init(&env.sdk, &env.vars("LedgerApiFunction")).unwrap();
+    let ledger_worker = ledger_worker::init(&env.sdk, &env.vars("LedgerWorkerFunction")).unwrap();
+    let health = health_api::init(&env.sdk, &env.vars("HealthFunction")).unwrap();
+    let ops = ops_api::init(&env.sdk, &env.vars("OpsFunction")).unwrap();
     let docs = docs_api::App::new().unwrap();
     let mut run = Run::new();
 
@@ -640,10 +609,7 @@ async fn responses_of_a_real_run_validate_against_the_spec() {
         .0,
         422
     );
-    let analytics = analytics_api::AwsApp::new(
-        &env.sdk,
-        analytics_api::Config::from_vars(&env.vars("AnalyticsApiFunction")).unwrap(),
-    );
+    let analytics = analytics_api::init(&env.sdk, &env.vars("AnalyticsApiFunction")).unwrap();
     let analytics_h = |r| analytics_api::handle(&analytics, r);
     let route = "/analytics/summary";
     assert_eq!(call!(analytics_h, "GET", route, route.to_string()).0, 200);

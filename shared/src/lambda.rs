@@ -1,0 +1,72 @@
+//! The start of every function: its `main` is one call to [`serve_http`] (API Gateway
+//! functions) or [`serve_sqs`] (queue workers) with the function's `init` (its app from the
+//! template's environment, the same `init` the system tests call) and its `handle`.
+//!
+//! Both do the same cold start, in this order: JSON logs ([`crate::telemetry`]), the SDK
+//! configuration with its short timeouts ([`crate::aws::load`]), the app built from the
+//! template's environment ([`crate::config::Vars`]: a missing variable stops init with its name),
+//! then the Lambda runtime loop. The app lives as long as the process (one instance serves one
+//! invocation at a time and is never torn down before it exits), so it is leaked to `'static`
+//! once, and every invocation borrows it.
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use aws_config::SdkConfig;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::LambdaEvent;
+
+/// What init or the runtime loop can fail with (the runtime's boxed error).
+pub use lambda_runtime::Error;
+
+use crate::config::Vars;
+
+/// Logs, SDK configuration, then `init`'s app, kept for the life of the process.
+async fn start<A: 'static, E: Into<Error>>(
+    init: fn(&SdkConfig, &Vars) -> Result<A, E>,
+) -> Result<&'static A, Error> {
+    crate::telemetry::init();
+    let sdk = crate::aws::load().await;
+    let app = init(&sdk, &Vars::process()).map_err(Into::into)?;
+    Ok(Box::leak(Box::new(app)))
+}
+
+/// Runs an HTTP API function: every request (a payload 2.0 event) goes to `handle`, which
+/// answers every request itself (errors as problem+json), so the runtime never sees an error.
+pub async fn serve_http<A, E, Fut>(
+    init: fn(&SdkConfig, &Vars) -> Result<A, E>,
+    handle: fn(&'static A, lambda_http::Request) -> Fut,
+) -> Result<(), Error>
+where
+    A: Sync + 'static,
+    E: Into<Error>,
+    Fut: Future<Output = lambda_http::Response<lambda_http::Body>> + Send + 'static,
+{
+    let app = start(init).await?;
+    lambda_http::run(lambda_http::service_fn(move |req| {
+        let answer = handle(app, req);
+        async move { Ok::<_, Infallible>(answer.await) }
+    }))
+    .await
+}
+
+/// Runs an SQS worker: every batch goes to `handle`, whose partial batch response names the
+/// messages that failed (`ReportBatchItemFailures`), so the runtime never sees an error.
+pub async fn serve_sqs<A, E, Fut>(
+    init: fn(&SdkConfig, &Vars) -> Result<A, E>,
+    handle: fn(&'static A, SqsEvent) -> Fut,
+) -> Result<(), Error>
+where
+    A: Sync + 'static,
+    E: Into<Error>,
+    Fut: Future<Output = SqsBatchResponse>,
+{
+    let app = start(init).await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: LambdaEvent<SqsEvent>| {
+            let response = handle(app, event.payload);
+            async move { Ok::<_, Error>(response.await) }
+        },
+    ))
+    .await
+}
