@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxEntry};
-use super::items::{build_err, failed, from_item, transact, write_item};
+use super::items::{build_err, failed, from_item, get_as, transact, write_if};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
 use crate::domain::ids::{AgentId, ConversationId};
@@ -169,17 +169,8 @@ impl Inbox for DynamoAgentStore {
 
 impl AgentStore for DynamoAgentStore {
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, Error> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", agent_key(id))
-            .key("sk", s("PROFILE"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("GetItem agent", e))?;
-        out.item.map(from_item).transpose()
+        let key = (format!("AGENT#{id}"), "PROFILE".to_owned());
+        get_as(&self.client, &self.table, key, "GetItem agent").await
     }
 
     async fn list(
@@ -295,16 +286,7 @@ impl AgentStore for DynamoAgentStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)");
-        match write_item(|| put.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::put_item::PutItemError;
-                match e.as_service_error() {
-                    Some(PutItemError::ConditionalCheckFailedException(_)) => Ok(false),
-                    _ => Err(classify("PutItem provisional agent", e)),
-                }
-            }
-        }
+        write_if("PutItem provisional agent", || put.clone().send()).await
     }
 
     async fn withdraw_provisional(&self, id: &AgentId, command: Uuid) -> Result<bool, Error> {
@@ -318,16 +300,7 @@ impl AgentStore for DynamoAgentStore {
             .expression_attribute_names("#version", "version")
             .expression_attribute_values(":command", s(command.to_string()))
             .expression_attribute_values(":zero", n(0));
-        match write_item(|| delete.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-                match e.as_service_error() {
-                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
-                    _ => Err(classify("DeleteItem provisional agent", e)),
-                }
-            }
-        }
+        write_if("DeleteItem provisional agent", || delete.clone().send()).await
     }
 
     async fn mark_processed(&self, entry: &InboxEntry) -> Result<Write, Error> {
@@ -364,17 +337,11 @@ impl AgentStore for DynamoAgentStore {
         &self,
         conversation: &ConversationId,
     ) -> Result<Option<Reservation>, Error> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", reservation_key(conversation))
-            .key("sk", s("RESERVATION"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("GetItem reservation", e))?;
-        out.item.map(from_item).transpose()
+        let key = (
+            format!("RESERVATION#{conversation}"),
+            "RESERVATION".to_owned(),
+        );
+        get_as(&self.client, &self.table, key, "GetItem reservation").await
     }
 
     async fn reserve(&self, r: &Reservation) -> Result<Reserve, Error> {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxEntry};
-use super::items::{failed, transact, write_item};
+use super::items::{failed, transact, write_if};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{AgentState, Skills};
 use crate::domain::conversations::{ChatMessage, Conversation, ConversationStatus, MessageStatus};
@@ -352,18 +352,8 @@ impl ConversationStore for DynamoConversationStore {
             .expression_attribute_names("#version", "version")
             .expression_attribute_values(":provisional", s(provisional))
             .expression_attribute_values(":zero", n(0));
-        let out = write_item(|| delete.clone().send()).await;
-        match out {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-                match e.as_service_error() {
-                    // The worker applied the command after all: keep its result.
-                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(false),
-                    _ => Err(classify("DeleteItem provisional", e)),
-                }
-            }
-        }
+        // `false`: the worker applied the command after all; its result stays.
+        write_if("DeleteItem provisional", || delete.clone().send()).await
     }
 
     async fn mark_processed(&self, entry: &InboxEntry) -> Result<Write, Error> {

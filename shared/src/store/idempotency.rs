@@ -32,9 +32,9 @@ use std::future::Future;
 use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
 
-use super::items::{Item, get, write_item};
+use super::items::{Item, get, write_if};
 use super::{n, s};
-use crate::{Error, aws::classify};
+use crate::Error;
 
 /// Completed records are kept well past the 24 h within which clients retry (the IETF draft's
 /// suggestion); DynamoDB's TTL (`expiresAt`) deletes them later.
@@ -210,16 +210,7 @@ impl DynamoIdempotency {
                 .expression_attribute_names("#token", "token")
                 .expression_attribute_values(":old", s(old)),
         };
-        match write_item(|| put.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::put_item::PutItemError;
-                match e.as_service_error() {
-                    Some(PutItemError::ConditionalCheckFailedException(_)) => Ok(false),
-                    _ => Err(classify("PutItem idempotency", e)),
-                }
-            }
-        }
+        write_if("PutItem idempotency", || put.clone().send()).await
     }
 
     async fn read(&self, scope: &KeyScope) -> Result<Option<Record>, Error> {
@@ -327,19 +318,10 @@ impl Idempotency for DynamoIdempotency {
                 .expression_attribute_values(":location", s(location));
         }
         let update = update.update_expression(format!("{set} REMOVE inProgressUntil"));
-        match write_item(|| update.clone().send()).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-                match e.as_service_error() {
-                    Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
-                        tracing::warn!(key = %scope.key, "the claim expired and was taken over before it completed");
-                        Ok(())
-                    }
-                    _ => Err(classify("UpdateItem idempotency", e)),
-                }
-            }
+        if !write_if("UpdateItem idempotency", || update.clone().send()).await? {
+            tracing::warn!(key = %scope.key, "the claim expired and was taken over before it completed");
         }
+        Ok(())
     }
 
     async fn release(&self, scope: &KeyScope, token: Uuid) -> Result<(), Error> {
@@ -352,15 +334,8 @@ impl Idempotency for DynamoIdempotency {
             .condition_expression("#token = :token")
             .expression_attribute_names("#token", "token")
             .expression_attribute_values(":token", s(token.to_string()));
-        match write_item(|| delete.clone().send()).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-                match e.as_service_error() {
-                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => Ok(()),
-                    _ => Err(classify("DeleteItem idempotency", e)),
-                }
-            }
-        }
+        // Not released when another request has taken the key over since: its claim stays.
+        write_if("DeleteItem idempotency", || delete.clone().send()).await?;
+        Ok(())
     }
 }

@@ -144,6 +144,36 @@ pub(crate) fn failed(codes: &[String], i: usize) -> bool {
     codes.get(i).is_some_and(|c| c == "ConditionalCheckFailed")
 }
 
+/// A conditional single-item write (`send` builds and sends it anew each time, contention
+/// retried by [`write_item`]): `Ok(true)` when written, `Ok(false)` when its condition failed;
+/// any other failure [`classify`]'d as `what`.
+pub(crate) async fn write_if<T, E, R, F, Fut>(what: &str, send: F) -> Result<bool, Error>
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+{
+    match write_item(send).await {
+        Ok(_) => Ok(true),
+        Err(e) if error_code(&e) == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(e) => Err(classify(what, e)),
+    }
+}
+
+/// The item at `(pk, sk)`, read consistently, decoded.
+pub(crate) async fn get_as<T: DeserializeOwned>(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: (String, String),
+    what: &str,
+) -> Result<Option<T>, Error> {
+    get(client, table, key.0, key.1, what)
+        .await?
+        .map(from_item)
+        .transpose()
+}
+
 /// A consistent GetItem of `(pk, sk)`.
 pub(crate) async fn get(
     client: &aws_sdk_dynamodb::Client,

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxEntry};
-use super::items::{build_err, failed, from_item, get, to_item, transact, write_item};
+use super::items::{build_err, failed, from_item, get, to_item, transact, write_if, write_item};
 use super::{Write, n, s};
 use crate::Error;
 use crate::aws::classify;
@@ -163,19 +163,12 @@ impl TradeStore for DynamoTradeStore {
             .condition_expression("#status = :pending")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":pending", s(TradeStatus::Pending.as_str()));
-        let out = write_item(|| delete.clone().send()).await;
-        match out {
-            Ok(_) => Ok(Withdrawn::Withdrawn),
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
-                match e.as_service_error() {
-                    Some(DeleteItemError::ConditionalCheckFailedException(_)) => {
-                        Ok(Withdrawn::Decided)
-                    }
-                    _ => Err(classify("DeleteItem trade", e)),
-                }
-            }
-        }
+        let withdrawn = write_if("DeleteItem trade", || delete.clone().send()).await?;
+        Ok(if withdrawn {
+            Withdrawn::Withdrawn
+        } else {
+            Withdrawn::Decided
+        })
     }
 
     async fn book(&self, account: &AccountId, symbol: &Symbol) -> Result<Book, Error> {
