@@ -104,21 +104,25 @@ impl CliError {
 }
 
 impl Args {
-    /// Parses the arguments after the program name. `PORT` is the default of `--port`.
+    /// Parses the arguments after the program name (with `lexopt`: `--port 4000` or
+    /// `--port=4000`). `PORT` is the default of `--port`.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, CliError> {
-        let mut args = args.into_iter();
-        let command = match args.next().as_deref() {
-            Some("dev") => Command::Dev,
-            Some("provision") => Command::Provision,
-            Some("token") => Command::Token,
-            Some("-h" | "--help") | None => return Err(CliError::Usage("no command given".into())),
-            Some(other) => return Err(CliError::Usage(format!("unknown command {other:?}"))),
+        use lexopt::prelude::*;
+        let usage = |e: lexopt::Error| CliError::Usage(e.to_string());
+        let mut parser = lexopt::Parser::from_args(args);
+        let command = match parser.next().map_err(usage)? {
+            Some(Value(v)) if v == "dev" => Command::Dev,
+            Some(Value(v)) if v == "provision" => Command::Provision,
+            Some(Value(v)) if v == "token" => Command::Token,
+            Some(Value(other)) => {
+                return Err(CliError::Usage(format!("unknown command {other:?}")));
+            }
+            _ => return Err(CliError::Usage("no command given".into())),
         };
-        let port_env = std::env::var("PORT").ok();
         let mut parsed = Args {
             command,
             template: PathBuf::from("template.yaml"),
-            port: match port_env {
+            port: match std::env::var("PORT").ok() {
                 Some(p) => parse_port(&p, "PORT")?,
                 None => 3000,
             },
@@ -127,32 +131,38 @@ impl Args {
             stack: DEFAULT_STACK_NAME.to_string(),
             token: TokenArgs::default(),
         };
-        while let Some(flag) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .ok_or_else(|| CliError::Usage(format!("{name} needs a value")))
+        let (dev, token) = (command == Command::Dev, command == Command::Token);
+        while let Some(arg) = parser.next().map_err(usage)? {
+            let option = match arg {
+                Long(name) => format!("--{name}"),
+                Short(c) => format!("-{c}"),
+                Value(v) => return Err(CliError::Usage(format!("unexpected argument {v:?}"))),
             };
-            match flag.as_str() {
-                "--template" => parsed.template = PathBuf::from(value("--template")?),
-                "--port" => parsed.port = parse_port(&value("--port")?, "--port")?,
-                "--stack" => parsed.stack = value("--stack")?,
-                "--release" if command == Command::Dev => parsed.release = true,
-                "--no-build" if command == Command::Dev => parsed.build = false,
-                "--role" if command == Command::Token => {
-                    for name in words(&value("--role")?) {
+            let mut value = || -> Result<String, CliError> {
+                let missing = || CliError::Usage(format!("{option} needs a value"));
+                parser
+                    .value()
+                    .map_err(|_| missing())?
+                    .into_string()
+                    .map_err(|_| missing())
+            };
+            match option.as_str() {
+                "--template" => parsed.template = PathBuf::from(value()?),
+                "--port" => parsed.port = parse_port(&value()?, "--port")?,
+                "--stack" => parsed.stack = value()?,
+                "--release" if dev => parsed.release = true,
+                "--no-build" if dev => parsed.build = false,
+                "--role" if token => {
+                    for name in words(&value()?) {
                         let role =
                             Role::parse(&name).map_err(|e| CliError::Usage(e.to_string()))?;
                         parsed.token.roles.push(role);
                     }
                 }
-                "--accounts" if command == Command::Token => {
-                    parsed.token.accounts.extend(words(&value("--accounts")?));
-                }
-                "--sub" if command == Command::Token => {
-                    parsed.token.subject = Some(value("--sub")?);
-                }
-                "--ttl" if command == Command::Token => {
-                    let text = value("--ttl")?;
+                "--accounts" if token => parsed.token.accounts.extend(words(&value()?)),
+                "--sub" if token => parsed.token.subject = Some(value()?),
+                "--ttl" if token => {
+                    let text = value()?;
                     let ttl = text.trim().parse().ok().filter(|t| *t > 0).ok_or_else(|| {
                         CliError::Usage(format!(
                             "--ttl {text:?} is not a positive number of seconds"
@@ -160,10 +170,10 @@ impl Args {
                     })?;
                     parsed.token.ttl_secs = Some(ttl);
                 }
-                other => return Err(CliError::Usage(format!("unknown option {other:?}"))),
+                _ => return Err(CliError::Usage(format!("unknown option {option:?}"))),
             }
         }
-        if command == Command::Token && parsed.token.roles.is_empty() {
+        if token && parsed.token.roles.is_empty() {
             return Err(CliError::Usage("token needs at least one --role".into()));
         }
         Ok(parsed)
@@ -302,6 +312,8 @@ mod tests {
                 ttl_secs: Some(60),
             }
         );
+        // POSIX forms too: `--option=value`.
+        assert_eq!(parse(&["dev", "--port=4001"]).unwrap().port, 4001);
         let p = parse(&["provision"]).unwrap();
         assert_eq!(
             (p.command, p.build, p.stack.as_str()),
@@ -331,6 +343,11 @@ mod tests {
                 "--ttl \"-5\" is not a positive",
             ),
             (&["dev", "--role", "agent"][..], "unknown option \"--role\""),
+            (&["dev", "extra"][..], "unexpected argument \"extra\""),
+            (
+                &["dev", "--release=yes"][..],
+                "unexpected argument for option '--release'",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2);
