@@ -107,75 +107,65 @@ async fn rejected<S: AgentStore>(
     nothing_to_do(store, record).await
 }
 
-/// `read` is the agent as read before the first attempt; later attempts (after a conflicting
-/// write) read it again.
+/// Registers (or re-registers) the agent; `read` is the agent as read before the first attempt.
 async fn register<S: AgentStore, B>(
     app: &App<S, B>,
     env: &Envelope,
     cmd: &RegisterAgent,
     read: Option<Agent>,
 ) -> Result<Applied, Error> {
-    let mut read = Some(read);
-    read_decide_write("the agent", async || {
-        let current = match read.take() {
-            Some(agent) => agent,
-            None => app.store.get(&cmd.agent_id).await?,
-        };
-        let (next, event) = match Agent::register(current.as_ref(), cmd, Utc::now()) {
-            Ok(applied) => applied,
-            Err(why) => {
-                return rejected(&app.store, env, &cmd.agent_id, why)
-                    .await
-                    .map(Some);
-            }
-        };
-        let outcome = Outcome::applied(cmd.agent_id.as_str(), next.version);
-        let events = vec![Envelope::caused_by(env, Payload::AgentRegistered(event))];
-        let record = InboxEntry::new(env.id, events.clone()).with_outcome(outcome);
-        let write = app.store.save(current.as_ref(), &next, &record).await?;
-        Ok(write.applied(events))
+    apply_to_agent(app, env, &cmd.agent_id, read, |current| {
+        let (next, event) = Agent::register(current, cmd, Utc::now())?;
+        Ok((next, Some(Payload::AgentRegistered(event))))
     })
     .await
 }
 
-/// `read` is the agent as read before the first attempt; later attempts (after a conflicting
-/// write) read it again.
+/// Changes the agent's state; `read` is the agent as read before the first attempt.
 async fn change_state<S: AgentStore, B>(
     app: &App<S, B>,
     env: &Envelope,
     cmd: &ChangeAgentState,
     read: Option<Agent>,
 ) -> Result<Applied, Error> {
+    apply_to_agent(app, env, &cmd.agent_id, read, |current| {
+        // The API accepted the command for an agent whose registration was accepted; commands
+        // apply in acceptance order, so this one's registration was applied first, unless it
+        // was never handed off after all.
+        let current = current.ok_or_else(|| Rejection::NoAgent(cmd.agent_id.clone()))?;
+        let (next, event) = current.change_state(cmd, Utc::now())?;
+        Ok((next, event.map(Payload::AgentStateChanged)))
+    })
+    .await
+}
+
+/// Applies a command to its agent: `decide` turns the agent as it is (`read` first, read again
+/// after a write lost to a concurrent one) into the next agent and the event it publishes, or
+/// rejects the command. The agent, the event and the command's outcome are written together.
+async fn apply_to_agent<S: AgentStore, B>(
+    app: &App<S, B>,
+    env: &Envelope,
+    agent: &AgentId,
+    read: Option<Agent>,
+    decide: impl Fn(Option<&Agent>) -> Result<(Agent, Option<Payload>), Rejection>,
+) -> Result<Applied, Error> {
     let mut read = Some(read);
     read_decide_write("the agent", async || {
         let current = match read.take() {
             Some(agent) => agent,
-            None => app.store.get(&cmd.agent_id).await?,
+            None => app.store.get(agent).await?,
         };
-        // The API accepted the command for an agent whose registration was accepted; commands
-        // apply in acceptance order, so this one's registration was applied first, unless it
-        // was never handed off after all.
-        let Some(current) = current else {
-            let why = Rejection::NoAgent(cmd.agent_id.clone());
-            return rejected(&app.store, env, &cmd.agent_id, why)
-                .await
-                .map(Some);
+        let (next, event) = match decide(current.as_ref()) {
+            Ok(decided) => decided,
+            Err(why) => return rejected(&app.store, env, agent, why).await.map(Some),
         };
-        let (next, event) = match current.change_state(cmd, Utc::now()) {
-            Ok(applied) => applied,
-            Err(why) => {
-                return rejected(&app.store, env, &cmd.agent_id, why)
-                    .await
-                    .map(Some);
-            }
-        };
-        let outcome = Outcome::applied(cmd.agent_id.as_str(), next.version);
+        let outcome = Outcome::applied(agent.as_str(), next.version);
         let events: Vec<Envelope> = event
-            .map(|e| Envelope::caused_by(env, Payload::AgentStateChanged(e)))
+            .map(|p| Envelope::caused_by(env, p))
             .into_iter()
             .collect();
         let record = InboxEntry::new(env.id, events.clone()).with_outcome(outcome);
-        let write = app.store.save(Some(&current), &next, &record).await?;
+        let write = app.store.save(current.as_ref(), &next, &record).await?;
         Ok(write.applied(events))
     })
     .await

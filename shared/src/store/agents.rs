@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxEntry};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
 use super::items::{build_err, failed, from_item, get_as, transact, write_if};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
@@ -157,13 +157,9 @@ impl super::Table for DynamoAgentStore {
     }
 }
 
-impl Inbox for DynamoAgentStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
-        self.inbox.processed(id).await
-    }
-
-    async fn mark_published(&self, id: Uuid) -> Result<(), Error> {
-        self.inbox.mark_published(id).await
+impl InboxTable for DynamoAgentStore {
+    fn inbox(&self) -> &DynamoInbox {
+        &self.inbox
     }
 }
 

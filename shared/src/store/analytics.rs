@@ -24,9 +24,8 @@ use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxEntry};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
 use super::items::{Item, build_err, failed, get, transact};
 use super::{Write, n, s};
 use crate::domain::ids::{AgentId, ConversationId};
@@ -246,13 +245,9 @@ impl DynamoAnalyticsStore {
     }
 }
 
-impl Inbox for DynamoAnalyticsStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
-        self.inbox.processed(id).await
-    }
-
-    async fn mark_published(&self, id: Uuid) -> Result<(), Error> {
-        self.inbox.mark_published(id).await
+impl InboxTable for DynamoAnalyticsStore {
+    fn inbox(&self) -> &DynamoInbox {
+        &self.inbox
     }
 }
 

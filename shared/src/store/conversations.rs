@@ -14,9 +14,8 @@ use std::{collections::HashMap, future::Future};
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxEntry};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
 use super::items::{failed, transact, write_if};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{AgentState, Skills};
@@ -242,13 +241,9 @@ impl DynamoConversationStore {
     }
 }
 
-impl Inbox for DynamoConversationStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
-        self.inbox.processed(id).await
-    }
-
-    async fn mark_published(&self, id: Uuid) -> Result<(), Error> {
-        self.inbox.mark_published(id).await
+impl InboxTable for DynamoConversationStore {
+    fn inbox(&self) -> &DynamoInbox {
+        &self.inbox
     }
 }
 

@@ -102,6 +102,24 @@ pub trait Inbox: Send + Sync {
     fn mark_published(&self, message_id: Uuid) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
+/// A store whose table also holds its service's inbox: it is an [`Inbox`] through it.
+pub trait InboxTable: Send + Sync {
+    fn inbox(&self) -> &DynamoInbox;
+}
+
+impl<T: InboxTable> Inbox for T {
+    fn processed(
+        &self,
+        message_id: Uuid,
+    ) -> impl Future<Output = Result<Option<InboxEntry>, Error>> + Send {
+        self.inbox().processed(message_id)
+    }
+
+    fn mark_published(&self, message_id: Uuid) -> impl Future<Output = Result<(), Error>> + Send {
+        self.inbox().mark_published(message_id)
+    }
+}
+
 /// The inbox kept in a service's own table (`pk = INBOX#<id>`).
 #[derive(Clone)]
 pub struct DynamoInbox {

@@ -11,7 +11,7 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
 use uuid::Uuid;
 
-use super::inbox::{DynamoInbox, Inbox, InboxEntry};
+use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
 use super::items::{build_err, failed, from_item, get, to_item, transact, write_if, write_item};
 use super::{Write, n, s};
 use crate::Error;
@@ -105,13 +105,9 @@ impl DynamoTradeStore {
     }
 }
 
-impl Inbox for DynamoTradeStore {
-    async fn processed(&self, id: Uuid) -> Result<Option<InboxEntry>, Error> {
-        self.inbox.processed(id).await
-    }
-
-    async fn mark_published(&self, id: Uuid) -> Result<(), Error> {
-        self.inbox.mark_published(id).await
+impl InboxTable for DynamoTradeStore {
+    fn inbox(&self) -> &DynamoInbox {
+        &self.inbox
     }
 }
 
