@@ -249,39 +249,7 @@ impl Env {
     /// pattern), for services the default observer does not cover.
     pub async fn observe(&self, name: &str, pattern: &str) -> String {
         let queue = format!("{}-{name}", self.stack.name);
-        let url = self
-            .sqs
-            .create_queue()
-            .queue_name(&queue)
-            .send()
-            .await
-            .expect("observer queue")
-            .queue_url
-            .expect("url");
-        let bus = self.bus();
-        self.events
-            .put_rule()
-            .name(&queue)
-            .event_bus_name(&bus)
-            .event_pattern(pattern)
-            .send()
-            .await
-            .expect("observer rule");
-        self.events
-            .put_targets()
-            .rule(&queue)
-            .event_bus_name(&bus)
-            .targets(
-                aws_sdk_eventbridge::types::Target::builder()
-                    .id("observer")
-                    .arn(format!("arn:aws:sqs:us-east-1:123456789012:{queue}"))
-                    .build()
-                    .expect("target"),
-            )
-            .send()
-            .await
-            .expect("observer target");
-        url
+        observer(&self.sqs, &self.events, &self.bus(), &queue, pattern).await
     }
 }
 
@@ -291,32 +259,44 @@ async fn observe_bus(
     stack: &Stack,
     name: &str,
 ) -> String {
+    let bus = stack.bus_name("EventBus").expect("bus");
+    let pattern = r#"{"source":["cqrs.agents","cqrs.conversations","cqrs.agents.command"]}"#;
+    observer(sqs, events, bus, &format!("{name}-observer"), pattern).await
+}
+
+/// Creates queue `queue` and a rule of the same name sending it every event of `bus` that
+/// matches `pattern`; returns the queue's URL.
+async fn observer(
+    sqs: &aws_sdk_sqs::Client,
+    events: &aws_sdk_eventbridge::Client,
+    bus: &str,
+    queue: &str,
+    pattern: &str,
+) -> String {
     let url = sqs
         .create_queue()
-        .queue_name(format!("{name}-observer"))
+        .queue_name(queue)
         .send()
         .await
         .expect("observer queue")
         .queue_url
         .expect("url");
-    let arn = format!("arn:aws:sqs:us-east-1:123456789012:{name}-observer");
-    let bus = stack.bus_name("EventBus").expect("bus");
     events
         .put_rule()
-        .name(format!("{name}-observer"))
+        .name(queue)
         .event_bus_name(bus)
-        .event_pattern(r#"{"source":["cqrs.agents","cqrs.conversations","cqrs.agents.command"]}"#)
+        .event_pattern(pattern)
         .send()
         .await
         .expect("observer rule");
     events
         .put_targets()
-        .rule(format!("{name}-observer"))
+        .rule(queue)
         .event_bus_name(bus)
         .targets(
             aws_sdk_eventbridge::types::Target::builder()
                 .id("observer")
-                .arn(arn)
+                .arn(format!("arn:aws:sqs:us-east-1:123456789012:{queue}"))
                 .build()
                 .expect("target"),
         )
@@ -509,5 +489,43 @@ impl Proxy {
 
     pub fn set_up(&self, up: bool) {
         self.up.send_replace(up);
+    }
+}
+
+/// Small edits of a fixture event: a new body, one more header.
+pub trait Tap {
+    fn tap_body(self, body: &str) -> Self;
+    fn tap_header(self, name: &str, value: &str) -> Self;
+}
+
+impl Tap for Value {
+    fn tap_body(mut self, body: &str) -> Self {
+        self["body"] = body.into();
+        self
+    }
+    fn tap_header(mut self, name: &str, value: &str) -> Self {
+        self["headers"][name] = value.into();
+        self
+    }
+}
+
+/// Asserts that an answer is the problem+json `want` (with every member a problem has, and
+/// `field` naming the offending field when given); `desc` names the request in the message.
+pub fn assert_problem(
+    desc: &str,
+    (status, body, headers): (u16, &Value, &http::HeaderMap),
+    want: u16,
+    field: Option<&str>,
+) {
+    assert_eq!(status, want, "{desc}: {body}");
+    assert_eq!(
+        headers["content-type"], "application/problem+json",
+        "{desc}"
+    );
+    for k in ["type", "title", "status", "detail"] {
+        assert!(!body[k].is_null(), "{desc}: problem lacks {k}: {body}");
+    }
+    if let Some(f) = field {
+        assert_eq!(body["field"], f, "{desc}: {body}");
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use agents_worker::App as WorkerApp;
 use serde_json::{Value, json};
 use shared::{bus::EventBridgeBus, store::agents::DynamoAgentStore};
-use system_tests::{Env, api, body_json, fixture, request, sqs_bodies};
+use system_tests::{Env, Tap, api, body_json, fixture, request, sqs_bodies};
 
 type Api = agents_api::AwsApp;
 type Worker = WorkerApp<DynamoAgentStore, EventBridgeBus>;
@@ -772,17 +772,7 @@ async fn bad_input_gets_a_problem_never_a_5xx_and_writes_nothing() {
             ev["requestContext"]["http"]["method"], ev["rawPath"]
         );
         let (status, body, headers) = call(&app, ev).await;
-        assert_eq!(status, want, "{desc}: {body}");
-        assert_eq!(
-            headers["content-type"], "application/problem+json",
-            "{desc}"
-        );
-        for k in ["type", "title", "status", "detail"] {
-            assert!(!body[k].is_null(), "{desc}: problem lacks {k}: {body}");
-        }
-        if let Some(f) = field {
-            assert_eq!(body["field"], f, "{desc}: {body}");
-        }
+        system_tests::assert_problem(&desc, (status, &body, &headers), want, field);
     }
     assert_eq!(env.item_count("AgentsTable").await, 0, "nothing written");
     assert_eq!(
@@ -833,22 +823,6 @@ async fn an_unreachable_dependency_answers_503_fast() {
             !body["detail"].as_str().unwrap().contains("127.0.0.1"),
             "no internals leak"
         );
-    }
-}
-
-trait Tap {
-    fn tap_body(self, body: &str) -> Self;
-    fn tap_header(self, name: &str, value: &str) -> Self;
-}
-
-impl Tap for Value {
-    fn tap_body(mut self, body: &str) -> Self {
-        self["body"] = body.into();
-        self
-    }
-    fn tap_header(mut self, name: &str, value: &str) -> Self {
-        self["headers"][name] = value.into();
-        self
     }
 }
 

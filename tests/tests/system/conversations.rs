@@ -959,17 +959,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
                 .collect::<String>()
         );
         let (status, body, headers) = call(&s.api, ev).await;
-        assert_eq!(status, want, "{desc}: {body}");
-        assert_eq!(
-            headers["content-type"], "application/problem+json",
-            "{desc}"
-        );
-        for k in ["type", "title", "status", "detail"] {
-            assert!(!body[k].is_null(), "{desc}: problem lacks {k}: {body}");
-        }
-        if let Some(f) = field {
-            assert_eq!(body["field"], f, "{desc}: {body}");
-        }
+        system_tests::assert_problem(&desc, (status, &body, &headers), want, field);
     }
     // Query parameters too.
     for (query, field) in [

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::{Value, json};
 use system_tests::{
-    Env, api, as_trader, body_json, fixture, request, sqs_bodies, sqs_event, unauthenticated,
+    Env, Tap, api, as_trader, body_json, fixture, request, sqs_bodies, sqs_event, unauthenticated,
 };
 
 /// Every account the tests of this file trade in: the caller of [`call`] owns them all.
@@ -745,22 +745,6 @@ async fn a_poison_trade_event_reaches_the_dlq_alone() {
     assert_eq!(env.depth(&url).await, 0);
 }
 
-trait Tap {
-    fn tap_body(self, body: &str) -> Self;
-    fn tap_header(self, name: &str, value: &str) -> Self;
-}
-
-impl Tap for Value {
-    fn tap_body(mut self, body: &str) -> Self {
-        self["body"] = body.into();
-        self
-    }
-    fn tap_header(mut self, name: &str, value: &str) -> Self {
-        self["headers"][name] = value.into();
-        self
-    }
-}
-
 #[tokio::test]
 async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
     let env = Env::new().await;
@@ -980,17 +964,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
             ev["requestContext"]["http"]["method"], ev["rawPath"], ev["body"]
         );
         let (status, body, headers) = call(&a, ev).await;
-        assert_eq!(status, want, "{desc}: {body}");
-        assert_eq!(
-            headers["content-type"], "application/problem+json",
-            "{desc}"
-        );
-        for k in ["type", "title", "status", "detail"] {
-            assert!(!body[k].is_null(), "{desc}: problem lacks {k}: {body}");
-        }
-        if let Some(f) = field {
-            assert_eq!(body["field"], f, "{desc}: {body}");
-        }
+        system_tests::assert_problem(&desc, (status, &body, &headers), want, field);
     }
     for table in ["TradesTable", "PositionsTable", "LedgerTable"] {
         assert_eq!(env.item_count(table).await, 0, "nothing written to {table}");
