@@ -68,6 +68,11 @@ impl EmulatorGuard {
     pub fn started(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The emulator's process id, when this process started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|(child, _)| child.id())
+    }
 }
 
 impl Drop for EmulatorGuard {
@@ -320,5 +325,335 @@ mod tests {
         assert!(!ensure(&emulator.endpoint).unwrap().started());
         drop(emulator);
         assert!(!answers(addr), "the emulator stops with its guard");
+    }
+
+    /// CPU seconds (user + system) the process `pid` has used, from `/proc/<pid>/stat`.
+    fn cpu_seconds(pid: u32) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    /// moto's long poll spins on a FIFO queue whose visible messages all belong to a group in
+    /// flight (a core for the whole wait); the launcher makes it sleep until a delete releases
+    /// the group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_poll_behind_an_in_flight_fifo_group_sleeps_until_the_group_is_released() {
+        let emulator = spawn_on_free_port().expect("moto starts");
+        let pid = emulator.guard.pid().expect("started here");
+        let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
+        let queue = sqs
+            .create_queue()
+            .queue_name("spin.fifo")
+            .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::ContentBasedDeduplication,
+                "true",
+            )
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        for body in ["first", "second"] {
+            sqs.send_message()
+                .queue_url(&queue)
+                .message_body(body)
+                .message_group_id("g")
+                .send()
+                .await
+                .unwrap();
+        }
+        let first = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .send()
+            .await
+            .unwrap();
+        let first = &first.messages()[0];
+        assert_eq!(first.body(), Some("first"));
+
+        let poll = {
+            let (sqs, queue) = (sqs.clone(), queue.clone());
+            tokio::spawn(async move {
+                let out = sqs
+                    .receive_message()
+                    .queue_url(&queue)
+                    .wait_time_seconds(10)
+                    .send()
+                    .await
+                    .unwrap();
+                (Instant::now(), out.messages().to_vec())
+            })
+        };
+        let before = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let spent = cpu_seconds(pid) - before;
+        assert!(
+            spent < 0.3,
+            "the emulator used {spent:.2} s of CPU in 1 s of a blocked long poll"
+        );
+        assert!(
+            !poll.is_finished(),
+            "the group is in flight: nothing to deliver"
+        );
+
+        let deleted = Instant::now();
+        sqs.delete_message()
+            .queue_url(&queue)
+            .receipt_handle(first.receipt_handle().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let (answered, messages) = poll.await.unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].body(), Some("second"));
+        let waited = answered.duration_since(deleted);
+        assert!(
+            waited < Duration::from_secs(1),
+            "the released group was delivered {waited:?} after the delete"
+        );
+    }
+
+    fn s(v: &str) -> aws_sdk_dynamodb::types::AttributeValue {
+        aws_sdk_dynamodb::types::AttributeValue::S(v.to_owned())
+    }
+
+    /// A table keyed `pk` + `sk` with a `byState` index (`state`, `pk`), as the stores use.
+    async fn table(dynamodb: &aws_sdk_dynamodb::Client, name: &str) {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+            Projection, ProjectionType, ScalarAttributeType,
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .unwrap()
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap()
+        };
+        dynamodb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .attribute_definitions(attribute("pk"))
+            .attribute_definitions(attribute("sk"))
+            .attribute_definitions(attribute("state"))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name("byState")
+                    .key_schema(key("state", KeyType::Hash))
+                    .key_schema(key("pk", KeyType::Range))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// A cancelled transaction leaves every item as it was: the launcher's item-level undo
+    /// replaces moto's whole-table snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_transaction_changes_nothing_and_a_committed_one_everything() {
+        use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
+        let emulator = spawn_on_free_port().expect("moto starts");
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&emulator.endpoint).await);
+        table(&dynamodb, "undo").await;
+        let item = |pk: &str, v: &str| {
+            std::collections::HashMap::from([
+                ("pk".to_owned(), s(pk)),
+                ("sk".to_owned(), s("A")),
+                ("v".to_owned(), s(v)),
+            ])
+        };
+        dynamodb
+            .put_item()
+            .table_name("undo")
+            .set_item(Some(item("x", "1")))
+            .send()
+            .await
+            .unwrap();
+        let writes = |check: &str| {
+            vec![
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name("undo")
+                            .key("pk", s("x"))
+                            .key("sk", s("A"))
+                            .update_expression("SET v = :v")
+                            .expression_attribute_values(":v", s("2"))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name("undo")
+                            .set_item(Some(item("y", "1")))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+                TransactWriteItem::builder()
+                    .condition_check(
+                        ConditionCheck::builder()
+                            .table_name("undo")
+                            .key("pk", s(check))
+                            .key("sk", s("A"))
+                            .condition_expression("attribute_exists(pk)")
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            ]
+        };
+        let get = |pk: &'static str| {
+            let dynamodb = dynamodb.clone();
+            async move {
+                dynamodb
+                    .get_item()
+                    .table_name("undo")
+                    .key("pk", s(pk))
+                    .key("sk", s("A"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .item
+                    .map(|i| i["v"].as_s().unwrap().clone())
+            }
+        };
+        let cancelled = dynamodb
+            .transact_write_items()
+            .set_transact_items(Some(writes("guard")))
+            .send()
+            .await;
+        assert!(cancelled.is_err(), "the condition check fails");
+        assert_eq!(get("x").await.as_deref(), Some("1"), "the update is undone");
+        assert_eq!(get("y").await, None, "the put is undone");
+
+        dynamodb
+            .put_item()
+            .table_name("undo")
+            .set_item(Some(item("guard", "0")))
+            .send()
+            .await
+            .unwrap();
+        dynamodb
+            .transact_write_items()
+            .set_transact_items(Some(writes("guard")))
+            .send()
+            .await
+            .expect("every condition holds");
+        assert_eq!(get("x").await.as_deref(), Some("2"));
+        assert_eq!(get("y").await.as_deref(), Some("1"));
+    }
+
+    /// What a transaction, a partition query and an index query cost the emulator does not
+    /// grow with the items stored elsewhere in the table (moto alone: a copy of the whole table
+    /// per transaction, a sort of it per query).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_emulators_cost_per_request_does_not_grow_with_the_table() {
+        use aws_sdk_dynamodb::types::{Put, PutRequest, TransactWriteItem, WriteRequest};
+        let emulator = spawn_on_free_port().expect("moto starts");
+        let pid = emulator.guard.pid().expect("started here");
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&emulator.endpoint).await);
+        table(&dynamodb, "costs").await;
+        let agent = |pk: String, state: &str| {
+            std::collections::HashMap::from([
+                ("pk".to_owned(), s(&pk)),
+                ("sk".to_owned(), s("A")),
+                ("state".to_owned(), s(state)),
+                ("padding".to_owned(), s(&"x".repeat(200))),
+            ])
+        };
+        let round = |tag: &'static str| {
+            let dynamodb = dynamodb.clone();
+            async move {
+                let before = cpu_seconds(pid);
+                for i in 0..100 {
+                    let put = Put::builder()
+                        .table_name("costs")
+                        .set_item(Some(agent(format!("{tag}-{i}"), tag)))
+                        .build()
+                        .unwrap();
+                    dynamodb
+                        .transact_write_items()
+                        .transact_items(TransactWriteItem::builder().put(put).build())
+                        .send()
+                        .await
+                        .unwrap();
+                    dynamodb
+                        .query()
+                        .table_name("costs")
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(&format!("{tag}-{i}")))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                for _ in 0..20 {
+                    let out = dynamodb
+                        .query()
+                        .table_name("costs")
+                        .index_name("byState")
+                        .key_condition_expression("#s = :s")
+                        .expression_attribute_names("#s", "state")
+                        .expression_attribute_values(":s", s(tag))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(out.count(), 100);
+                }
+                cpu_seconds(pid) - before
+            }
+        };
+        let small = round("small").await;
+        for batch in 0..120 {
+            let writes = (0..25)
+                .map(|i| {
+                    let put = PutRequest::builder()
+                        .set_item(Some(agent(format!("other-{batch}-{i}"), "OFFLINE")))
+                        .build()
+                        .unwrap();
+                    WriteRequest::builder().put_request(put).build()
+                })
+                .collect();
+            dynamodb
+                .batch_write_item()
+                .request_items("costs", writes)
+                .send()
+                .await
+                .unwrap();
+        }
+        let large = round("large").await;
+        assert!(
+            large < small * 2.0 + 0.1,
+            "100 transactions, 100 partition queries and 20 index queries cost {small:.2} s of \
+             emulator CPU beside 200 items and {large:.2} s beside 3,200"
+        );
     }
 }

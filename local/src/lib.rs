@@ -7,6 +7,7 @@
 //! the template's authorizers. [`cli`] wires them together for the `local` binary.
 
 pub mod auth;
+pub mod chaos;
 pub mod cli;
 pub mod emulator;
 pub mod gateway;

@@ -89,15 +89,15 @@ const DEFAULT_CHAIN_ONLY: &[&str] = &[
 /// The `SdkConfig` from the environment (`vars`) alone, when it has a region and static
 /// credentials (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional
 /// `AWS_SESSION_TOKEN`: what Lambda sets, and what the default chain would read first too)
-/// and nothing in [`DEFAULT_CHAIN_ONLY`] nor a service-specific endpoint
-/// (`AWS_ENDPOINT_URL_<SERVICE>`). `AWS_ENDPOINT_URL` is honoured, as by the default chain.
-/// `None` means: use the default chain.
+/// and nothing in [`DEFAULT_CHAIN_ONLY`]. Endpoints are honoured as by the default chain:
+/// `AWS_ENDPOINT_URL` for every service, `AWS_ENDPOINT_URL_<SERVICE>` (e.g.
+/// `AWS_ENDPOINT_URL_DYNAMODB`) for one ([`ServiceEndpoints`]). `None` means: use the default
+/// chain.
 pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Option<SdkConfig> {
     let vars: BTreeMap<String, String> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     if DEFAULT_CHAIN_ONLY
         .iter()
         .any(|name| vars.contains_key(*name))
-        || vars.keys().any(|k| k.starts_with("AWS_ENDPOINT_URL_"))
     {
         return None;
     }
@@ -121,7 +121,37 @@ pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Option<Sdk
     if let Some(endpoint) = var("AWS_ENDPOINT_URL") {
         sdk = sdk.endpoint_url(endpoint);
     }
+    let endpoints: BTreeMap<String, String> = vars
+        .iter()
+        .filter(|(k, _)| k.starts_with(SERVICE_ENDPOINT_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !endpoints.is_empty() {
+        sdk = sdk.service_config(ServiceEndpoints(endpoints));
+    }
     Some(sdk.build())
+}
+
+const SERVICE_ENDPOINT_PREFIX: &str = "AWS_ENDPOINT_URL_";
+
+/// Service-specific endpoints (`AWS_ENDPOINT_URL_<SERVICE ID>`, the service id upper-cased with
+/// spaces as `_`: `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ENDPOINT_URL_SQS`,
+/// `AWS_ENDPOINT_URL_EVENTBRIDGE`), read as the SDK's default chain reads them: each service
+/// client asks its config for `AWS_ENDPOINT_URL` and gets its own when one is set. The local
+/// runner uses them to give DynamoDB an emulator process of its own.
+#[derive(Debug)]
+pub struct ServiceEndpoints(BTreeMap<String, String>);
+
+impl aws_types::service_config::LoadServiceConfig for ServiceEndpoints {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        if key.env() != "AWS_ENDPOINT_URL" {
+            return None;
+        }
+        let service = key.service_id().to_uppercase().replace(' ', "_");
+        self.0
+            .get(&format!("{SERVICE_ENDPOINT_PREFIX}{service}"))
+            .cloned()
+    }
 }
 
 /// Maps an SDK error to our error. The dependency is unavailable (`503`, `Retry-After`; a
@@ -214,6 +244,35 @@ mod tests {
     }
 
     #[test]
+    fn a_service_endpoint_overrides_the_general_one_for_that_service_only() {
+        let mut env = vars(LAMBDA);
+        env.push(("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:4566".into()));
+        env.push((
+            "AWS_ENDPOINT_URL_DYNAMODB".into(),
+            "http://127.0.0.1:4567".into(),
+        ));
+        let sdk = from_vars(env).expect("built from the environment");
+        assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:4566"));
+        // Each service client's config builder asks `service_config` for its own endpoint
+        // first (`aws-sdk-*`'s `From<&SdkConfig>`), with this key.
+        let endpoint = |service: &str| {
+            let key = aws_types::service_config::ServiceConfigKey::builder()
+                .service_id(service)
+                .env("AWS_ENDPOINT_URL")
+                .profile("endpoint_url")
+                .build()
+                .expect("complete key");
+            sdk.service_config().and_then(|c| c.load_config(key))
+        };
+        assert_eq!(
+            endpoint("DynamoDB").as_deref(),
+            Some("http://127.0.0.1:4567")
+        );
+        assert_eq!(endpoint("SQS"), None);
+        assert_eq!(endpoint("EventBridge"), None);
+    }
+
+    #[test]
     fn default_chain_when_region_or_credentials_are_missing() {
         for missing in ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
             let env = vars(LAMBDA).into_iter().filter(|(k, _)| k != missing);
@@ -231,11 +290,7 @@ mod tests {
 
     #[test]
     fn default_chain_when_a_setting_only_it_understands_is_set() {
-        for (name, value) in [
-            ("AWS_PROFILE", "dev"),
-            ("AWS_USE_FIPS_ENDPOINT", "true"),
-            ("AWS_ENDPOINT_URL_DYNAMODB", "http://localhost:8000"),
-        ] {
+        for (name, value) in [("AWS_PROFILE", "dev"), ("AWS_USE_FIPS_ENDPOINT", "true")] {
             let mut env = vars(LAMBDA);
             env.push((name.into(), value.into()));
             assert!(from_vars(env).is_none(), "{name} set");

@@ -277,6 +277,52 @@ impl IamVerifier {
     }
 }
 
+/// Signs `req` (whose body is `body`) for `execute-api` in `region` with `credentials`, as the
+/// AWS SDK's signer does with its default settings (`x-amz-date`, `authorization`, and
+/// `x-amz-security-token` with a session token): what a client of an `AWS_IAM` route sends.
+/// The system tests and `make load` sign `POST /agents/match` with it.
+pub fn sign_request<B>(
+    req: &mut axum::http::Request<B>,
+    body: &[u8],
+    credentials: &FunctionCredentials,
+    region: &str,
+) -> Result<(), String> {
+    let identity: Identity = Credentials::new(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        credentials.session_token.clone(),
+        None,
+        "local",
+    )
+    .into();
+    let params: SigningParams = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("execute-api")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let signable = SignableRequest::new(
+        req.method().as_str(),
+        req.uri().to_string(),
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    instructions.apply_to_request_http1x(req);
+    Ok(())
+}
+
 /// Every value of header `name`, comma-joined as API Gateway passes them on.
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
     let values: Vec<String> = headers

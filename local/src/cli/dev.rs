@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::{Args, CliError, provision_options};
 use crate::auth::{self, Authorizers};
+use crate::chaos::{self, Chaos, Fault};
 use crate::gateway::{self, Gateway, RouteTable};
 use crate::poller::{self, Pollers, SqsBinding};
 use crate::provision::Stack;
@@ -24,6 +25,7 @@ use crate::{emulator, provision};
 
 pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     let template = Template::load(&args.template)?;
+    let chaos = Chaos::from_env().map_err(CliError::Config)?.map(Arc::new);
     let listener = match TcpListener::bind(("127.0.0.1", args.port)).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -50,11 +52,13 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
         eprintln!("warning: {w}");
     }
 
+    let (stop, stopped) = watch::channel(false);
     let specs = function_specs(&template, &stack, &binaries);
-    let runtime = Arc::new(Runtime::new(
-        specs,
-        &RuntimeOptions::new(&stack.region, &endpoint),
-    ));
+    let mut options = RuntimeOptions::new(&stack.region, &endpoint);
+    if let Some(chaos) = &chaos {
+        start_chaos(chaos, &mut options, &endpoint, guard.pid(), &stopped).await?;
+    }
+    let runtime = Arc::new(Runtime::new(specs, &options));
     let bindings = sqs_bindings(&template, &stack)?;
     let routes = RouteTable::from_template(&template);
     let key_dir = auth::key_dir(&args.template);
@@ -81,7 +85,6 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
         );
     }
 
-    let (stop, stopped) = watch::channel(false);
     let gateway = Gateway {
         routes,
         authorizers,
@@ -93,7 +96,7 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
         let _ = gateway_stop.wait_for(|s| *s).await;
     }));
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let pollers = Pollers::start(bindings, &sqs, &runtime, stopped);
+    let pollers = Pollers::start(bindings, &sqs, &runtime, chaos.clone(), stopped);
     println!("ready");
 
     wait_for_signal(exit_on_stdin_eof()).await;
@@ -109,7 +112,52 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     // Instances die as their handles drop; give the kill a moment before the emulator goes.
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(guard);
+    if let Some(chaos) = &chaos {
+        eprintln!("[chaos] injected {}", chaos.summary());
+    }
     println!("stopped");
+    Ok(())
+}
+
+/// Sets up the faults of `LOCAL_CHAOS` that live outside the runtime and the pollers: the
+/// EventBridge proxy for `putevents` (the functions reach EventBridge through it) and the
+/// emulator pauses for `pause` (only for an emulator this runner started: another one's process
+/// is not ours to stop).
+async fn start_chaos(
+    chaos: &Arc<Chaos>,
+    options: &mut RuntimeOptions,
+    endpoint: &str,
+    emulator_pid: Option<u32>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), CliError> {
+    options.chaos = Some(Arc::clone(chaos));
+    if chaos.rate(Fault::PutEvents) > 0.0 {
+        let events = std::env::var("AWS_ENDPOINT_URL_EVENTBRIDGE")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| endpoint.to_string());
+        let proxy = chaos::event_bus_proxy(&events, Arc::clone(chaos))
+            .await
+            .map_err(|e| CliError::Config(format!("chaos proxy: {e}")))?;
+        options
+            .service_endpoints
+            .insert("AWS_ENDPOINT_URL_EVENTBRIDGE".into(), proxy);
+    }
+    if chaos.rate(Fault::Pause) > 0.0 {
+        match emulator_pid {
+            Some(pid) => chaos::pause_process(pid, Arc::clone(chaos), stop.clone()),
+            None => eprintln!(
+                "warning: {}: pause applies only to an emulator this runner starts; none paused",
+                chaos::CHAOS_ENV
+            ),
+        }
+    }
+    let rates: Vec<String> = Fault::ALL
+        .iter()
+        .filter(|f| chaos.rate(**f) > 0.0)
+        .map(|f| format!("{}:{}", f.name(), chaos.rate(*f)))
+        .collect();
+    println!("chaos     {} seed {}", rates.join(","), chaos.seed());
     Ok(())
 }
 

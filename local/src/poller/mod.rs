@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use event::{failed_ids, sqs_event};
 
+use crate::chaos::{Chaos, Fault};
 use crate::runtime::Runtime;
 
 /// Concurrent pollers per event source at most.
@@ -51,6 +52,7 @@ struct Source {
     binding: SqsBinding,
     sqs: aws_sdk_sqs::Client,
     runtime: Arc<Runtime>,
+    chaos: Option<Arc<Chaos>>,
     workers: AtomicUsize,
     shutdown: watch::Receiver<bool>,
     /// Each worker holds a clone; [`Pollers::wait`] returns when all are dropped.
@@ -63,11 +65,13 @@ pub struct Pollers {
 }
 
 impl Pollers {
-    /// Starts one worker per binding. Setting `shutdown` to `true` stops them.
+    /// Starts one worker per binding. Setting `shutdown` to `true` stops them. `chaos` draws
+    /// the `dup`, `reorder` and `delay` faults per batch ([`crate::chaos`]).
     pub fn start(
         bindings: Vec<SqsBinding>,
         sqs: &aws_sdk_sqs::Client,
         runtime: &Arc<Runtime>,
+        chaos: Option<Arc<Chaos>>,
         shutdown: watch::Receiver<bool>,
     ) -> Pollers {
         let (done_tx, done) = mpsc::channel(1);
@@ -76,6 +80,7 @@ impl Pollers {
                 binding,
                 sqs: sqs.clone(),
                 runtime: Arc::clone(runtime),
+                chaos: chaos.clone(),
                 workers: AtomicUsize::new(1),
                 shutdown: shutdown.clone(),
                 done: done_tx.clone(),
@@ -177,15 +182,35 @@ async fn receive(source: &Source, max: usize, wait_secs: i32) -> Result<Vec<Mess
 }
 
 /// Invokes the function with the batch and settles each message.
-async fn process(source: &Source, messages: Vec<Message>) {
+async fn process(source: &Source, mut messages: Vec<Message>) {
     let b = &source.binding;
+    let what = format!("{} batch of {}", b.function, messages.len());
+    if let Some(chaos) = &source.chaos {
+        if !b.queue_url.ends_with(".fifo") && chaos.inject(Fault::Reorder, &what) {
+            chaos.shuffle(&mut messages);
+        }
+        if chaos.inject(Fault::Delay, &what) {
+            let all: Vec<&Message> = messages.iter().collect();
+            make_visible(source, &all, 0).await;
+            let delay = chaos.between(Duration::from_millis(200), Duration::from_secs(1));
+            tokio::time::sleep(delay).await;
+        }
+    }
     let event = sqs_event(&messages, &b.queue_arn, &b.region);
-    let outcome = source.runtime.invoke(&b.function, event).await;
     let ids: Vec<String> = messages
         .iter()
         .filter_map(|m| m.message_id().map(str::to_string))
         .collect();
-    let failed = failed_ids(&outcome, &ids, b.report_batch_item_failures);
+    let outcome = source.runtime.invoke(&b.function, event.clone()).await;
+    let mut failed = failed_ids(&outcome, &ids, b.report_batch_item_failures);
+    if source
+        .chaos
+        .as_ref()
+        .is_some_and(|c| c.inject(Fault::Dup, &what))
+    {
+        let again = source.runtime.invoke(&b.function, event).await;
+        failed.extend(failed_ids(&again, &ids, b.report_batch_item_failures));
+    }
     if !failed.is_empty() {
         eprintln!(
             "[poller] {}: {} of {} messages left in the queue for retry",
@@ -274,3 +299,6 @@ fn report_batch_failure<E: std::error::Error>(source: &Source, op: &str, result:
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,9 +22,9 @@ pub(crate) struct Instance {
     pub initialized: bool,
     pub invocations: mpsc::Sender<Invocation>,
     pub events: mpsc::UnboundedReceiver<Event>,
-    /// Dropping it makes the watcher kill the process, then stop its Runtime API server
-    /// (in that order, so the process never sees its API vanish while alive).
-    _kill: oneshot::Sender<()>,
+    /// Sending on it or dropping it makes the watcher kill the process, then stop its Runtime
+    /// API server (in that order, so the process never sees its API vanish while alive).
+    kill: Option<oneshot::Sender<()>>,
 }
 
 impl Instance {
@@ -102,8 +102,15 @@ impl Instance {
             initialized: false,
             invocations,
             events,
-            _kill: kill,
+            kill: Some(kill),
         })
+    }
+
+    /// SIGKILLs the process now (as a crash would end it); its [`Event::Exited`] follows.
+    pub fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
     }
 
     /// False when the process has exited since it was last used.

@@ -10,13 +10,14 @@ mod instance;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::chaos::{Chaos, Fault};
 use api::{Event, Invocation};
 use instance::Instance;
 
@@ -55,6 +56,11 @@ pub struct RuntimeOptions {
     pub region: String,
     /// `AWS_ENDPOINT_URL` given to the functions.
     pub endpoint: String,
+    /// `AWS_ENDPOINT_URL_<SERVICE>` variables given to the functions (a service on an
+    /// emulator of its own, or behind the chaos proxy).
+    pub service_endpoints: BTreeMap<String, String>,
+    /// Faults to inject (`kill`), when `LOCAL_CHAOS` is set.
+    pub chaos: Option<Arc<Chaos>>,
 }
 
 impl RuntimeOptions {
@@ -69,6 +75,8 @@ impl RuntimeOptions {
             max_instances,
             region: region.to_string(),
             endpoint: endpoint.to_string(),
+            service_endpoints: BTreeMap::new(),
+            chaos: None,
         }
     }
 }
@@ -125,6 +133,7 @@ pub struct Runtime {
     pools: BTreeMap<String, Pool>,
     base_env: BTreeMap<String, String>,
     closed: AtomicBool,
+    chaos: Option<Arc<Chaos>>,
 }
 
 struct Pool {
@@ -150,6 +159,7 @@ impl Runtime {
                 .collect(),
             base_env: base_env(opts),
             closed: AtomicBool::new(false),
+            chaos: opts.chaos.clone(),
         }
     }
 
@@ -183,7 +193,7 @@ impl Runtime {
                     source,
                 })?,
         };
-        let result = run(&pool.spec, &mut instance, &payload).await;
+        let result = run(&pool.spec, &mut instance, &payload, self.chaos.as_deref()).await;
         if result.is_ok() && !self.closed.load(Ordering::Acquire) {
             pool.idle
                 .lock()
@@ -256,6 +266,7 @@ fn base_env(opts: &RuntimeOptions) -> BTreeMap<String, String> {
     env.insert("AWS_REGION".into(), opts.region.clone());
     env.insert("AWS_DEFAULT_REGION".into(), opts.region.clone());
     env.insert("AWS_ENDPOINT_URL".into(), opts.endpoint.clone());
+    env.extend(opts.service_endpoints.clone());
     let credentials = FunctionCredentials::from_env();
     env.insert("AWS_ACCESS_KEY_ID".into(), credentials.access_key_id);
     env.insert(
@@ -269,11 +280,13 @@ fn base_env(opts: &RuntimeOptions) -> BTreeMap<String, String> {
 }
 
 /// One invocation on `instance`: waits for init on a cold start, hands over the payload,
-/// waits for the outcome until the function's timeout, prints the REPORT line.
+/// waits for the outcome until the function's timeout, prints the REPORT line. With the
+/// `kill` fault drawn, the instance is killed 0–20 ms into the invocation.
 async fn run(
     spec: &FunctionSpec,
     instance: &mut Instance,
     payload: &Value,
+    chaos: Option<&Chaos>,
 ) -> Result<InvokeOutcome, InvokeError> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let init_duration = if instance.initialized {
@@ -307,11 +320,19 @@ async fn run(
         request_id: request_id.clone(),
         status,
     };
+    let mut kill_at = chaos
+        .filter(|c| c.inject(Fault::Kill, format!("{} {request_id}", spec.logical_id)))
+        .map(|c| started + c.between(Duration::ZERO, Duration::from_millis(20)));
     let result = if instance.invocations.send(invocation).await.is_err() {
         Err(crashed("the Runtime API is gone".into()))
     } else {
         loop {
-            match tokio::time::timeout_at(deadline.into(), instance.events.recv()).await {
+            let wake = kill_at.map_or(deadline, |at| at.min(deadline));
+            match tokio::time::timeout_at(wake.into(), instance.events.recv()).await {
+                Err(_) if kill_at.is_some() && wake < deadline => {
+                    instance.kill();
+                    kill_at = None;
+                }
                 Err(_) => {
                     break Err(InvokeError::TimedOut {
                         function: spec.logical_id.clone(),

@@ -189,6 +189,28 @@ async fn function_errors_and_crashes() {
     ));
 }
 
+/// `LOCAL_CHAOS=kill:…`: the instance is SIGKILLed during the invocation, which ends as a
+/// crash (a 5xx for a request, a retried batch).
+#[tokio::test]
+async fn the_kill_fault_crashes_the_invocation() {
+    let mut opts = RuntimeOptions::new("eu-west-1", "http://127.0.0.1:4566");
+    opts.chaos = Some(Arc::new(Chaos::parse("kill:1", 9).unwrap()));
+    let rt = Runtime::new(vec![spec(5, &[])], &opts);
+    let started = Instant::now();
+    let err = rt.invoke("Fake", json!({"sleep": 2})).await.unwrap_err();
+    assert!(matches!(err, InvokeError::Crashed { .. }), "{err}");
+    assert!(err.to_string().contains("signal: 9"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "killed, not finished"
+    );
+    let chaos = opts.chaos.as_ref().unwrap();
+    assert_eq!(chaos.injected()[&Fault::Kill], 1);
+    let err = rt.invoke("Fake", json!({"sleep": 1})).await.unwrap_err();
+    assert!(matches!(err, InvokeError::Crashed { .. }), "{err}");
+    assert_eq!(chaos.injected()[&Fault::Kill], 2, "each invocation draws");
+}
+
 #[tokio::test]
 async fn init_failures_are_reported() {
     let rt = runtime(spec(5, &[("FAKE_INIT_ERROR", "no config")]), 4);

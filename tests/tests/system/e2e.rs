@@ -233,50 +233,6 @@ fn region() -> String {
         .unwrap_or_else(|| "us-east-1".into())
 }
 
-/// Adds the SigV4 headers to `req` as the AWS SDK's signer makes them with its default
-/// settings (`x-amz-date`, `authorization`, `x-amz-security-token` with a session token).
-fn sign(
-    req: &mut http::Request<Full<Bytes>>,
-    body: &[u8],
-    credentials: &local::runtime::FunctionCredentials,
-) {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings};
-    let identity = aws_credential_types::Credentials::new(
-        &credentials.access_key_id,
-        &credentials.secret_access_key,
-        credentials.session_token.clone(),
-        None,
-        "e2e",
-    )
-    .into();
-    let region = region();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&region)
-        .name("execute-api")
-        .time(std::time::SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .expect("signing parameters")
-        .into();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().expect("text header").to_owned()))
-        .collect();
-    let signable = SignableRequest::new(
-        req.method().as_str(),
-        req.uri().to_string(),
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(body),
-    )
-    .expect("signable request");
-    let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)
-        .expect("signed")
-        .into_parts();
-    instructions.apply_to_request_http1x(req);
-}
-
 async fn send_with(
     auth: Auth<'_>,
     method: &str,
@@ -303,7 +259,8 @@ async fn send_with(
         .body(Full::new(Bytes::from(bytes.clone())))
         .expect("request");
     if let Auth::SigV4(credentials) = auth {
-        sign(&mut req, bytes.as_bytes(), credentials);
+        local::auth::sigv4::sign_request(&mut req, bytes.as_bytes(), credentials, &region())
+            .expect("signed");
     }
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
