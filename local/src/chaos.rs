@@ -292,12 +292,15 @@ fn status(code: u16, message: &str) -> Response {
         .unwrap_or_default()
 }
 
-/// Draws `pause` once a second until `stop`: the process `pid` (the emulator) is stopped with
-/// SIGSTOP for 1–3 s, then continued (and continued on `stop` in any case).
-pub fn pause_process(pid: u32, chaos: Arc<Chaos>, mut stop: watch::Receiver<bool>) {
+/// Draws `pause` once a second until `stop`: the processes `pids` (the emulator's) are stopped
+/// with SIGSTOP for 1–3 s, then continued (and continued on `stop` in any case).
+pub fn pause_processes(pids: &[u32], chaos: Arc<Chaos>, mut stop: watch::Receiver<bool>) {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let what = format!("emulator (pid {})", pids.join(", "));
     let signal = move |sig: &str| {
         let _ = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
+            .arg(sig)
+            .args(&pids)
             .status();
     };
     tokio::spawn(async move {
@@ -306,7 +309,7 @@ pub fn pause_process(pid: u32, chaos: Arc<Chaos>, mut stop: watch::Receiver<bool
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            if !chaos.inject(Fault::Pause, format!("emulator (pid {pid})")) {
+            if !chaos.inject(Fault::Pause, &what) {
                 continue;
             }
             signal("-STOP");
@@ -391,7 +394,7 @@ mod tests {
         let pid = emulator.guard.pid().expect("started here");
         let chaos = Arc::new(Chaos::parse("pause:1", 2).unwrap());
         let (stop, stopped) = watch::channel(false);
-        pause_process(pid, Arc::clone(&chaos), stopped);
+        pause_processes(&[pid], Arc::clone(&chaos), stopped);
         assert!(
             wait_state(pid, |s| s == 'T', Duration::from_millis(1_500)).await,
             "stopped within a second"

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// Endpoint used when `AWS_ENDPOINT_URL` is unset.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
+/// DynamoDB's own endpoint, when set (the SDKs' service-specific endpoint variable).
+pub const DYNAMODB_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_DYNAMODB";
 /// Overrides the workspace root used to find `scripts/emulator.py`.
 pub const ROOT_ENV: &str = "LOCAL_WORKSPACE_ROOT";
 /// How long a starting emulator may take to answer.
@@ -126,13 +128,23 @@ pub fn endpoint_from_env() -> String {
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
 }
 
+/// `AWS_ENDPOINT_URL_DYNAMODB`, when set: DynamoDB is served there instead (by a second moto
+/// process when `local` starts it, so DynamoDB's work no longer waits behind the other
+/// services' in one interpreter).
+pub fn dynamodb_endpoint_from_env() -> Option<String> {
+    std::env::var(DYNAMODB_ENDPOINT_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 /// True when an HTTP server answers at `endpoint` now.
 pub fn is_up(endpoint: &str) -> Result<bool, EmulatorError> {
     Ok(answers(socket_addr(endpoint)?))
 }
 
 /// SDK configuration for the emulator at `endpoint`: region from `AWS_REGION` (default
-/// `us-east-1`), credentials from the environment when set, else `test`/`test`.
+/// `us-east-1`), credentials from the environment when set, else `test`/`test`; a service with
+/// an endpoint of its own in the environment (`AWS_ENDPOINT_URL_DYNAMODB`, …) goes there.
 pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
@@ -152,7 +164,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
             "test", "test", None, None, "local",
         ));
     }
-    loader.load().await
+    shared::aws::with_service_endpoints(loader.load().await, std::env::vars())
 }
 
 /// `scripts/emulator.py` under the workspace root (`LOCAL_WORKSPACE_ROOT`, else the parent

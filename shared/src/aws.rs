@@ -121,15 +121,31 @@ pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Option<Sdk
     if let Some(endpoint) = var("AWS_ENDPOINT_URL") {
         sdk = sdk.endpoint_url(endpoint);
     }
+    Some(with_service_endpoints(sdk.build(), vars))
+}
+
+/// `sdk` with the service-specific endpoints among `vars` (`AWS_ENDPOINT_URL_<SERVICE>`, see
+/// [`ServiceEndpoints`]) in force: a client built from it takes its service's endpoint when one
+/// is set, else `sdk`'s general one. Needed where the general endpoint was set in code (the
+/// local runner's), which would otherwise win over every service's variable, as the SDK ranks
+/// a programmatic endpoint above the environment.
+pub fn with_service_endpoints(
+    sdk: SdkConfig,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> SdkConfig {
     let endpoints: BTreeMap<String, String> = vars
-        .iter()
-        .filter(|(k, _)| k.starts_with(SERVICE_ENDPOINT_PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .into_iter()
+        .filter(|(k, v)| k.starts_with(SERVICE_ENDPOINT_PREFIX) && !v.is_empty())
         .collect();
-    if !endpoints.is_empty() {
-        sdk = sdk.service_config(ServiceEndpoints(endpoints));
+    if endpoints.is_empty() {
+        return sdk;
     }
-    Some(sdk.build())
+    let mut builder = sdk.into_builder();
+    builder.insert_origin(
+        "endpoint_url",
+        aws_types::origin::Origin::shared_environment_variable(),
+    );
+    builder.service_config(ServiceEndpoints(endpoints)).build()
 }
 
 const SERVICE_ENDPOINT_PREFIX: &str = "AWS_ENDPOINT_URL_";

@@ -46,6 +46,19 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Config(format!("emulator start panicked: {e}")))??
     };
+    // DynamoDB on an emulator process of its own, when asked for: its work then runs beside,
+    // not under, the other services' (moto serves one request at a time per process).
+    let dynamodb = match emulator::dynamodb_endpoint_from_env() {
+        Some(dynamodb) => {
+            let e = dynamodb.clone();
+            let guard = tokio::task::spawn_blocking(move || emulator::ensure(&e))
+                .await
+                .map_err(|e| CliError::Config(format!("emulator start panicked: {e}")))??;
+            Some((dynamodb, guard))
+        }
+        None => None,
+    };
+    // The SDK's default chain sends DynamoDB to `AWS_ENDPOINT_URL_DYNAMODB` when it is set.
     let sdk = emulator::sdk_config(&endpoint).await;
     let stack = provision::provision(&template, &sdk, &provision_options(args)).await?;
     for w in &stack.warnings {
@@ -55,8 +68,15 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     let (stop, stopped) = watch::channel(false);
     let specs = function_specs(&template, &stack, &binaries);
     let mut options = RuntimeOptions::new(&stack.region, &endpoint);
+    let mut emulator_pids: Vec<u32> = guard.pid().into_iter().collect();
+    if let Some((dynamodb, dynamodb_guard)) = &dynamodb {
+        options
+            .service_endpoints
+            .insert(emulator::DYNAMODB_ENDPOINT_ENV.into(), dynamodb.clone());
+        emulator_pids.extend(dynamodb_guard.pid());
+    }
     if let Some(chaos) = &chaos {
-        start_chaos(chaos, &mut options, &endpoint, guard.pid(), &stopped).await?;
+        start_chaos(chaos, &mut options, &endpoint, &emulator_pids, &stopped).await?;
     }
     let runtime = Arc::new(Runtime::new(specs, &options));
     let bindings = sqs_bindings(&template, &stack)?;
@@ -71,6 +91,16 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
         guard.started(),
         args.port,
     );
+    if let Some((dynamodb, dynamodb_guard)) = &dynamodb {
+        println!(
+            "DynamoDB  {dynamodb} ({})",
+            if dynamodb_guard.started() {
+                "its own emulator, started by local"
+            } else {
+                "already running"
+            }
+        );
+    }
     if !template.authorizers.is_empty() {
         println!(
             "JWT auth  dev keys in {} (a token: make token ROLE=agent|supervisor|trader|operator)",
@@ -112,6 +142,7 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     // Instances die as their handles drop; give the kill a moment before the emulator goes.
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(guard);
+    drop(dynamodb);
     if let Some(chaos) = &chaos {
         eprintln!("[chaos] injected {}", chaos.summary());
     }
@@ -121,13 +152,13 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
 
 /// Sets up the faults of `LOCAL_CHAOS` that live outside the runtime and the pollers: the
 /// EventBridge proxy for `putevents` (the functions reach EventBridge through it) and the
-/// emulator pauses for `pause` (only for an emulator this runner started: another one's process
-/// is not ours to stop).
+/// emulator pauses for `pause` (only for the emulator processes this runner started, `pids`:
+/// another one's process is not ours to stop).
 async fn start_chaos(
     chaos: &Arc<Chaos>,
     options: &mut RuntimeOptions,
     endpoint: &str,
-    emulator_pid: Option<u32>,
+    pids: &[u32],
     stop: &watch::Receiver<bool>,
 ) -> Result<(), CliError> {
     options.chaos = Some(Arc::clone(chaos));
@@ -144,9 +175,9 @@ async fn start_chaos(
             .insert("AWS_ENDPOINT_URL_EVENTBRIDGE".into(), proxy);
     }
     if chaos.rate(Fault::Pause) > 0.0 {
-        match emulator_pid {
-            Some(pid) => chaos::pause_process(pid, Arc::clone(chaos), stop.clone()),
-            None => eprintln!(
+        match pids {
+            [_, ..] => chaos::pause_processes(pids, Arc::clone(chaos), stop.clone()),
+            [] => eprintln!(
                 "warning: {}: pause applies only to an emulator this runner starts; none paused",
                 chaos::CHAOS_ENV
             ),
