@@ -5,13 +5,13 @@ export AWS_ACCESS_KEY_ID ?= test
 export AWS_SECRET_ACCESS_KEY ?= test
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick token
+.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick load soak token
 
 ## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
 dev: tools
 	cargo run -p local --bin local -- dev $(ARGS)
 
-## Everything CI checks: lint, unit tests, emulator tests.
+## Everything CI checks: lint, unit tests, emulator tests, the API fuzz.
 test: tools lint
 	cargo test --workspace --no-fail-fast
 	$(MAKE) fuzz
@@ -56,6 +56,20 @@ bench: tools
 bench-quick: tools
 	cargo build --release --workspace --bins
 	$${CARGO_TARGET_DIR:-target}/release/bench --quick --out $${CARGO_TARGET_DIR:-target}/bench-quick >/dev/null
+
+## Bursts through `local dev --release` with its own emulator: 120 commands from 16 and from 64
+## clients, 40 concurrent matches, command → applied; prints p50/p99, refusals and what was
+## applied (target/load/LOAD.md); exits non-zero when a target of docs/ARCHITECTURE.md is missed.
+load: tools
+	cargo build --release --workspace --bins
+	$${CARGO_TARGET_DIR:-target}/release/bench --load $(if $(CLIENTS),--clients $(CLIENTS))
+
+## Randomized seeded traffic over every command route through `local dev` with faults injected (LOCAL_CHAOS), then a check of every guarantee; SOAK_SECONDS (default 60), SOAK_SEED, SOAK_CHAOS, RELEASE=1 for release binaries.
+## Prints the report (also target/soak/SOAK.md, with the replay command); exits 1 on a violation, 2 when the run could not complete.
+SOAK_CHAOS ?= kill:0.02,dup:0.05,reorder:0.2,delay:0.02,pause:0.02,putevents:0.02
+soak: tools
+	cargo build --workspace --bins $(if $(RELEASE),--release)
+	$${CARGO_TARGET_DIR:-target}/$(if $(RELEASE),release,debug)/bench --soak --seconds $(or $(SOAK_SECONDS),60) --chaos '$(SOAK_CHAOS)' $(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(if $(RELEASE),--release)
 
 ## Prints a dev JWT that `make dev` accepts: `make token ROLE=trader ACCOUNTS="ACC-1 ACC-2"`.
 ## ROLE: agent, supervisor, trader, operator (scopes agents, supervisors, traders, operators),

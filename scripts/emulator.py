@@ -19,6 +19,11 @@
    sleep between them that ends when a message is added or deleted (a delete releases its group)
    or, at the latest, after `_LONG_POLL_TICK` seconds (a visibility timeout that ran out is
    noticed within one tick).
+   And moto breaks FIFO order when a group's in-flight messages become visible again (a failed
+   batch retried): it notices them one by one in queue order, so the first is skipped (its
+   group still looks in flight because of the second), the second is released and handed out
+   first. Here every FIFO message whose visibility timeout ended is released before the receive
+   looks at the queue, so the group's first message comes first.
 5. moto's TransactWriteItems deep-copies every table it touches before it starts, to roll back
    on failure: each transaction costs time in proportion to everything stored, so the stack slows
    down as it is used (under a burst, most of the emulator's time went there). Here the
@@ -105,11 +110,14 @@ def _long_poll(self, queue_name, count, wait_seconds_timeout, visibility_timeout
                message_attribute_names=None):
     deadline = time.monotonic() + wait_seconds_timeout
     while True:
+        queue = self.get_queue(queue_name)
+        if queue.fifo_queue:
+            for message in [m for m in queue.pending_messages if m.visible]:
+                queue.pending_messages.discard(message)
         result = _receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
         left = deadline - time.monotonic()
         if result or left <= 0:
             return result
-        queue = self.get_queue(queue_name)
         with queue._messages_lock:
             queue._messages_lock.wait(timeout=min(left, _LONG_POLL_TICK))
 

@@ -12,6 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
+use local::auth::{Role, TokenRequest};
+use serde_json::Value;
 
 type Http = Client<HttpConnector, Full<Bytes>>;
 
@@ -19,15 +21,37 @@ type Http = Client<HttpConnector, Full<Bytes>>;
 /// (e.g. one where functions that were not built in release link to other builds).
 pub const TARGET_DIR_ENV: &str = "BENCH_LOCAL_TARGET_DIR";
 
-/// A running `local dev`; it exits when its stdin closes (on drop).
+/// A running `local dev`; it exits when its stdin closes ([`LocalDev::stop`], or on drop).
 pub struct LocalDev {
     pub base: String,
     child: Child,
-    _stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     http: Http,
-    /// `Bearer <dev token>` of an agent and supervisor: the template's authorizer protects
-    /// every route the benchmark calls.
+    /// `Bearer <dev token>` of the roles of [`DevOptions::roles`]: the template's authorizer
+    /// protects every route the benchmark calls.
     authorization: String,
+}
+
+/// How [`LocalDev::start_with`] starts `local dev`. The default is what `make bench` and
+/// `make load` use: release binaries, a token of a supervisor and an agent.
+#[derive(Debug, Clone, Default)]
+pub struct DevOptions {
+    /// The debug binaries (`target/debug`) instead of the release ones.
+    pub debug: bool,
+    /// More environment variables for `local dev` (e.g. `LOCAL_CHAOS`).
+    pub env: Vec<(String, String)>,
+    /// The roles of the token requests carry; empty: supervisor and agent.
+    pub roles: Vec<Role>,
+    /// The trader accounts of the token (its `accounts` claim).
+    pub accounts: Vec<String>,
+}
+
+/// An answer: status, JSON body (`Null` when it is not JSON) and `Retry-After` in seconds.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<f64>,
 }
 
 impl LocalDev {
@@ -41,7 +65,19 @@ impl LocalDev {
         stack: &str,
         log: &Path,
     ) -> Result<Self, String> {
-        let authorization = format!("Bearer {}", dev_token(root, stack)?);
+        Self::start_with(local, root, endpoint, stack, log, &DevOptions::default())
+    }
+
+    /// [`LocalDev::start`] with `options`: `local` must be the binary of the profile they name.
+    pub fn start_with(
+        local: &Path,
+        root: &Path,
+        endpoint: &str,
+        stack: &str,
+        log: &Path,
+        options: &DevOptions,
+    ) -> Result<Self, String> {
+        let authorization = format!("Bearer {}", dev_token(root, stack, options)?);
         let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let log_out = log.try_clone().map_err(|e| e.to_string())?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -49,11 +85,14 @@ impl LocalDev {
             .map_err(|e| e.to_string())?
             .port();
         let mut child = Command::new(local)
-            .args(["dev", "--release", "--no-build", "--stack", stack])
+            .arg("dev")
+            .args((!options.debug).then_some("--release"))
+            .args(["--no-build", "--stack", stack])
             .args(["--port", &port.to_string()])
             .current_dir(root)
             .env("AWS_ENDPOINT_URL", endpoint)
             .env("LOCAL_EXIT_ON_STDIN_EOF", "1")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .envs(std::env::var_os(TARGET_DIR_ENV).map(|dir| ("CARGO_TARGET_DIR", dir)))
             .env_remove("PORT")
             .stdin(Stdio::piped())
@@ -81,28 +120,120 @@ impl LocalDev {
         Ok(LocalDev {
             base: format!("http://127.0.0.1:{port}"),
             child,
-            _stdin: stdin,
+            stdin: Some(stdin),
             http: Client::builder(TokioExecutor::new()).build_http(),
             authorization,
         })
     }
 
-    /// Sends a request; returns the status.
+    /// Sends a request with the dev token; returns the status.
     pub async fn send(&self, method: &str, path: &str, body: Option<&str>) -> Result<u16, String> {
-        let req = http::Request::builder()
+        Ok(self.request(method, path, body).await?.0)
+    }
+
+    /// Sends a request with the dev token; returns the status and the JSON body (`Null` when
+    /// it is not JSON).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Value), String> {
+        let a = self.call(method, path, body, &[]).await?;
+        Ok((a.status, a.body))
+    }
+
+    /// Sends a request with the dev token and `headers` (e.g. `Idempotency-Key`).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let mut req = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
-            .header("authorization", &self.authorization)
+            .header("authorization", &self.authorization);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
             .map_err(|e| e.to_string())?;
+        self.answer(req).await
+    }
+
+    /// Sends a request to an `AWS_IAM` route, signed with SigV4 by the credentials `local dev`
+    /// gives its functions, as the conversations worker signs its calls.
+    pub async fn request_signed(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, Value), String> {
+        let a = self.call_signed(method, path, body, &[]).await?;
+        Ok((a.status, a.body))
+    }
+
+    /// [`LocalDev::request_signed`] with more `headers` (signed too).
+    pub async fn call_signed(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let mut req = req
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())?;
+        let credentials = local::runtime::FunctionCredentials::from_env();
+        local::auth::sigv4::sign_request(&mut req, body.as_bytes(), &credentials, &region())?;
+        self.answer(req).await
+    }
+
+    async fn answer(&self, req: http::Request<Full<Bytes>>) -> Result<Answer, String> {
         let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        resp.into_body()
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let bytes = resp
+            .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(status)
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            body: crate::load::json(&bytes),
+            retry_after,
+        })
+    }
+
+    /// Closes `local dev`'s stdin, so it shuts down in order (its last lines, such as the
+    /// `[chaos] injected …` summary, reach the log), and waits up to `within` for it to exit;
+    /// true when it did (otherwise it is killed on drop).
+    pub fn stop(&mut self, within: Duration) -> bool {
+        drop(self.stdin.take());
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// Registers an agent and polls its state every `poll` until it is visible: the latency.
@@ -126,14 +257,29 @@ impl LocalDev {
     }
 }
 
+/// The region `local dev` runs in (its SDK configuration's: `AWS_REGION`, else
+/// `AWS_DEFAULT_REGION`, else `us-east-1`), which signatures are scoped to.
+fn region() -> String {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|r| !r.is_empty()))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
 /// A token `local dev` (started in `root`, so verifying with `root/.dev/auth` or
-/// `LOCAL_AUTH_DIR`) accepts for the routes the benchmark calls.
-fn dev_token(root: &Path, stack: &str) -> Result<String, String> {
-    use local::auth::{Role, TokenRequest};
+/// `LOCAL_AUTH_DIR`) accepts for the routes the benchmark calls: `options`' roles (supervisor
+/// and agent when none) and trader accounts.
+fn dev_token(root: &Path, stack: &str, options: &DevOptions) -> Result<String, String> {
     let path = root.join("template.yaml");
     let template = local::template::Template::load(&path).map_err(|e| e.to_string())?;
     let issuer = local::auth::issuer(&template, stack).map_err(|e| e.to_string())?;
-    let request = TokenRequest::new(&issuer, &[Role::Supervisor, Role::Agent]);
+    let roles = if options.roles.is_empty() {
+        &[Role::Supervisor, Role::Agent][..]
+    } else {
+        &options.roles[..]
+    };
+    let mut request = TokenRequest::new(&issuer, roles);
+    request.accounts = options.accounts.clone();
     local::auth::mint(&local::auth::key_dir(&path), &request).map_err(|e| e.to_string())
 }
 

@@ -6,8 +6,10 @@
 
 mod cold;
 mod inproc;
+mod load;
 mod local_api;
 mod report;
+mod soak;
 mod stats;
 mod stub;
 
@@ -67,6 +69,38 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    if args.iter().any(|a| a == "--soak") {
+        let outcome = match soak::Options::parse(&args) {
+            Ok(options) => soak::run(&root, options).await,
+            Err(e) => Err(e),
+        };
+        std::process::exit(match outcome {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(e) => {
+                eprintln!("make soak: {e}");
+                2
+            }
+        });
+    }
+    if args.iter().any(|a| a == "--load") {
+        let clients = args
+            .iter()
+            .position(|a| a == "--clients")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(
+                || vec![16, 64],
+                |c| c.split(',').filter_map(|n| n.parse().ok()).collect(),
+            );
+        std::process::exit(match load_run(&root, &clients).await {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(e) => {
+                eprintln!("make load: {e}");
+                2
+            }
+        });
+    }
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -324,4 +358,70 @@ async fn local_latency(
             .extend(local_api::concurrent(16, plan.per_client_16, get).await);
     }
     Ok(())
+}
+
+/// `make load` (`bench --load [--clients 16,64]`): the load scenarios through `local dev
+/// --release` with an emulator of its own; prints the table and writes it to
+/// `target/load/LOAD.md`. `Ok(false)` when a target is missed.
+async fn load_run(root: &std::path::Path, clients: &[usize]) -> Result<bool, String> {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let release = target.join("release");
+    let out = target.join("load");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let mut runs = Vec::new();
+    for split in [false, true] {
+        let emulator = local::emulator::spawn_on_free_port().map_err(|e| e.to_string())?;
+        let dynamodb = if split {
+            Some(local::emulator::spawn_on_free_port().map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let options = local_api::DevOptions {
+            env: dynamodb
+                .iter()
+                .map(|d| {
+                    (
+                        local::emulator::DYNAMODB_ENDPOINT_ENV.to_owned(),
+                        d.endpoint.clone(),
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let log = out.join(if split {
+            "local-dev-split.log"
+        } else {
+            "local-dev.log"
+        });
+        let dev = local_api::LocalDev::start_with(
+            &release.join("local"),
+            root,
+            &emulator.endpoint,
+            "load",
+            &log,
+            &options,
+        )
+        .map_err(|e| format!("{e}; log: {}", log.display()))?;
+        let topology = if split {
+            "DynamoDB on an emulator process of its own (`AWS_ENDPOINT_URL_DYNAMODB`)"
+        } else {
+            "One emulator process (`make dev`'s default)"
+        };
+        eprintln!("{topology}");
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        runs.push((topology, load::run(&dev, &run, 120, clients).await));
+    }
+    let command = format!(
+        "`make load` (after the release build, `bench --load --clients {}`)",
+        clients
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let md = load::markdown(&runs, &command);
+    println!("{md}");
+    std::fs::write(out.join("LOAD.md"), &md).map_err(|e| e.to_string())?;
+    Ok(!runs.iter().any(|(_, l)| load::missed(l)))
 }

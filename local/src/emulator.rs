@@ -668,4 +668,69 @@ mod tests {
              emulator CPU beside 200 items and {large:.2} s beside 3,200"
         );
     }
+
+    /// A FIFO group whose in-flight messages become visible again (a failed batch, retried)
+    /// hands them out in order again: moto alone hands out the second first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_fifo_group_is_handed_out_in_order_again() {
+        use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttributeName};
+        let emulator = spawn_on_free_port().expect("moto starts");
+        let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
+        let queue = sqs
+            .create_queue()
+            .queue_name("order.fifo")
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        for body in ["m0", "m1", "m2"] {
+            sqs.send_message()
+                .queue_url(&queue)
+                .message_body(body)
+                .message_group_id("g")
+                .send()
+                .await
+                .unwrap();
+        }
+        let batch = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(2)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(batch.messages().len(), 2);
+        let retry = batch
+            .messages()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .visibility_timeout(1)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        sqs.change_message_visibility_batch()
+            .queue_url(&queue)
+            .set_entries(Some(retry))
+            .send()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let next = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(1)
+            .send()
+            .await
+            .unwrap();
+        let bodies: Vec<&str> = next.messages().iter().filter_map(|m| m.body()).collect();
+        assert_eq!(bodies, ["m0"], "the group's first message first");
+    }
 }

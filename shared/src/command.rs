@@ -11,10 +11,11 @@
 //!    progress is a `409` with `Retry-After`; the same key with another request a `422`.
 //! 3. A new claim derives the command's ids from the key, the request and the claim's time
 //!    ([`Ids`]), hands the command off, and only then completes the claim with the `202`. A
-//!    failed hand-off releases the claim (the caller's retry starts afresh). A request that dies
-//!    between claim and completion leaves a claim that expires at the function's deadline;
-//!    the retry that takes it over derives the *same* ids, so if the dead request had handed
-//!    its command off, the worker sees the same command twice and applies it once.
+//!    failed hand-off releases the claim at once; a request that dies between claim and
+//!    completion leaves a claim that is abandoned at the function's deadline. Either way the
+//!    retry that takes the claim over keeps its time, so it derives the *same* ids: whatever an
+//!    earlier attempt did before failing (a provisional record written, a command sent whose
+//!    answer was lost or timed out) belongs to the same command, which the worker applies once.
 //!
 //! The hand-off has two parts, each behind a narrow trait: [`Provisional`], the record a
 //! command makes visible at once (a PENDING conversation, trade or agent: read-your-writes),
@@ -230,8 +231,10 @@ fn fingerprint(req: &Request, request: &Value) -> String {
 
 /// Accepts a command (the module docs give the whole mechanism): `request` is what makes two
 /// requests the same (the parsed body, or a canonical form of it), `build` makes the command
-/// from its ids once they are known. Every validation that can refuse the request belongs
-/// before this call: after it, only the hand-off can fail (`503`).
+/// from its ids once they are known. Every validation of the request itself belongs before
+/// this call; after it, only the hand-off can fail: `503`, or a precondition on current state
+/// that a [`Provisional`] checks there, once the request's command id is known (so that a retry
+/// finds its own earlier command applied rather than a state that command changed).
 pub async fn accept<I, T, P, F>(
     idempotency: &I,
     transport: &T,
@@ -303,13 +306,17 @@ async fn release<I: Idempotency>(idempotency: &I, scope: &KeyScope, token: Uuid)
     }
 }
 
-/// Writes the provisional record, sends the command, compensates when sending fails.
+/// Writes the provisional record, sends the command, compensates when sending fails. A write
+/// that failed is not undone: it was not made, or (a timeout, a lost answer) it was, under the
+/// request's derived ids, which the client's retry adopts; without a retry it expires. Undoing
+/// it would wait on the very dependency that just failed, doubling the time to the `503`.
 async fn hand_off<T: CommandTransport, P: Provisional>(
     transport: &T,
     accepted: &Accepted<P>,
 ) -> Result<(), Error> {
     let command = &accepted.command;
-    if accepted.provisional.write().await? == Provisioned::Applied {
+    let written = accepted.provisional.write().await?;
+    if written == Provisioned::Applied {
         tracing::info!(command_id = %command.id, "command applied by an earlier attempt");
         return Ok(());
     }

@@ -15,6 +15,7 @@ use aws_smithy_runtime_api::client::http::{
     SharedHttpConnector,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::{Response, StatusCode};
 use aws_smithy_types::body::SdkBody;
@@ -40,6 +41,8 @@ pub struct Faults {
     contend: Mutex<(String, usize)>,
     /// Requests answered with a contention error so far.
     contended: AtomicUsize,
+    /// The operation whose next successful requests lose their answer, and how many still will.
+    lose: Mutex<(String, usize)>,
 }
 
 impl Faults {
@@ -115,6 +118,25 @@ impl Faults {
         *self.contend.lock().expect("faults lock") = (operation.to_owned(), n);
     }
 
+    /// The next `n` `operation` requests (`PutEvents`, `SendMessage`, `PutItem`, …) reach the
+    /// emulator, which applies them, but their caller gets a timeout instead of the answer, as
+    /// when a connection drops after the request went out. The SDK retries a timeout: `n` at
+    /// least its attempts (3) makes the caller see the failure.
+    pub fn lose_answers(&self, operation: &str, n: usize) {
+        *self.lose.lock().expect("faults lock") = (operation.to_owned(), n);
+    }
+
+    /// Whether the answer of a request to `operation` that succeeded is to be lost (and counts it).
+    fn losing(&self, operation: &str) -> bool {
+        let mut lose = self.lose.lock().expect("faults lock");
+        let (target, left) = &mut *lose;
+        if target != operation || *left == 0 {
+            return false;
+        }
+        *left -= 1;
+        true
+    }
+
     pub fn contended(&self) -> usize {
         self.contended.load(Ordering::SeqCst)
     }
@@ -174,6 +196,7 @@ pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
         missing: Mutex::new(Vec::new()),
         contend: Mutex::new((String::new(), 0)),
         contended: AtomicUsize::new(0),
+        lose: Mutex::new((String::new(), 0)),
     });
     let client = Faulty {
         inner,
@@ -264,8 +287,13 @@ impl HttpConnector for FaultyConnector {
                     *count
                 };
                 let crash_point = faults.crash_point.lock().expect("faults lock").clone();
-                if crash_point == Some((operation, done)) {
+                if crash_point == Some((operation.clone(), done)) {
                     faults.crashed.send_replace(true);
+                }
+                if faults.losing(&operation) {
+                    return Err(ConnectorError::timeout(
+                        "the answer was lost (test fault)".into(),
+                    ));
                 }
             }
             Ok(response)

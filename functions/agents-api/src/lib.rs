@@ -230,6 +230,40 @@ fn check_version(expected: Option<u64>, agent: &AgentId, actual: u64) -> Result<
     }
 }
 
+/// A command's `version` precondition, checked in the hand-off (after the `Idempotency-Key`
+/// claim, so with the request's derived command id): the retry of a request whose command was
+/// applied (its answer lost, a timeout) finds that command processed and is accepted, instead
+/// of being refused because the version moved on, by that very command. Without a `version`,
+/// `inner` alone.
+struct Precondition<'a, S, P> {
+    store: &'a S,
+    agent_id: AgentId,
+    expected: Option<u64>,
+    command: Uuid,
+    inner: P,
+}
+
+impl<S: AgentStore, P: Provisional> Provisional for Precondition<'_, S, P> {
+    async fn write(&self) -> Result<Provisioned, Error> {
+        if self.expected.is_some() {
+            if self.store.processed(self.command).await?.is_some() {
+                return Ok(Provisioned::Applied);
+            }
+            let current = self.store.get(&self.agent_id).await?;
+            check_version(
+                self.expected,
+                &self.agent_id,
+                current.map_or(0, |a| a.version),
+            )?;
+        }
+        self.inner.write().await
+    }
+
+    async fn undo(&self) -> Result<Compensated, Error> {
+        self.inner.undo().await
+    }
+}
+
 /// The agent a registration writes at once, unless the agent exists.
 struct ProvisionalAgent<'a, S> {
     store: &'a S,
@@ -278,10 +312,6 @@ where
     let (request, body): (Value, RegisterBody) = parse_command(req)?;
     let version = body.version.map(|v| v.0);
     command::idempotency_key(req)?;
-    if version.is_some() {
-        let current = app.store.get(&agent_id).await?;
-        check_version(version, &agent_id, current.map_or(0, |a| a.version))?;
-    }
     command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = RegisterAgent {
             agent_id: agent_id.clone(),
@@ -290,10 +320,16 @@ where
             capacity: body.capacity,
             expected_version: version,
         };
-        let provisional = ProvisionalAgent {
+        let provisional = Precondition {
             store: &app.store,
-            agent: Agent::provisional(&cmd, ids.at),
+            agent_id: agent_id.clone(),
+            expected: version,
             command: ids.command,
+            inner: ProvisionalAgent {
+                store: &app.store,
+                agent: Agent::provisional(&cmd, ids.at),
+                command: ids.command,
+            },
         };
         Accepted {
             location: format!("/agents/{agent_id}/state"),
@@ -321,10 +357,9 @@ where
     let version = body.version.map(|v| v.0);
     // Every input error before the (costlier) existence check.
     command::idempotency_key(req)?;
-    let Some(agent) = app.store.get(&agent_id).await? else {
+    if app.store.get(&agent_id).await?.is_none() {
         return Err(Error::NotFound(format!("no agent {agent_id}")));
-    };
-    check_version(version, &agent_id, agent.version)?;
+    }
     command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = ChangeAgentState {
             agent_id: agent_id.clone(),
@@ -335,7 +370,13 @@ where
             location: format!("/agents/{agent_id}/state"),
             body: json!({ "commandId": ids.command, "agentId": agent_id }),
             command: ids.envelope(correlation_id(req), Payload::ChangeAgentState(cmd)),
-            provisional: NothingProvisional,
+            provisional: Precondition {
+                store: &app.store,
+                agent_id: agent_id.clone(),
+                expected: version,
+                command: ids.command,
+                inner: NothingProvisional,
+            },
         }
     })
     .await

@@ -13,15 +13,18 @@
 //!    never answered as if the command had been accepted.
 //! 2. **completed**: [`Idempotency::complete`] stores the response, only once the command was
 //!    handed off; a retry with the same key and request gets it again ([`Claim::Replay`]).
-//! 3. **released**: [`Idempotency::release`] deletes the claim when the hand-off failed, so the
-//!    client's retry is processed afresh.
+//! 3. **released**: [`Idempotency::release`] abandons the claim at once when the hand-off
+//!    failed: the client's retry is processed, as the same request.
 //!
 //! A claim whose request died (the function was killed between claim and completion) is
-//! abandoned at its `inProgressUntil`: the next request with the key takes it over. When that
-//! request is the same (same fingerprint), it keeps the first claim's time (`claimedAt`), from
-//! which the command's ids are derived (`crate::command`): should the dead request have
-//! handed its command off after all, the retry hands off the *same* command again, which its
-//! worker deduplicates. Every write is conditional on the claim's `token`, so a request never
+//! abandoned at its `inProgressUntil`, a released one at once: the next request with the key
+//! takes it over. When that request is the same (same fingerprint), it keeps the first claim's
+//! time (`claimedAt`), from which the command's ids are derived (`crate::command`): should the
+//! earlier attempt have handed its command off after all (a request that died after sending,
+//! or a send that timed out or lost its answer but went through), the retry hands off the
+//! *same* command again, which its worker deduplicates, and finds the provisional record its
+//! earlier attempt wrote. Deleting a released claim instead would let the retry derive new
+//! ids: two commands for one request. Every write is conditional on the claim's `token`, so a request never
 //! completes or releases a claim that another has taken over.
 //!
 //! Attribute names avoid the tables' index keys (`state`, `agentId`): these records must never
@@ -117,8 +120,9 @@ pub trait Idempotency: Send + Sync {
         response: &StoredResponse,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Deletes the claim `token` (its request could not be handed off). A claim taken over
-    /// meanwhile is left alone.
+    /// Abandons the claim `token` now (its request could not be handed off, or it is unknown
+    /// whether it was), keeping its `claimedAt` for the retry. A claim taken over meanwhile is
+    /// left alone.
     fn release(
         &self,
         scope: &KeyScope,
@@ -325,17 +329,20 @@ impl Idempotency for DynamoIdempotency {
     }
 
     async fn release(&self, scope: &KeyScope, token: Uuid) -> Result<(), Error> {
-        let delete = self
+        let abandon = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .key("pk", s(scope.pk()))
             .key("sk", s(SK))
-            .condition_expression("#token = :token")
+            .update_expression("SET inProgressUntil = :now")
+            .condition_expression("#token = :token AND lifecycle = :in_progress")
             .expression_attribute_names("#token", "token")
-            .expression_attribute_values(":token", s(token.to_string()));
+            .expression_attribute_values(":token", s(token.to_string()))
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .expression_attribute_values(":now", n(0));
         // Not released when another request has taken the key over since: its claim stays.
-        write_if("DeleteItem idempotency", || delete.clone().send()).await?;
+        write_if("UpdateItem idempotency", || abandon.clone().send()).await?;
         Ok(())
     }
 }

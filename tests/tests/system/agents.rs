@@ -1152,3 +1152,50 @@ async fn contended_writes_are_retried_then_answer_503_never_500() {
     let resp = agents_api::handle(&api, request(&match_event("c-contended", &["billing"]))).await;
     assert_eq!(resp.status(), 409, "AWAY now: {}", body_json(&resp));
 }
+
+/// A state change whose hand-off lost its answer (the command reached the queue, the API saw a
+/// timeout and answered `503`) and was then applied: the client's retry with the same key is
+/// the same command, accepted (`202`, the same command id), not refused because the version
+/// moved on, by that very command; and it is applied once.
+#[tokio::test]
+async fn a_retry_after_a_lost_hand_off_answer_is_the_same_command_even_with_a_version() {
+    let env = Env::new().await;
+    let app = api_app(&env);
+    let worker = worker_app(&env, &env.bus());
+    let (status, _, _) = call(&app, register_event("lost-1", "Lou", &["billing"], 2)).await;
+    assert_eq!(status, 202);
+    assert!(drain(&env, &worker).await.is_empty());
+    assert_eq!(get_agent(&app, "lost-1").await.1["version"], 1);
+
+    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
+    let faulty = api_app_on(&env, &sdk);
+    let mut ev = state_event("lost-1", "AVAILABLE", Some(1));
+    ev["headers"]["idempotency-key"] = "lost-key".into();
+    faults.lose_answers("SendMessage", 3);
+    let (status, body, _) = call(&faulty, ev.clone()).await;
+    assert_eq!(status, 503, "the API saw its send time out: {body}");
+    assert!(drain(&env, &worker).await.is_empty());
+    let applied = get_agent(&app, "lost-1").await.1;
+    assert_eq!(
+        (&applied["state"], &applied["version"]),
+        (&json!("AVAILABLE"), &json!(2)),
+        "the send went through and was applied"
+    );
+
+    let (status, retry, _) = call(&app, ev.clone()).await;
+    assert_eq!(status, 202, "the same request, accepted: {retry}");
+    assert!(drain(&env, &worker).await.is_empty());
+    assert_eq!(
+        get_agent(&app, "lost-1").await.1["version"],
+        2,
+        "applied once"
+    );
+    let (status, outcome) = command(&app, "lost-1", &retry["commandId"]).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(
+        (&outcome["status"], &outcome["version"]),
+        (&json!("APPLIED"), &json!(2)),
+        "the lost attempt's command: {outcome}"
+    );
+    assert_eq!(call(&app, ev).await.1, retry, "and replayed from then on");
+}

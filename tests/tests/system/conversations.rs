@@ -1036,8 +1036,9 @@ async fn duplicates_racing_an_unavailable_bus_never_get_a_202_and_exactly_one_is
     assert_eq!(s.env.depth(&queue).await, 0, "nothing handed off");
     assert_eq!(
         s.env.item_count("ConversationsTable").await,
-        0,
-        "no conversation left behind, no key held"
+        1,
+        "no conversation left behind: only the key's record, released (the next request with \
+         the key takes it over, as the same request)"
     );
 
     faults.missing("PutEvents", false);
@@ -1193,4 +1194,35 @@ async fn a_contended_claim_is_retried_then_answers_503() {
     let (status, body, headers) = call(&api, keyed_start("contended-2", "sue")).await;
     assert_eq!(status, 503, "{body}");
     assert!(headers.contains_key("retry-after"));
+}
+
+/// A message whose hand-off lost its answer (`PutEvents` went through, the API saw a timeout
+/// and answered `503`): the client's retry with the same key names the same message, which is
+/// listed and sent once, with no second or phantom message beside it.
+#[tokio::test]
+async fn a_retry_after_a_lost_hand_off_answer_names_the_same_message_sent_once() {
+    let s = system().await;
+    let (status, started, _) = call(&s.api, start_event(&["billing"])).await;
+    assert_eq!(status, 202, "{started}");
+    assert!(s.drain().await.is_empty());
+    let id = started["conversationId"].as_str().unwrap();
+
+    let (faulty, faults) = faulty_api(&s.env).await;
+    let mut ev = message_event(id, "customer", "hello once");
+    ev["headers"]["idempotency-key"] = "lost-1".into();
+    faults.lose_answers("PutEvents", 3);
+    let (status, body, _) = call(&faulty, ev.clone()).await;
+    assert_eq!(status, 503, "the API saw its send time out: {body}");
+    let (status, accepted, _) = call(&s.api, ev.clone()).await;
+    assert_eq!(status, 202, "{accepted}");
+    for _ in 0..2 {
+        assert!(s.drain().await.is_empty());
+    }
+    let (status, page, _) = call(&s.api, list_event(id, &json!({"limit": "50"}))).await;
+    assert_eq!(status, 200, "{page}");
+    let listed = page["items"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "one message: {page}");
+    assert_eq!(listed[0]["messageId"], accepted["messageId"]);
+    assert_eq!(listed[0]["status"], "SENT");
+    assert_eq!(call(&s.api, ev).await.1, accepted, "replayed from then on");
 }

@@ -1043,3 +1043,36 @@ async fn a_trader_sees_and_trades_only_their_own_accounts() {
         "refused orders write nothing"
     );
 }
+
+/// A trade whose hand-off lost its answer (the command reached the queue, the API saw a timeout
+/// and answered `503`): the client's retry with the same key names the same trade, which is
+/// executed once.
+#[tokio::test]
+async fn a_retry_after_a_lost_hand_off_answer_names_the_same_trade_executed_once() {
+    let env = Env::new().await;
+    let mut a = apps(&env, &env.bus());
+    let (sdk, faults) = system_tests::faults::faulty_sdk(system_tests::endpoint()).await;
+    let correct = std::mem::replace(
+        &mut a.trades,
+        trades_api::init(&sdk, &env.vars("TradesApiFunction")).unwrap(),
+    );
+    let ev = trade(
+        order("acc-q1", "BUY", json!(10), json!("2")),
+        Some("lost-1"),
+    );
+    faults.lose_answers("SendMessage", 3);
+    let (status, body, _) = call(&a, ev.clone()).await;
+    assert_eq!(status, 503, "the API saw its send time out: {body}");
+    a.trades = correct;
+    let (status, accepted, _) = call(&a, ev.clone()).await;
+    assert_eq!(status, 202, "{accepted}");
+    settle(&env, &a).await;
+    let id = accepted["tradeId"].as_str().unwrap();
+    assert_eq!(get_trade(&a, id).await["status"], "EXECUTED");
+    assert_eq!(
+        position(&a, "acc-q1", "ACME").await["quantity"],
+        "10",
+        "executed once"
+    );
+    assert_eq!(call(&a, ev).await.1, accepted, "replayed from then on");
+}
