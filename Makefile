@@ -11,10 +11,11 @@ export CARGO_TERM_COLOR ?= never
 dev: tools
 	cargo run -p local --bin local -- dev $(ARGS)
 
-## Everything CI checks: lint, unit tests, emulator tests, the API fuzz.
+## Everything CI checks: lint, unit tests, emulator tests, the API fuzz, a 60 s soak with faults.
 test: tools lint
 	cargo test --workspace --no-fail-fast
 	$(MAKE) fuzz
+	$(MAKE) soak SOAK_SEED=1206
 
 ## Fuzzes the HTTP API (schemathesis, driven by openapi.yaml) against a real `local dev`:
 ## 0 server errors, 0 responses that break the spec. FUZZ_EXAMPLES cases per operation.

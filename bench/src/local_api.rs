@@ -151,18 +151,30 @@ impl LocalDev {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, String> {
+        let mut req = self.build(method, path, body.unwrap_or_default(), headers)?;
+        let authorization =
+            http::HeaderValue::from_str(&self.authorization).map_err(|e| e.to_string())?;
+        req.headers_mut().insert("authorization", authorization);
+        self.answer(req).await
+    }
+
+    /// A JSON request to `path` with `headers`.
+    fn build(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Request<Full<Bytes>>, String> {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .header("authorization", &self.authorization);
+            .header("content-type", "application/json");
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))
-            .map_err(|e| e.to_string())?;
-        self.answer(req).await
+        req.body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| e.to_string())
     }
 
     /// Sends a request to an `AWS_IAM` route, signed with SigV4 by the credentials `local dev`
@@ -185,16 +197,7 @@ impl LocalDev {
         body: &str,
         headers: &[(&str, &str)],
     ) -> Result<Answer, String> {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let mut req = req
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .map_err(|e| e.to_string())?;
+        let mut req = self.build(method, path, body, headers)?;
         let credentials = local::runtime::FunctionCredentials::from_env();
         local::auth::sigv4::sign_request(&mut req, body.as_bytes(), &credentials, &region())?;
         self.answer(req).await

@@ -353,6 +353,31 @@ mod tests {
         ticks / 100.0
     }
 
+    /// A FIFO queue `name` (content-based deduplication) holding `bodies` in one group, in order.
+    async fn fifo_queue(sqs: &aws_sdk_sqs::Client, name: &str, bodies: &[&str]) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let queue = sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        for body in bodies {
+            sqs.send_message()
+                .queue_url(&queue)
+                .message_body(*body)
+                .message_group_id("g")
+                .send()
+                .await
+                .unwrap();
+        }
+        queue
+    }
+
     /// moto's long poll spins on a FIFO queue whose visible messages all belong to a group in
     /// flight (a core for the whole wait); the launcher makes it sleep until a delete releases
     /// the group.
@@ -361,28 +386,7 @@ mod tests {
         let emulator = spawn_on_free_port().expect("moto starts");
         let pid = emulator.guard.pid().expect("started here");
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
-        let queue = sqs
-            .create_queue()
-            .queue_name("spin.fifo")
-            .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::ContentBasedDeduplication,
-                "true",
-            )
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        for body in ["first", "second"] {
-            sqs.send_message()
-                .queue_url(&queue)
-                .message_body(body)
-                .message_group_id("g")
-                .send()
-                .await
-                .unwrap();
-        }
+        let queue = fifo_queue(&sqs, "spin.fifo", &["first", "second"]).await;
         let first = sqs
             .receive_message()
             .queue_url(&queue)
@@ -673,28 +677,10 @@ mod tests {
     /// hands them out in order again: moto alone hands out the second first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retried_fifo_group_is_handed_out_in_order_again() {
-        use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttributeName};
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
         let emulator = spawn_on_free_port().expect("moto starts");
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
-        let queue = sqs
-            .create_queue()
-            .queue_name("order.fifo")
-            .attributes(QueueAttributeName::FifoQueue, "true")
-            .attributes(QueueAttributeName::ContentBasedDeduplication, "true")
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        for body in ["m0", "m1", "m2"] {
-            sqs.send_message()
-                .queue_url(&queue)
-                .message_body(body)
-                .message_group_id("g")
-                .send()
-                .await
-                .unwrap();
-        }
+        let queue = fifo_queue(&sqs, "order.fifo", &["m0", "m1", "m2"]).await;
         let batch = sqs
             .receive_message()
             .queue_url(&queue)

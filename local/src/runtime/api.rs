@@ -66,8 +66,9 @@ async fn next(State(state): State<Arc<ApiState>>) -> Response {
     let _ = state.events.send(Event::Next);
     let invocation = state.invocations.lock().await.recv().await;
     let Some(inv) = invocation else {
-        // The instance is being torn down.
-        return StatusCode::GONE.into_response();
+        // The instance is being torn down: its process is killed while it waits, as Lambda
+        // ends a sandbox. Any answer would reach the runtime first and make it panic.
+        return std::future::pending().await;
     };
     let mut headers = HeaderMap::new();
     let mut set = |name: &'static str, value: &str| {
