@@ -23,7 +23,10 @@
    batch retried): it notices them one by one in queue order, so the first is skipped (its
    group still looks in flight because of the second), the second is released and handed out
    first. Here every FIFO message whose visibility timeout ended is released before the receive
-   looks at the queue, so the group's first message comes first.
+   looks at the queue, so the group's first message comes first. And moto lets a consumer change
+   the visibility of a message that is no longer in flight (its timeout ran out, or another
+   consumer received it since): the message turns invisible without being in flight, and the
+   rest of its FIFO group overtakes it. SQS refuses that (`MessageNotInflight`); so does this.
 5. moto's TransactWriteItems deep-copies every table it touches before it starts, to roll back
    on failure: each transaction costs time in proportion to everything stored, so the stack slows
    down as it is used (under a burst, most of the emulator's time went there). Here the
@@ -63,6 +66,7 @@ try:
     from moto.dynamodb.responses import DynamoResult
     from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+    from moto.sqs.exceptions import ReceiptHandleIsInvalid, SQSException
     from moto.sqs.models import Queue, SQSBackend
 except ImportError:
     sys.stderr.write("moto is not installed: pip install 'moto[server]'\n")
@@ -129,6 +133,31 @@ def _delete_and_wake(self, receipt_handle):
 
 
 SQSBackend.receive_message = _long_poll
+
+
+class _MessageNotInflight(ReceiptHandleIsInvalid):
+    # A ReceiptHandleIsInvalid to moto's batch call, which fails that entry alone.
+    def __init__(self):
+        SQSException.__init__(
+            self,
+            "AWS.SimpleQueueService.MessageNotInflight",
+            "The message referred to isn't in flight.",
+        )
+
+
+_change_visibility = SQSBackend.change_message_visibility
+
+
+def _change_visibility_in_flight(self, queue_name, receipt_handle, visibility_timeout):
+    for message in self.get_queue(queue_name)._messages:
+        if message.had_receipt_handle(receipt_handle):
+            if message.visible or message.receipt_handle != receipt_handle:
+                raise _MessageNotInflight()
+            break
+    return _change_visibility(self, queue_name, receipt_handle, visibility_timeout)
+
+
+SQSBackend.change_message_visibility = _change_visibility_in_flight
 Queue.delete_message = _delete_and_wake
 
 _transact = DynamoDBBackend.transact_write_items

@@ -719,4 +719,44 @@ mod tests {
         let bodies: Vec<&str> = next.messages().iter().filter_map(|m| m.body()).collect();
         assert_eq!(bodies, ["m0"], "the group's first message first");
     }
+
+    /// A consumer that outlived its visibility timeout cannot hide the message again (SQS:
+    /// `MessageNotInflight`), so the rest of its FIFO group cannot overtake it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_no_longer_in_flight_keeps_its_place_in_its_group() {
+        let emulator = spawn_on_free_port().expect("moto starts");
+        let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
+        let queue = fifo_queue(&sqs, "late.fifo", &["m0", "m1"]).await;
+        let first = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .send()
+            .await
+            .unwrap();
+        let handle = first.messages()[0].receipt_handle().unwrap().to_owned();
+        let visibility = |seconds| {
+            sqs.change_message_visibility()
+                .queue_url(&queue)
+                .receipt_handle(&handle)
+                .visibility_timeout(seconds)
+                .send()
+        };
+        visibility(0)
+            .await
+            .expect("in flight: its timeout can end now");
+        let late = visibility(30).await.expect_err("no longer in flight");
+        assert!(
+            format!("{late:?}").contains("MessageNotInflight"),
+            "{late:?}"
+        );
+        let next = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        let bodies: Vec<&str> = next.messages().iter().filter_map(|m| m.body()).collect();
+        assert_eq!(bodies, ["m0", "m1"]);
+    }
 }
