@@ -58,9 +58,10 @@ bench-quick: tools
 	cargo build --release --workspace --bins
 	$${CARGO_TARGET_DIR:-target}/release/bench --quick --out $${CARGO_TARGET_DIR:-target}/bench-quick >/dev/null
 
-## Bursts through `local dev --release` with its own emulator: 120 commands from 16 and from 64
-## clients, 40 concurrent matches, command → applied; prints p50/p99, refusals and what was
-## applied (target/load/LOAD.md); exits non-zero when a target of docs/ARCHITECTURE.md is missed.
+## Bursts through `local dev --release` on its own emulator (one process, then DynamoDB on a second):
+## 120 commands from 16 and from 64 clients, 40 concurrent matches, command → applied; prints p50/p99,
+## refusals and what was applied beside the targets of docs/ARCHITECTURE.md (target/load/LOAD.md);
+## exits non-zero when a request is refused or an accepted command never applied.
 load: tools
 	cargo build --release --workspace --bins
 	$${CARGO_TARGET_DIR:-target}/release/bench --load $(if $(CLIENTS),--clients $(CLIENTS))

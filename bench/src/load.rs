@@ -273,8 +273,9 @@ fn table(load: &Load) -> String {
     md
 }
 
-/// True when a target is missed: a refusal, an accepted command never applied, a match that
-/// was not `200`.
+/// True when a burst target is missed: a refusal, an accepted command never applied, a match
+/// that was not `200` (the latency targets are reported beside the figures, not enforced: they
+/// depend on the machine).
 pub fn missed(load: &Load) -> bool {
     load.bursts
         .iter()

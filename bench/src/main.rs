@@ -361,8 +361,8 @@ async fn local_latency(
 }
 
 /// `make load` (`bench --load [--clients 16,64]`): the load scenarios through `local dev
-/// --release` with an emulator of its own; prints the table and writes it to
-/// `target/load/LOAD.md`. `Ok(false)` when a target is missed.
+/// --release`, on an emulator of its own and then with DynamoDB on a second one; prints the table and writes it to
+/// `target/load/LOAD.md`. `Ok(false)` when a burst target is missed ([`load::missed`]).
 async fn load_run(root: &std::path::Path, clients: &[usize]) -> Result<bool, String> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
