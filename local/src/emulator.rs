@@ -378,6 +378,22 @@ mod tests {
         queue
     }
 
+    /// One receive of up to `max` messages, no wait.
+    async fn receive(
+        sqs: &aws_sdk_sqs::Client,
+        queue: &str,
+        max: i32,
+    ) -> Vec<aws_sdk_sqs::types::Message> {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(max)
+            .send()
+            .await
+            .unwrap();
+        out.messages.unwrap_or_default()
+    }
+
     /// moto's long poll spins on a FIFO queue whose visible messages all belong to a group in
     /// flight (a core for the whole wait); the launcher makes it sleep until a delete releases
     /// the group.
@@ -387,13 +403,7 @@ mod tests {
         let pid = emulator.guard.pid().expect("started here");
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
         let queue = fifo_queue(&sqs, "spin.fifo", &["first", "second"]).await;
-        let first = sqs
-            .receive_message()
-            .queue_url(&queue)
-            .send()
-            .await
-            .unwrap();
-        let first = &first.messages()[0];
+        let first = receive(&sqs, &queue, 1).await.remove(0);
         assert_eq!(first.body(), Some("first"));
 
         let poll = {
@@ -681,16 +691,9 @@ mod tests {
         let emulator = spawn_on_free_port().expect("moto starts");
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
         let queue = fifo_queue(&sqs, "order.fifo", &["m0", "m1", "m2"]).await;
-        let batch = sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(2)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(batch.messages().len(), 2);
+        let batch = receive(&sqs, &queue, 2).await;
+        assert_eq!(batch.len(), 2);
         let retry = batch
-            .messages()
             .iter()
             .enumerate()
             .map(|(i, m)| {
@@ -709,14 +712,8 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1_200)).await;
-        let next = sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(1)
-            .send()
-            .await
-            .unwrap();
-        let bodies: Vec<&str> = next.messages().iter().filter_map(|m| m.body()).collect();
+        let next = receive(&sqs, &queue, 1).await;
+        let bodies: Vec<&str> = next.iter().filter_map(|m| m.body()).collect();
         assert_eq!(bodies, ["m0"], "the group's first message first");
     }
 
@@ -727,13 +724,8 @@ mod tests {
         let emulator = spawn_on_free_port().expect("moto starts");
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
         let queue = fifo_queue(&sqs, "late.fifo", &["m0", "m1"]).await;
-        let first = sqs
-            .receive_message()
-            .queue_url(&queue)
-            .send()
-            .await
-            .unwrap();
-        let handle = first.messages()[0].receipt_handle().unwrap().to_owned();
+        let first = receive(&sqs, &queue, 1).await;
+        let handle = first[0].receipt_handle().unwrap().to_owned();
         let visibility = |seconds| {
             sqs.change_message_visibility()
                 .queue_url(&queue)
@@ -749,14 +741,8 @@ mod tests {
             format!("{late:?}").contains("MessageNotInflight"),
             "{late:?}"
         );
-        let next = sqs
-            .receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        let bodies: Vec<&str> = next.messages().iter().filter_map(|m| m.body()).collect();
+        let next = receive(&sqs, &queue, 10).await;
+        let bodies: Vec<&str> = next.iter().filter_map(|m| m.body()).collect();
         assert_eq!(bodies, ["m0", "m1"]);
     }
 }

@@ -69,11 +69,12 @@ pub type AwsApp = App<DynamoAgentStore, SqsFifoQueue, EventBridgeBus, DynamoIdem
 /// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`, `AGENTS_COMMAND_QUEUE_URL`.
 pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
     let queue_url = vars.var("AGENTS_COMMAND_QUEUE_URL")?;
+    let (store, idempotency) = shared::store::open_two(sdk, vars)?;
     Ok(App {
-        store: shared::store::open(sdk, vars)?,
+        store,
         commands: SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), queue_url),
         bus: EventBridgeBus::open(sdk, vars)?,
-        idempotency: shared::store::open(sdk, vars)?,
+        idempotency,
     })
 }
 

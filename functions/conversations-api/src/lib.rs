@@ -48,10 +48,7 @@ pub type AwsApp = App<DynamoConversationStore, EventBridgeBus, DynamoIdempotency
 /// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME` (commands go to the bus).
 pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
     let commands = EventBridgeBus::open(sdk, vars)?;
-    let (store, idempotency) = (
-        shared::store::open(sdk, vars)?,
-        shared::store::open(sdk, vars)?,
-    );
+    let (store, idempotency) = shared::store::open_two(sdk, vars)?;
     Ok(App {
         store,
         commands,

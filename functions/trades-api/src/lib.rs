@@ -52,10 +52,7 @@ pub type AwsApp = App<DynamoTradeStore, SqsFifoQueue, DynamoIdempotency>;
 /// Builds the function from the template's environment: `TABLE_NAME`, `TRADES_QUEUE_URL`.
 pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
     let queue = SqsFifoQueue::new(aws_sdk_sqs::Client::new(sdk), vars.var("TRADES_QUEUE_URL")?);
-    let (store, idempotency) = (
-        shared::store::open(sdk, vars)?,
-        shared::store::open(sdk, vars)?,
-    );
+    let (store, idempotency) = shared::store::open_two(sdk, vars)?;
     Ok(App {
         store,
         queue,

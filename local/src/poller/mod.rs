@@ -184,8 +184,9 @@ async fn receive(source: &Source, max: usize, wait_secs: i32) -> Result<Vec<Mess
 /// Invokes the function with the batch and settles each message.
 async fn process(source: &Source, mut messages: Vec<Message>) {
     let b = &source.binding;
-    let what = format!("{} batch of {}", b.function, messages.len());
+    let mut dup = false;
     if let Some(chaos) = &source.chaos {
+        let what = format!("{} batch of {}", b.function, messages.len());
         if !b.queue_url.ends_with(".fifo") && chaos.inject(Fault::Reorder, &what) {
             chaos.shuffle(&mut messages);
         }
@@ -195,19 +196,18 @@ async fn process(source: &Source, mut messages: Vec<Message>) {
             let delay = chaos.between(Duration::from_millis(200), Duration::from_secs(1));
             tokio::time::sleep(delay).await;
         }
+        dup = chaos.inject(Fault::Dup, &what);
     }
     let event = sqs_event(&messages, &b.queue_arn, &b.region);
     let ids: Vec<String> = messages
         .iter()
         .filter_map(|m| m.message_id().map(str::to_string))
         .collect();
-    let outcome = source.runtime.invoke(&b.function, event.clone()).await;
+    // The event is cloned only for a duplicate hand-over (`dup`), never on the common path.
+    let again = dup.then(|| event.clone());
+    let outcome = source.runtime.invoke(&b.function, event).await;
     let mut failed = failed_ids(&outcome, &ids, b.report_batch_item_failures);
-    if source
-        .chaos
-        .as_ref()
-        .is_some_and(|c| c.inject(Fault::Dup, &what))
-    {
+    if let Some(event) = again {
         let again = source.runtime.invoke(&b.function, event).await;
         failed.extend(failed_ids(&again, &ids, b.report_batch_item_failures));
     }

@@ -65,6 +65,17 @@ pub fn open<T: Table>(
     ))
 }
 
+/// Opens two stores of the same table (e.g. a service's store and its `Idempotency-Key`
+/// records) on one DynamoDB client: [`open`] twice would build the client twice per cold start.
+pub fn open_two<A: Table, B: Table>(
+    sdk: &aws_config::SdkConfig,
+    vars: &crate::config::Vars,
+) -> Result<(A, B), crate::config::MissingVar> {
+    let table = vars.var("TABLE_NAME")?;
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    Ok((A::new(client.clone(), table.clone()), B::new(client, table)))
+}
+
 /// How many times [`read_decide_write`] reads, decides and writes before giving up.
 pub const WRITE_ATTEMPTS: u32 = 5;
 
