@@ -91,6 +91,47 @@ impl Provisional for NothingProvisional {
     }
 }
 
+/// What checking a [`Precondition`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// It holds: write the provisional record and send the command.
+    Holds,
+    /// This request's command was applied already (an earlier attempt handed it off and lost
+    /// the answer): nothing to write or send, the command is accepted.
+    Applied,
+}
+
+/// A condition on the aggregate as it is now ("the conversation is open", "the agent is at
+/// version 3"), checked in the hand-off: after the `Idempotency-Key` claim, so with the
+/// request's derived ids, before anything is written. Checked anywhere earlier, the retry of a
+/// request whose command was applied while its answer was lost would be refused by the very
+/// state that command (or a later one) brought about; checked here, it first looks for its
+/// own command and is accepted. Errors are the refusal (`409`, `412`): nothing was written and
+/// the claim is released, so a retry checks again.
+pub trait Precondition: Send + Sync {
+    fn check(&self) -> impl Future<Output = Result<Checked, Error>> + Send;
+}
+
+/// A provisional record (or [`NothingProvisional`]) written only when `precondition` holds:
+/// the one way a command route refuses on current state.
+pub struct Guarded<C, P> {
+    pub precondition: C,
+    pub record: P,
+}
+
+impl<C: Precondition, P: Provisional> Provisional for Guarded<C, P> {
+    async fn write(&self) -> Result<Provisioned, Error> {
+        match self.precondition.check().await? {
+            Checked::Holds => self.record.write().await,
+            Checked::Applied => Ok(Provisioned::Applied),
+        }
+    }
+
+    async fn undo(&self) -> Result<Compensated, Error> {
+        self.record.undo().await
+    }
+}
+
 /// The ids of an accepted command and of what it creates, and the time it was accepted.
 ///
 /// Without an `Idempotency-Key` they are fresh. With one, they are derived from the key's

@@ -30,7 +30,8 @@ use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
     command::{
-        self, Accepted, CommandTransport, Compensated, NothingProvisional, Provisional, Provisioned,
+        self, Accepted, Checked, CommandTransport, Compensated, Guarded, NothingProvisional,
+        Provisional, Provisioned,
     },
     domain::{
         Whole,
@@ -231,37 +232,32 @@ fn check_version(expected: Option<u64>, agent: &AgentId, actual: u64) -> Result<
     }
 }
 
-/// A command's `version` precondition, checked in the hand-off (after the `Idempotency-Key`
-/// claim, so with the request's derived command id): the retry of a request whose command was
-/// applied (its answer lost, a timeout) finds that command processed and is accepted, instead
-/// of being refused because the version moved on, by that very command. Without a `version`,
-/// `inner` alone.
-struct Precondition<'a, S, P> {
+/// A command's `version` precondition ([`command::Precondition`]: checked after the
+/// `Idempotency-Key` claim, with the request's derived command id, so the retry of a request
+/// whose command was applied finds that command rather than the version it moved on). Holds
+/// without a `version`.
+struct AtVersion<'a, S> {
     store: &'a S,
     agent_id: AgentId,
     expected: Option<u64>,
     command: Uuid,
-    inner: P,
 }
 
-impl<S: AgentStore, P: Provisional> Provisional for Precondition<'_, S, P> {
-    async fn write(&self) -> Result<Provisioned, Error> {
-        if self.expected.is_some() {
-            if self.store.processed(self.command).await?.is_some() {
-                return Ok(Provisioned::Applied);
-            }
-            let current = self.store.get(&self.agent_id).await?;
-            check_version(
-                self.expected,
-                &self.agent_id,
-                current.map_or(0, |a| a.version),
-            )?;
+impl<S: AgentStore> command::Precondition for AtVersion<'_, S> {
+    async fn check(&self) -> Result<Checked, Error> {
+        if self.expected.is_none() {
+            return Ok(Checked::Holds);
         }
-        self.inner.write().await
-    }
-
-    async fn undo(&self) -> Result<Compensated, Error> {
-        self.inner.undo().await
+        if self.store.processed(self.command).await?.is_some() {
+            return Ok(Checked::Applied);
+        }
+        let current = self.store.get(&self.agent_id).await?;
+        check_version(
+            self.expected,
+            &self.agent_id,
+            current.map_or(0, |a| a.version),
+        )?;
+        Ok(Checked::Holds)
     }
 }
 
@@ -321,12 +317,14 @@ where
             capacity: body.capacity,
             expected_version: version,
         };
-        let provisional = Precondition {
-            store: &app.store,
-            agent_id: agent_id.clone(),
-            expected: version,
-            command: ids.command,
-            inner: ProvisionalAgent {
+        let provisional = Guarded {
+            precondition: AtVersion {
+                store: &app.store,
+                agent_id: agent_id.clone(),
+                expected: version,
+                command: ids.command,
+            },
+            record: ProvisionalAgent {
                 store: &app.store,
                 agent: Agent::provisional(&cmd, ids.at),
                 command: ids.command,
@@ -371,12 +369,14 @@ where
             location: format!("/agents/{agent_id}/state"),
             body: json!({ "commandId": ids.command, "agentId": agent_id }),
             command: ids.envelope(correlation_id(req), Payload::ChangeAgentState(cmd)),
-            provisional: Precondition {
-                store: &app.store,
-                agent_id: agent_id.clone(),
-                expected: version,
-                command: ids.command,
-                inner: NothingProvisional,
+            provisional: Guarded {
+                precondition: AtVersion {
+                    store: &app.store,
+                    agent_id: agent_id.clone(),
+                    expected: version,
+                    command: ids.command,
+                },
+                record: NothingProvisional,
             },
         }
     })

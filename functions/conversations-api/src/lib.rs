@@ -16,7 +16,8 @@ use shared::{
     Error,
     bus::EventBridgeBus,
     command::{
-        self, Accepted, CommandTransport, Compensated, NothingProvisional, Provisional, Provisioned,
+        self, Accepted, Checked, CommandTransport, Compensated, Guarded, NothingProvisional,
+        Precondition, Provisional, Provisioned,
     },
     domain::{
         agents::Skills,
@@ -210,6 +211,61 @@ impl<S: ConversationStore> Provisional for ProvisionalItem<'_, S> {
     }
 }
 
+/// A message is accepted only into an open conversation ([`Precondition`]: checked after the
+/// `Idempotency-Key` claim). The message, under the request's derived id, already there means
+/// an earlier attempt of this request was accepted while the conversation was open: the
+/// request is that attempt's, accepted again whatever the conversation's status now (its
+/// worker rejects it if the close came first).
+struct Open<'a, S> {
+    store: &'a S,
+    conversation_id: ConversationId,
+    message_id: MessageId,
+}
+
+impl<S: ConversationStore> Precondition for Open<'_, S> {
+    async fn check(&self) -> Result<Checked, Error> {
+        let id = &self.conversation_id;
+        if self.store.message(id, &self.message_id).await?.is_some() {
+            return Ok(Checked::Holds);
+        }
+        match self.store.get(id).await? {
+            Some(c) if c.status == ConversationStatus::Closed => {
+                Err(Error::Conflict(format!("conversation {id} is closed")))
+            }
+            _ => Ok(Checked::Holds),
+        }
+    }
+}
+
+/// A receipt is refused for a rejected message ([`Precondition`]: checked after the
+/// `Idempotency-Key` claim), unless this request's own receipt was applied already (its
+/// answer lost): then it is accepted again.
+struct NotRejected<'a, S> {
+    store: &'a S,
+    conversation_id: ConversationId,
+    message_id: MessageId,
+    command: uuid::Uuid,
+}
+
+impl<S: ConversationStore> Precondition for NotRejected<'_, S> {
+    async fn check(&self) -> Result<Checked, Error> {
+        if self.store.processed(self.command).await?.is_some() {
+            return Ok(Checked::Applied);
+        }
+        let message = self
+            .store
+            .message(&self.conversation_id, &self.message_id)
+            .await?;
+        if message.is_some_and(|m| m.status == MessageStatus::Rejected) {
+            return Err(Error::Conflict(format!(
+                "message {} was rejected",
+                self.message_id
+            )));
+        }
+        Ok(Checked::Holds)
+    }
+}
+
 async fn start<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: &Request,
@@ -245,9 +301,7 @@ async fn send<S: ConversationStore, B: CommandTransport, I: Idempotency>(
 ) -> Result<Response<Body>, Error> {
     let (request, body): (Value, MessageBody) = parse_command(req)?;
     command::idempotency_key(req)?;
-    if conversation(&app.store, &id).await?.status == ConversationStatus::Closed {
-        return Err(Error::Conflict(format!("conversation {id} is closed")));
-    }
+    conversation(&app.store, &id).await?;
     command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = SendMessage {
             conversation_id: id.clone(),
@@ -259,7 +313,14 @@ async fn send<S: ConversationStore, B: CommandTransport, I: Idempotency>(
             accepted_at: ids.at,
         };
         let message_id = cmd.message_id.clone();
-        let provisional = ProvisionalItem::ChatMessage(&app.store, ChatMessage::accept(&cmd));
+        let provisional = Guarded {
+            precondition: Open {
+                store: &app.store,
+                conversation_id: id.clone(),
+                message_id: message_id.clone(),
+            },
+            record: ProvisionalItem::ChatMessage(&app.store, ChatMessage::accept(&cmd)),
+        };
         Accepted {
             location: format!("/conversations/{id}/messages/{message_id}"),
             body: json!({
@@ -281,13 +342,8 @@ async fn receipt<S: ConversationStore, B: CommandTransport, I: Idempotency>(
 ) -> Result<Response<Body>, Error> {
     let (request, body): (Value, ReceiptBody) = parse_command(req)?;
     command::idempotency_key(req)?;
-    let Some(message) = app.store.message(&id, &message_id).await? else {
+    if app.store.message(&id, &message_id).await?.is_none() {
         return Err(Error::NotFound(format!("no message {message_id} in {id}")));
-    };
-    if message.status == MessageStatus::Rejected {
-        return Err(Error::Conflict(format!(
-            "message {message_id} was rejected"
-        )));
     }
     command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
         let cmd = RecordReceipt {
@@ -299,7 +355,15 @@ async fn receipt<S: ConversationStore, B: CommandTransport, I: Idempotency>(
             location: format!("/conversations/{id}/messages/{message_id}"),
             body: json!({ "conversationId": id, "messageId": message_id, "commandId": ids.command }),
             command: ids.envelope(correlation_id(req), Payload::RecordReceipt(cmd)),
-            provisional: NothingProvisional,
+            provisional: Guarded {
+                precondition: NotRejected {
+                    store: &app.store,
+                    conversation_id: id.clone(),
+                    message_id: message_id.clone(),
+                    command: ids.command,
+                },
+                record: NothingProvisional,
+            },
         }
     })
     .await

@@ -1226,3 +1226,100 @@ async fn a_retry_after_a_lost_hand_off_answer_names_the_same_message_sent_once()
     assert_eq!(listed[0]["status"], "SENT");
     assert_eq!(call(&s.api, ev).await.1, accepted, "replayed from then on");
 }
+
+/// The same kind of fault as above, with a refusal on current state in the way: a message
+/// whose hand-off lost its answer was applied (SENT), then the conversation was closed. The
+/// client's retry is the same request, so it gets the same answer (`202`, the same message),
+/// not the `409` "closed" that a new message gets; nothing is sent twice.
+#[tokio::test]
+async fn a_retry_of_a_lost_answer_message_is_accepted_after_the_conversation_closed() {
+    let s = system().await;
+    let id = s.start(&[]).await;
+    assert!(s.drain().await.is_empty());
+
+    let (faulty, faults) = faulty_api(&s.env).await;
+    let mut ev = message_event(&id, "customer", "before the close");
+    ev["headers"]["idempotency-key"] = "lost-before-close".into();
+    faults.lose_answers("PutEvents", 3);
+    let (status, body, _) = call(&faulty, ev.clone()).await;
+    assert_eq!(status, 503, "the API saw its send time out: {body}");
+    s.close(&id).await;
+    for _ in 0..2 {
+        assert!(s.drain().await.is_empty());
+    }
+    assert_eq!(s.conversation(&id).await["status"], "CLOSED");
+    let (status, refused, _) = call(&s.api, message_event(&id, "customer", "new")).await;
+    assert_eq!(status, 409, "a new message is refused: {refused}");
+
+    let (status, accepted, _) = call(&s.api, ev.clone()).await;
+    assert_eq!(
+        status, 202,
+        "the retry is the lost attempt's message: {accepted}"
+    );
+    assert!(s.drain().await.is_empty());
+    let (_, page, _) = call(&s.api, list_event(&id, &json!({"limit": "50"}))).await;
+    let listed = page["items"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "one message: {page}");
+    assert_eq!(listed[0]["messageId"], accepted["messageId"]);
+    assert_eq!(listed[0]["status"], "SENT", "sent before the close, once");
+    assert_eq!(call(&s.api, ev).await.1, accepted, "replayed from then on");
+}
+
+/// And for a receipt: accepted while its message was still ACCEPTED, its answer lost, applied
+/// (as nothing) after the message was rejected by a close that overtook it. The retry is
+/// accepted (`202`), its command found processed and not sent again; a new receipt for the
+/// rejected message is still a `409`.
+#[tokio::test]
+async fn a_retry_of_a_lost_answer_receipt_is_accepted_after_its_message_was_rejected() {
+    let s = system().await;
+    let id = s.start(&[]).await;
+    assert!(s.drain().await.is_empty());
+    let late = s.send(&id, "customer", "wait!").await;
+    s.close(&id).await;
+    let (faulty, faults) = faulty_api(&s.env).await;
+    let mut ev = receipt_event(&id, &late, "DELIVERED");
+    ev["headers"]["idempotency-key"] = "lost-receipt".into();
+    faults.lose_answers("PutEvents", 3);
+    let (status, body, _) = call(&faulty, ev.clone()).await;
+    assert_eq!(status, 503, "the API saw its send time out: {body}");
+
+    // The close first, then the message (rejected), then the receipt (changes nothing).
+    let url = s.env.queue_url("ConversationsQueue");
+    let mut msgs = s.env.receive(&url, 30).await;
+    // The receipt is there once per attempt that went through, all under one command id.
+    let kinds: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            body["detail-type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(
+        kinds.len() >= 3
+            && kinds[..2] == ["SendMessage", "CloseConversation"]
+            && kinds[2..].iter().all(|k| k == "RecordReceipt"),
+        "message, close, receipt: {kinds:?}"
+    );
+    msgs.swap(0, 1);
+    let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    s.env.delete(&url, &msgs).await;
+    assert_eq!(s.message(&id, &late).await["status"], "REJECTED");
+    assert!(s.drain().await.is_empty(), "the close's reactions");
+    assert_eq!(s.env.depth(&url).await, 0, "all handled");
+    let (status, p, _) = call(&s.api, receipt_event(&id, &late, "READ")).await;
+    assert_eq!(status, 409, "a new receipt is refused: {p}");
+
+    let (status, accepted, _) = call(&s.api, ev.clone()).await;
+    assert_eq!(
+        status, 202,
+        "the retry is the lost attempt's receipt: {accepted}"
+    );
+    assert_eq!(
+        s.env.depth(&url).await,
+        0,
+        "its command was applied already: nothing sent again"
+    );
+    assert_eq!(s.message(&id, &late).await["status"], "REJECTED");
+    assert_eq!(call(&s.api, ev).await.1, accepted, "replayed from then on");
+}
