@@ -5,7 +5,7 @@ export AWS_ACCESS_KEY_ID ?= test
 export AWS_SECRET_ACCESS_KEY ?= test
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick load soak token
+.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick load soak token diagram
 
 ## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
 dev: tools
@@ -22,10 +22,12 @@ test: tools lint
 fuzz: tools
 	bash scripts/fuzz-api.sh
 
-## Python tools the tests and the local stack use (moto server, cfn-lint), installed when missing.
+## Tools the tests and the local stack use, installed when missing: moto server and cfn-lint (PyPI),
+## Debian's chromium and chromedriver (the dashboard's browser test; apt-get, as root or through sudo).
 tools:
 	@python3 -c 'import moto.server, flask, jsonpath_ng' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
 	@command -v cfn-lint >/dev/null 2>&1 || python3 -m pip install --quiet cfn-lint
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || bash scripts/apt-install.sh chromium chromium-driver
 
 lint:
 	cargo fmt --all -- --check
@@ -80,6 +82,14 @@ soak: tools
 token:
 	@test -n "$(ROLE)" || { echo 'usage: make token ROLE=agent|supervisor|trader|operator [ACCOUNTS="ACC-1 ACC-2"] [SUB=...] [TTL=seconds]' >&2; exit 2; }
 	@cargo run -q -p local --bin local -- token --role "$(ROLE)" $(if $(ACCOUNTS),--accounts "$(ACCOUNTS)") $(if $(SUB),--sub "$(SUB)") $(if $(TTL),--ttl "$(TTL)")
+
+## Draws template.yaml's wiring (routes, functions, tables, bus, rules, queues, DLQs, alarms) as
+## docs/wiring.dot and docs/wiring.svg (installs graphviz when `dot` is missing); commit both:
+## the unit test diagram::tests::checked_in_diagram_is_current fails while they are stale.
+diagram:
+	@command -v dot >/dev/null || bash scripts/apt-install.sh graphviz
+	cargo run -q -p local --bin local -- diagram > docs/wiring.dot.tmp && mv docs/wiring.dot.tmp docs/wiring.dot
+	dot -Tsvg docs/wiring.dot -o docs/wiring.svg
 
 ## Moves a DLQ's messages back to its source (`make redrive QUEUE=agents [LIMIT=10]`), through
 ## `POST /ops/dlq/$(QUEUE)/redrive` of a running `make dev` (with an operator's dev token);

@@ -87,6 +87,34 @@ pub struct SqsSource {
     pub report_batch_item_failures: bool,
 }
 
+/// Which EventBridge service runs a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleKind {
+    /// `Type: Schedule`: an EventBridge rule; the function gets a Scheduled Event.
+    Rule,
+    /// `Type: ScheduleV2`: an EventBridge Scheduler schedule; the function gets its `Input`.
+    Scheduler,
+}
+
+/// A `Schedule` or `ScheduleV2` event of a function ([`crate::scheduler`] runs it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSource {
+    /// Name of the event in the function's `Events` map.
+    pub event: String,
+    pub kind: ScheduleKind,
+    /// `Schedule` (a rule) or `ScheduleExpression` (a schedule): `rate(...)` or `cron(...)`,
+    /// checked here when written as text, else an expression resolved (and checked) at start.
+    pub expression: Value,
+    /// `Input`: JSON text (or an expression giving it) sent instead of the default payload.
+    pub input: Option<Value>,
+    /// False for `Enabled: false` or `State: DISABLED`.
+    pub enabled: bool,
+    /// `Name`, unresolved, when set.
+    pub name: Option<Value>,
+    /// `ScheduleExpressionTimezone` (a schedule's), when set.
+    pub timezone: Option<String>,
+}
+
 /// An `AWS::Serverless::Function` with `Globals.Function` already merged in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
@@ -103,6 +131,7 @@ pub struct Function {
     pub environment: BTreeMap<String, Value>,
     pub routes: Vec<HttpRoute>,
     pub sqs_sources: Vec<SqsSource>,
+    pub schedules: Vec<ScheduleSource>,
 }
 
 /// A loaded template.
@@ -298,6 +327,7 @@ fn function(
     }
     let mut routes = Vec::new();
     let mut sqs_sources = Vec::new();
+    let mut schedules = Vec::new();
     if let Some(events) = props.get("Events") {
         let events = events.as_object().ok_or("Events is not a mapping")?;
         for (name, event) in events {
@@ -305,6 +335,10 @@ fn function(
             match event.get("Type").and_then(Value::as_str) {
                 Some("HttpApi") => routes.push(http_route(name, &ep, apis)?),
                 Some("SQS") => sqs_sources.push(sqs_source(name, &ep)?),
+                Some("Schedule") => schedules.push(schedule_source(name, &ep, ScheduleKind::Rule)?),
+                Some("ScheduleV2") => {
+                    schedules.push(schedule_source(name, &ep, ScheduleKind::Scheduler)?)
+                }
                 Some(other) => {
                     tracing::warn!(
                         function = id,
@@ -329,6 +363,7 @@ fn function(
         environment,
         routes,
         sqs_sources,
+        schedules,
     })
 }
 
@@ -386,6 +421,87 @@ fn sqs_source(name: &str, props: &Value) -> Result<SqsSource, String> {
         max_batching_window_secs: small("MaximumBatchingWindowInSeconds", 0)?,
         report_batch_item_failures: types.iter().any(|t| t == "ReportBatchItemFailures"),
     })
+}
+
+/// A `Schedule` (`Schedule`, `Input`, `Enabled` or `State`, `Name`) or `ScheduleV2`
+/// (`ScheduleExpression`, `Input`, `State`, `Name`, `ScheduleExpressionTimezone`) event.
+fn schedule_source(
+    name: &str,
+    props: &Value,
+    kind: ScheduleKind,
+) -> Result<ScheduleSource, String> {
+    let bad = |why: String| format!("event {name}: {why}");
+    let key = match kind {
+        ScheduleKind::Rule => "Schedule",
+        ScheduleKind::Scheduler => "ScheduleExpression",
+    };
+    let expression = props
+        .get(key)
+        .filter(|v| !v.is_null())
+        .cloned()
+        .ok_or_else(|| bad(format!("{key} is missing")))?;
+    if let Value::String(text) = &expression {
+        crate::scheduler::Expression::parse(text).map_err(bad)?;
+    }
+    let input = match props.get("Input") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => {
+            serde_json::from_str::<Value>(text)
+                .map_err(|e| bad(format!("Input is not JSON text: {e}")))?;
+            Some(Value::String(text.clone()))
+        }
+        Some(v) if is_intrinsic(v) => Some(v.clone()),
+        Some(v) => return Err(bad(format!("Input must be JSON text (a string), got {v}"))),
+    };
+    let flag = |key: &str| -> Result<Option<bool>, String> {
+        match props.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+            Some(v) => Err(bad(format!("{key} must be true or false, got {v}"))),
+        }
+    };
+    let state = match props.get("State") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "ENABLED" => Some(true),
+        Some(Value::String(s)) if s == "DISABLED" => Some(false),
+        Some(Value::String(s))
+            if kind == ScheduleKind::Rule
+                && s == "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS" =>
+        {
+            Some(true)
+        }
+        Some(v) => return Err(bad(format!("State must be ENABLED or DISABLED, got {v}"))),
+    };
+    let enabled = match (kind, flag("Enabled")?, state) {
+        (ScheduleKind::Rule, Some(_), Some(_)) => {
+            return Err(bad("set Enabled or State, not both".into()));
+        }
+        (ScheduleKind::Rule, Some(enabled), None) => enabled,
+        (_, _, state) => state.unwrap_or(true),
+    };
+    let timezone = match props.get("ScheduleExpressionTimezone") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            Some(scalar_string(v).map_err(|e| bad(format!("ScheduleExpressionTimezone: {e}")))?)
+        }
+    };
+    Ok(ScheduleSource {
+        event: name.to_string(),
+        kind,
+        expression,
+        input,
+        enabled,
+        name: props.get("Name").filter(|v| !v.is_null()).cloned(),
+        timezone,
+    })
+}
+
+/// `{"Ref": ..}` or `{"Fn::…": ..}`: an intrinsic function, resolved at provision.
+fn is_intrinsic(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.len() == 1 && o.keys().all(|k| k == "Ref" || k.starts_with("Fn::")))
 }
 
 /// Integers may be written as numbers or numeric strings in templates.
@@ -483,6 +599,75 @@ pub(crate) mod tests {
         assert!(!q.report_batch_item_failures);
         assert_eq!(f.routes[0].method, "ANY");
         assert_eq!(f.routes[0].path, "/{proxy+}");
+    }
+
+    #[test]
+    fn schedule_events_are_read_and_checked() {
+        let sweeper = &real_template().functions["ConversationsSweeperFunction"];
+        assert_eq!(sweeper.binary, "conversations-sweeper");
+        let sweep = &sweeper.schedules[0];
+        assert_eq!(
+            (
+                sweep.event.as_str(),
+                sweep.kind,
+                &sweep.expression,
+                sweep.enabled
+            ),
+            ("Sweep", ScheduleKind::Rule, &json!("rate(1 minute)"), true)
+        );
+
+        let head = "Resources:\n  F:\n    Type: AWS::Serverless::Function\n    Metadata: {BuildProperties: {Binary: f}}\n    Properties:\n      Events:\n        E:\n";
+        let ok = format!(
+            "{head}          Type: ScheduleV2\n          Properties: {{ScheduleExpression: cron(0 12 * * ? *), State: DISABLED, Input: '{{\"a\": 1}}', ScheduleExpressionTimezone: UTC}}\n"
+        );
+        let t = Template::parse(&ok, "t.yaml").unwrap();
+        let e = &t.functions["F"].schedules[0];
+        assert_eq!(e.kind, ScheduleKind::Scheduler);
+        assert!(!e.enabled);
+        assert_eq!(e.input, Some(json!("{\"a\": 1}")));
+        assert_eq!(e.timezone.as_deref(), Some("UTC"));
+
+        let cases = [
+            (
+                "Type: Schedule\n          Properties: {Schedule: rate(5 minute)}",
+                "event E: rate(5 minute): the unit must be plural",
+            ),
+            (
+                "Type: Schedule\n          Properties: {Schedule: cron(0 12 * * *)}",
+                "event E: cron(0 12 * * *): a cron has 6 fields",
+            ),
+            (
+                "Type: Schedule\n          Properties: {Input: '{}'}",
+                "event E: Schedule is missing",
+            ),
+            (
+                "Type: ScheduleV2\n          Properties: {Schedule: rate(1 day)}",
+                "event E: ScheduleExpression is missing",
+            ),
+            (
+                "Type: Schedule\n          Properties: {Schedule: rate(1 day), Input: 'not json'}",
+                "event E: Input is not JSON text",
+            ),
+            (
+                "Type: Schedule\n          Properties: {Schedule: rate(1 day), Input: {a: 1}}",
+                "Input must be JSON text",
+            ),
+            (
+                "Type: Schedule\n          Properties: {Schedule: rate(1 day), Enabled: false, State: DISABLED}",
+                "set Enabled or State, not both",
+            ),
+            (
+                "Type: ScheduleV2\n          Properties: {ScheduleExpression: rate(1 day), State: PAUSED}",
+                "State must be ENABLED or DISABLED",
+            ),
+        ];
+        for (event, expected) in cases {
+            let err = Template::parse(&format!("{head}          {event}\n"), "bad.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+            assert!(err.starts_with("bad.yaml: function F: event E: "), "{err}");
+        }
     }
 
     #[test]

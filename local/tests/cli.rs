@@ -458,6 +458,159 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+const SCHEDULED: &str = r#"
+Resources:
+  Fn:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: fake-fn}}
+    Properties:
+      Environment:
+        Variables: {FAKE_PRINT_EVENTS: "1"}
+      Events:
+        Tick:
+          Type: Schedule
+          Properties: {Schedule: rate(1 minute)}
+        Report:
+          Type: Schedule
+          Properties:
+            Schedule: rate(2 minutes)
+            Input: '{"job": "report"}'
+        Timed:
+          Type: ScheduleV2
+          Properties:
+            ScheduleExpression: cron(* * * * ? *)
+            Input: '{"at": "<aws.scheduler.scheduled-time>"}'
+        Off:
+          Type: Schedule
+          Properties: {Schedule: cron(0/1 * * * ? *), Enabled: false}
+"#;
+
+/// `Schedule` and `ScheduleV2` events fire on their schedule, 60 times faster with
+/// `LOCAL_SCHEDULE_SPEEDUP=60` (a minute a second), with the payloads AWS sends; a disabled one
+/// never fires; the runner still stops cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_fires_scheduled_events_with_their_payloads() {
+    let dir = workspace("schedule", SCHEDULED, true);
+    let mut child = local(
+        &dir,
+        &[
+            "dev",
+            "--no-build",
+            "--port",
+            &free_port().to_string(),
+            "--stack",
+            "t",
+        ],
+    )
+    .env(
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", free_port()),
+    )
+    .env("LOCAL_SCHEDULE_SPEEDUP", "60")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("| {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let mut running = Running { child, lines };
+    let table = running
+        .wait_for("ready", Duration::from_secs(90))
+        .join("\n");
+    assert!(
+        table.contains("Schedules (LOCAL_SCHEDULE_SPEEDUP=60"),
+        "{table}"
+    );
+    assert!(table.contains("rate(1 minute)"), "{table}");
+    assert!(table.contains("-> Fn"), "{table}");
+    assert!(table.contains("t-FnTick"), "{table}");
+    assert!(table.contains("t-FnOff, disabled"), "{table}");
+
+    // Everything printed for a few seconds: a few minutes of schedule time.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Ok(line) = running
+        .lines
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        seen.push(line);
+    }
+    let events: Vec<serde_json::Value> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("[Fn] event "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .collect();
+    let scheduled: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["detail-type"] == "Scheduled Event")
+        .collect();
+    assert!(scheduled.len() >= 2, "{seen:#?}");
+    for e in &scheduled {
+        assert_eq!(e["version"], "0");
+        assert_eq!(e["source"], "aws.events");
+        assert_eq!(e["account"], "123456789012");
+        assert_eq!(e["detail"], serde_json::json!({}));
+        let region = e["region"].as_str().unwrap();
+        assert_eq!(
+            e["resources"],
+            serde_json::json!([format!(
+                "arn:aws:events:{region}:123456789012:rule/t-FnTick"
+            )])
+        );
+        assert!(
+            uuid::Uuid::parse_str(e["id"].as_str().unwrap()).is_ok(),
+            "{e}"
+        );
+    }
+    // A minute of schedule time between two firings.
+    let time = |e: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap()
+    };
+    assert_eq!((time(scheduled[1]) - time(scheduled[0])).num_seconds(), 60);
+    assert_ne!(scheduled[0]["id"], scheduled[1]["id"]);
+    // A rule's Input replaces the Scheduled Event.
+    assert!(
+        events
+            .iter()
+            .any(|e| *e == serde_json::json!({"job": "report"})),
+        "{events:#?}"
+    );
+    // A schedule's Input, its context attributes filled in: a whole minute, for that cron.
+    let timed = events
+        .iter()
+        .find_map(|e| e["at"].as_str())
+        .unwrap_or_else(|| panic!("no ScheduleV2 event in {events:#?}"));
+    assert!(timed.ends_with(":00Z"), "{timed}");
+    assert!(
+        seen.iter()
+            .any(|l| l == "[schedule] Fn rate(1 minute) fired"),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains("cron(0/1 * * * ? *) fired")),
+        "a disabled schedule fired: {seen:#?}"
+    );
+
+    // SIGTERM while schedules are running: a clean exit.
+    let pid = running.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lambda behaviours through one shared `local dev` process (and the one emulator it starts):
 // timeouts, failed inits, overlapping requests. Each scenario has its own function, so the

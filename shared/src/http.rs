@@ -198,14 +198,25 @@ pub fn limit(req: &Request) -> Result<i32, Error> {
     }
 }
 
+/// The request header a caller names its correlation id in (lower-case, as API Gateway's
+/// payload 2.0 event carries headers).
+pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";
+
+/// True when a caller's `X-Correlation-Id` value is taken as the correlation id: 1 to 128
+/// visible ASCII characters (no spaces, no control characters).
+pub fn usable_correlation_id(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// The id that ties together everything one request causes: the caller's `X-Correlation-Id`
-/// when it is sane, else API Gateway's request id, else a fresh one.
+/// when it is sane ([`usable_correlation_id`]), else API Gateway's request id, else a fresh
+/// one.
 pub fn correlation_id(req: &Request) -> String {
     let from_header = req
         .headers()
-        .get("x-correlation-id")
+        .get(CORRELATION_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+        .filter(|v| usable_correlation_id(v));
     if let Some(h) = from_header {
         return h.to_owned();
     }

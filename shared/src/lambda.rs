@@ -1,8 +1,9 @@
 //! The start of every function: its `main` is one call to [`serve_http`] (API Gateway
-//! functions) or [`serve_sqs`] (queue workers) with the function's `init` (its app from the
-//! template's environment, the same `init` the system tests call) and its `handle`.
+//! functions), [`serve_sqs`] (queue workers) or [`serve_scheduled`] (functions run on a
+//! schedule) with the function's `init` (its app from the template's environment, the same
+//! `init` the system tests call) and its `handle`.
 //!
-//! Both do the same cold start, in this order: JSON logs ([`crate::telemetry`]), the SDK
+//! All do the same cold start, in this order: JSON logs ([`crate::telemetry`]), the SDK
 //! configuration with its short timeouts ([`crate::aws::load`]), the app built from the
 //! template's environment ([`crate::config::Vars`]: a missing variable stops init with its name),
 //! then the Lambda runtime loop. The app lives as long as the process (one instance serves one
@@ -11,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::time::{Instant, SystemTime};
 
 use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -66,6 +68,37 @@ where
         move |event: LambdaEvent<SqsEvent>| {
             let response = handle(app, event.payload);
             async move { Ok::<_, Error>(response.await) }
+        },
+    ))
+    .await
+}
+
+/// Runs a scheduled function (the target of an EventBridge rule or schedule): every payload (a
+/// Scheduled Event, or the schedule's `Input`) goes to `handle` with the instant the
+/// invocation must be done by (Lambda's deadline, as an [`Instant`] of this process), and what
+/// it returns (a report of the run) is the answer. `handle` never fails: a run that could not do
+/// everything says so in its report, and the next run takes up the rest, rather than Lambda
+/// retrying the whole run.
+pub async fn serve_scheduled<A, E, R, Fut>(
+    init: fn(&SdkConfig, &Vars) -> Result<A, E>,
+    handle: fn(&'static A, serde_json::Value, Instant) -> Fut,
+) -> Result<(), Error>
+where
+    A: Sync + 'static,
+    E: Into<Error>,
+    R: serde::Serialize,
+    Fut: Future<Output = R>,
+{
+    let app = start(init).await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: LambdaEvent<serde_json::Value>| {
+            let left = event
+                .context
+                .deadline()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            let answer = handle(app, event.payload, Instant::now() + left);
+            async move { Ok::<_, Error>(answer.await) }
         },
     ))
     .await

@@ -14,6 +14,7 @@ pub mod aws;
 pub mod bus;
 pub mod command;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod envelope;
 pub mod error;

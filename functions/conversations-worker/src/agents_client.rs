@@ -172,6 +172,17 @@ impl AgentsClient {
         self.breaker.state()
     }
 
+    /// The longest one [`AgentsClient::match_agent`] call can take: every attempt timing out,
+    /// with the longest backoff before each retry. A caller with a deadline (the sweeper) starts
+    /// a call only when this much time is left.
+    pub fn max_call_time(&self) -> Duration {
+        let attempts = self.policy.max_attempts.max(1);
+        let backoffs = (0..attempts - 1)
+            .map(|retry| self.policy.backoff.delay(retry, 1.0))
+            .sum::<Duration>();
+        self.policy.attempt_timeout * attempts + backoffs
+    }
+
     /// Asks for an agent for `conversation`. `Err(Unavailable)` when the agents service did not
     /// answer after the retries, or the breaker is open (then at once, without a request).
     pub async fn match_agent(

@@ -11,6 +11,8 @@
 //! - when the agents API is unreachable (or the breaker is open) the conversation is QUEUED and
 //!   the command fails, so SQS redelivers it (and after `maxReceiveCount` keeps it in the DLQ,
 //!   while the QUEUED conversation is still matched on the next agent event);
+//! - a QUEUED conversation whose agent event never arrives is matched by the [`sweeper`], a
+//!   second binary of this crate run every minute, through the same path;
 //! - a match that arrives after the conversation closed is released by publishing
 //!   `ConversationClosed` again with the matched agent.
 
@@ -18,6 +20,7 @@ pub mod agents_client;
 mod commands;
 mod reactions;
 pub mod resilience;
+pub mod sweeper;
 
 use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -140,6 +143,11 @@ pub(crate) async fn inbox_only<S: ConversationStore>(
 }
 
 pub(crate) fn release(env: &Envelope, closed: ConversationClosed) -> Envelope {
+    release_in(&env.correlation_id, closed)
+}
+
+/// [`release`] for a caller without a message (the sweeper), under its correlation id.
+pub(crate) fn release_in(correlation_id: &str, closed: ConversationClosed) -> Envelope {
     tracing::warn!(conversation_id = %closed.conversation_id, "match arrived after close; releasing the slot");
-    Envelope::caused_by(env, Payload::ConversationClosed(closed))
+    Envelope::new(correlation_id, Payload::ConversationClosed(closed))
 }

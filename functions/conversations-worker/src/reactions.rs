@@ -8,6 +8,7 @@ use shared::{
     domain::{
         agents::{AgentMatched, AgentState, AgentStateChanged, Skills},
         conversations::{Assignment, ConversationClosed, ConversationStatus},
+        ids::ConversationId,
     },
     envelope::Envelope,
     store::{
@@ -20,7 +21,7 @@ use shared::{
 };
 
 use crate::agents_client::MatchOutcome;
-use crate::{App, inbox_only, release};
+use crate::{App, inbox_only, release, release_in};
 
 /// After a slot frees, the agents service frees it from its own copy of the same event: a `409`
 /// right away may only mean it has not yet. Waits before asking again, then gives up (the
@@ -134,9 +135,9 @@ struct QueueRun {
     refused: bool,
 }
 
-/// Matches up to `max` QUEUED conversations, oldest first. Each assignment is its own
-/// conditional write: if this message fails midway and is redelivered, conversations already
-/// assigned are no longer QUEUED and the match is idempotent per conversation anyway.
+/// Matches up to `max` QUEUED conversations, oldest first, each through [`rematch`]: if this
+/// message fails midway and is redelivered, conversations already assigned are no longer
+/// QUEUED, and the match is idempotent per conversation anyway.
 async fn match_queued<S: ConversationStore, B>(
     app: &App<S, B>,
     env: &Envelope,
@@ -157,27 +158,14 @@ async fn match_queued<S: ConversationStore, B>(
         if assigned >= max {
             break;
         }
-        let Some(current) = app.store.get(&candidate.conversation_id).await? else {
-            continue;
-        };
-        if current.status != ConversationStatus::Queued {
-            continue;
-        }
-        match app
-            .agents
-            .match_agent(
-                &current.conversation_id,
-                &current.skills,
-                &env.correlation_id,
-            )
-            .await?
-        {
-            MatchOutcome::NoAgent => {
+        match rematch(app, &env.correlation_id, &candidate.conversation_id).await? {
+            Rematch::NotQueued => {}
+            Rematch::NoAgent => {
                 run.refused = true;
                 break;
             }
-            MatchOutcome::Matched(m) => {
-                run.events.extend(assign(app, env, &m).await?);
+            Rematch::Matched { release } => {
+                run.events.extend(release);
                 assigned += 1;
             }
         }
@@ -185,10 +173,53 @@ async fn match_queued<S: ConversationStore, B>(
     Ok(run)
 }
 
+/// What [`rematch`] did with one conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Rematch {
+    /// It is not QUEUED (any more): assigned or closed meanwhile, or unknown. Nothing asked.
+    NotQueued,
+    /// The agents API has nobody for it now (`409`): it stays QUEUED.
+    NoAgent,
+    /// An agent was matched: the conversation is ASSIGNED to it now (by this write, or by a
+    /// concurrent one), unless it closed between the read and the write; then `release` is the
+    /// `ConversationClosed` to publish, so that the agent's slot is freed again.
+    Matched { release: Option<Envelope> },
+}
+
+/// Matches one QUEUED conversation: re-reads it (an index may list it after it left the
+/// queue), asks the agents API with its skills, and writes the assignment (without an inbox
+/// entry: the caller records its own message, if any). The agents API reserves once per
+/// conversation, so running this again, or concurrently, for the same conversation names the
+/// same agent and never takes a second slot; the write converges on one ASSIGNED state.
+/// `Err` when the agents API is unavailable or answered out of contract, or the store failed.
+pub(crate) async fn rematch<S: ConversationStore, B>(
+    app: &App<S, B>,
+    correlation_id: &str,
+    conversation: &ConversationId,
+) -> Result<Rematch, Error> {
+    let Some(current) = app.store.get(conversation).await? else {
+        return Ok(Rematch::NotQueued);
+    };
+    if current.status != ConversationStatus::Queued {
+        return Ok(Rematch::NotQueued);
+    }
+    match app
+        .agents
+        .match_agent(&current.conversation_id, &current.skills, correlation_id)
+        .await?
+    {
+        MatchOutcome::NoAgent => Ok(Rematch::NoAgent),
+        MatchOutcome::Matched(m) => {
+            let release = assign(app, correlation_id, &m).await?;
+            Ok(Rematch::Matched { release })
+        }
+    }
+}
+
 /// Writes a match (without an inbox entry: the caller's message records itself).
 async fn assign<S: ConversationStore, B>(
     app: &App<S, B>,
-    env: &Envelope,
+    correlation_id: &str,
     m: &AgentMatched,
 ) -> Result<Option<Envelope>, Error> {
     read_decide_write("the conversation", async || {
@@ -201,7 +232,7 @@ async fn assign<S: ConversationStore, B>(
                 (write != Write::Conflict).then_some(None)
             }
             Assignment::Unchanged => Some(None),
-            Assignment::Release(closed) => Some(Some(release(env, closed))),
+            Assignment::Release(closed) => Some(Some(release_in(correlation_id, closed))),
         })
     })
     .await

@@ -1,36 +1,18 @@
 //! DLQ operations: `GET /ops/dlq` lists every dead-letter queue of the template with its depth
 //! and the age of its oldest message; `POST /ops/dlq/{queue}/redrive` moves messages back to
-//! where they came from (receive → send → delete, so a crash mid-way duplicates at worst, which
-//! every consumer tolerates, and never loses a message).
-//!
-//! SQS's own `StartMessageMoveTask` would do the move on AWS, but emulators lack it, and a
-//! rule's target DLQ holds EventBridge events that must go back to the bus, not to a queue.
+//! where they came from with [`shared::dlq::redrive`] (its doc says how and why).
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use futures::future::join_all;
 use lambda_http::{Body, Request, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+pub use shared::dlq::{DeadLetterQueue, Target};
 use shared::{
     Error,
     aws::classify,
-    config,
+    config, dlq,
     http::{Route, json, query, serve},
 };
-
-/// Where a DLQ's messages go back to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Target {
-    Queue(String),
-    /// The DLQ of an EventBridge rule target: its messages are events, re-put on this bus.
-    Bus(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetterQueue {
-    pub name: String,
-    pub url: String,
-    pub target: Target,
-}
 
 pub struct Config {
     pub dlqs: Vec<DeadLetterQueue>,
@@ -121,30 +103,11 @@ async fn list(app: &App) -> Result<Response<Body>, Error> {
     Ok(json(200, &serde_json::json!({ "queues": queues })))
 }
 
-async fn depth(app: &App, url: &str) -> Result<(i64, i64), Error> {
-    let out = app
-        .sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .map_err(|e| classify("GetQueueAttributes", e))?;
-    let attr = |k: QueueAttributeName| {
-        out.attributes()
-            .and_then(|a| a.get(&k))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((
-        attr(QueueAttributeName::ApproximateNumberOfMessages),
-        attr(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-    ))
-}
-
 async fn status(app: &App, q: &DeadLetterQueue) -> Result<QueueStatus, Error> {
-    let (depth, in_flight) = depth(app, &q.url).await?;
+    let dlq::Depth {
+        visible: depth,
+        in_flight,
+    } = dlq::depth(&app.sqs, &q.url).await?;
     let oldest = if depth == 0 {
         None
     } else {
@@ -178,7 +141,7 @@ async fn status(app: &App, q: &DeadLetterQueue) -> Result<QueueStatus, Error> {
     })
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RedriveReport {
     queue: String,
@@ -203,105 +166,14 @@ async fn redrive(app: &App, req: &Request, name: &str) -> Result<Response<Body>,
         Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
         Some(_) => return Err(Error::invalid("limit", "limit must be between 1 and 1000")),
     };
-    let mut report = RedriveReport {
+    let done = dlq::redrive(&app.sqs, &app.events, q, limit).await?;
+    let report = RedriveReport {
         queue: q.name.clone(),
-        ..Default::default()
+        moved: done.moved,
+        failed: done.failed,
+        remaining: dlq::depth(&app.sqs, &q.url).await?.visible,
     };
-    while report.moved + report.failed < limit {
-        let want = (limit - report.moved - report.failed).min(10) as i32;
-        let out = app
-            .sqs
-            .receive_message()
-            .queue_url(&q.url)
-            .max_number_of_messages(want)
-            .visibility_timeout(30)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .map_err(|e| classify("ReceiveMessage", e))?;
-        let messages = out.messages.unwrap_or_default();
-        if messages.is_empty() {
-            break;
-        }
-        for m in &messages {
-            match move_one(app, q, m).await {
-                Ok(()) => report.moved += 1,
-                Err(e) => {
-                    // Left in the DLQ: visible again after the visibility timeout.
-                    tracing::error!(queue = %q.name, error = %e, "redrive of one message failed");
-                    report.failed += 1;
-                }
-            }
-        }
-    }
-    report.remaining = depth(app, &q.url).await?.0;
-    tracing::info!(queue = %q.name, moved = report.moved, failed = report.failed, "redrive");
     Ok(json(200, &report))
-}
-
-#[derive(Deserialize)]
-struct DeadEvent {
-    source: String,
-    #[serde(rename = "detail-type")]
-    detail_type: String,
-    detail: serde_json::Value,
-}
-
-async fn move_one(
-    app: &App,
-    q: &DeadLetterQueue,
-    m: &aws_sdk_sqs::types::Message,
-) -> Result<(), Error> {
-    let body = m.body().unwrap_or_default();
-    match &q.target {
-        Target::Queue(url) => {
-            let mut send = app
-                .sqs
-                .send_message()
-                .queue_url(url)
-                .message_body(body)
-                .set_message_attributes(m.message_attributes().cloned());
-            if url.ends_with(".fifo") {
-                let group = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-                    .cloned()
-                    .unwrap_or_else(|| "redrive".into());
-                let dedup = format!("redrive-{}", m.message_id().unwrap_or_default());
-                send = send.message_group_id(group).message_deduplication_id(dedup);
-            }
-            send.send().await.map_err(|e| classify("SendMessage", e))?;
-        }
-        Target::Bus(bus) => {
-            let event: DeadEvent = serde_json::from_str(body)
-                .map_err(|e| Error::Internal(format!("not an EventBridge event: {e}")))?;
-            let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-                .event_bus_name(bus)
-                .source(event.source)
-                .detail_type(event.detail_type)
-                .detail(event.detail.to_string())
-                .build();
-            let out = app
-                .events
-                .put_events()
-                .entries(entry)
-                .send()
-                .await
-                .map_err(|e| classify("PutEvents", e))?;
-            if out.failed_entry_count() > 0 {
-                return Err(Error::Unavailable("PutEvents rejected the event".into()));
-            }
-        }
-    }
-    app.sqs
-        .delete_message()
-        .queue_url(&q.url)
-        .receipt_handle(m.receipt_handle().unwrap_or_default())
-        .send()
-        .await
-        .map_err(|e| classify("DeleteMessage", e))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,21 +10,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::reload::{self, Live, Reloader};
 use super::{Args, CliError, provision_options};
 use crate::auth::{self, Authorizers};
 use crate::chaos::{self, Chaos, Fault};
-use crate::gateway::{self, Gateway, RouteTable};
+use crate::dashboard::{self, Dashboard};
+use crate::gateway::{self, Gateway, RouteTable, Routing};
 use crate::poller::{self, Pollers, SqsBinding};
 use crate::provision::Stack;
 use crate::runtime::{FunctionSpec, Runtime, RuntimeOptions};
+use crate::scheduler::Schedules;
 use crate::template::{Access, Template};
 use crate::{emulator, provision};
 
 pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     let template = Template::load(&args.template)?;
+    dashboard::check_routes(&RouteTable::from_template(&template)).map_err(CliError::Config)?;
     let chaos = Chaos::from_env().map_err(CliError::Config)?.map(Arc::new);
     let listener = match TcpListener::bind(("127.0.0.1", args.port)).await {
         Ok(l) => l,
@@ -78,14 +83,21 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     if let Some(chaos) = &chaos {
         start_chaos(chaos, &mut options, &endpoint, &emulator_pids, &stopped).await?;
     }
-    let runtime = Arc::new(Runtime::new(specs, &options));
+    // Instances run private copies of the binaries, which a rebuild never rewrites.
+    let snapshots = target_dir(&root).join("local-dev");
+    let runtime = Runtime::with_snapshots(specs, &options, &snapshots)
+        .await
+        .map_err(|e| CliError::Config(format!("cannot copy the function binaries: {e}")))?;
+    let runtime = Arc::new(runtime);
     let bindings = sqs_bindings(&template, &stack)?;
+    let schedules = Schedules::from_template(&template, &stack).map_err(CliError::Config)?;
     let routes = RouteTable::from_template(&template);
     let key_dir = auth::key_dir(&args.template);
     let authorizers = Authorizers::load(&template, &stack, &key_dir)?;
     print_table(
         &routes,
         &bindings,
+        &schedules,
         &stack,
         &endpoint,
         guard.started(),
@@ -115,29 +127,78 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
         );
     }
 
-    let gateway = Gateway {
+    let routing = Arc::new(ArcSwap::from_pointee(Routing {
         routes,
         authorizers,
+    }));
+    let dashboard = Arc::new(Dashboard::new(
+        &template,
+        &stack,
+        &sdk,
+        Arc::clone(&runtime),
+    ));
+    let gateway = Gateway {
+        routing: Arc::clone(&routing),
         runtime: Arc::clone(&runtime),
         account_id: stack.account_id.clone(),
+        dashboard: Some(Arc::clone(&dashboard)),
     };
     let mut gateway_stop = stopped.clone();
     let server = tokio::spawn(gateway::serve(listener, gateway, async move {
         let _ = gateway_stop.wait_for(|s| *s).await;
     }));
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let pollers = Pollers::start(bindings, &sqs, &runtime, chaos.clone(), stopped);
+    let pollers = Pollers::start(
+        bindings.clone(),
+        &sqs,
+        &runtime,
+        chaos.clone(),
+        stopped.clone(),
+    );
+    let scheduled = reload::start_schedules(schedules.clone(), &runtime, &stopped);
+    let live = Arc::new(tokio::sync::Mutex::new(Live {
+        template,
+        bindings,
+        pollers: vec![pollers],
+        schedules,
+        scheduled: vec![scheduled],
+    }));
+    let reloader = match args.watch {
+        true => {
+            let context = reload::Context {
+                args: args.clone(),
+                root,
+                sdk,
+                runtime: Arc::clone(&runtime),
+                routing,
+                dashboard,
+                chaos: chaos.clone(),
+                stopped,
+                key_dir,
+            };
+            Some(
+                Reloader::start(context, Arc::clone(&live))
+                    .await
+                    .map_err(CliError::Config)?,
+            )
+        }
+        false => None,
+    };
     println!("ready");
 
     wait_for_signal(exit_on_stdin_eof()).await;
     println!("shutting down: finishing in-flight requests and batches");
     let _ = stop.send(true);
+    if let Some(reloader) = reloader {
+        reloader.stop();
+    }
     match server.await {
         Ok(Err(e)) => eprintln!("gateway: {e}"),
         Err(e) => eprintln!("gateway task: {e}"),
         Ok(Ok(())) => {}
     }
-    pollers.wait().await;
+    // Pollers and schedule timers, those a reload retired included.
+    live.lock().await.wait().await;
     runtime.shutdown();
     // Instances die as their handles drop; give the kill a moment before the emulator goes.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -201,10 +262,13 @@ fn workspace_root(template: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
 }
 
-async fn build(template: &Template, root: &Path, release: bool) -> Result<(), CliError> {
+/// `cargo build [--release] --bin …` of every function binary of `template`, in `root`,
+/// printing the command first; cargo's own output goes to the terminal. Killed if the future
+/// is dropped (a reload abandoned at shutdown).
+pub(super) async fn build(template: &Template, root: &Path, release: bool) -> Result<(), CliError> {
     let mut cmd =
         tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.arg("build").current_dir(root);
+    cmd.arg("build").current_dir(root).kill_on_drop(true);
     if release {
         cmd.arg("--release");
     }
@@ -235,17 +299,21 @@ async fn build(template: &Template, root: &Path, release: bool) -> Result<(), Cl
     }
 }
 
-/// `CARGO_TARGET_DIR` (else `<root>/target`) / `debug` or `release` / binary, per function.
-fn locate_binaries(
+/// `CARGO_TARGET_DIR` (relative to `root`), else `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_relative() { root.join(t) } else { t })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// [`target_dir`] / `debug` or `release` / binary, per function (by logical id).
+pub(super) fn locate_binaries(
     template: &Template,
     root: &Path,
     release: bool,
 ) -> Result<std::collections::BTreeMap<String, PathBuf>, CliError> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_relative() { root.join(t) } else { t })
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join(if release { "release" } else { "debug" });
+    let dir = target_dir(root).join(if release { "release" } else { "debug" });
     template
         .functions
         .values()
@@ -264,7 +332,8 @@ fn locate_binaries(
         .collect()
 }
 
-fn function_specs(
+/// The runtime spec of each function of `template` that `stack` names and `binaries` has.
+pub(super) fn function_specs(
     template: &Template,
     stack: &Stack,
     binaries: &std::collections::BTreeMap<String, PathBuf>,
@@ -289,7 +358,10 @@ fn function_specs(
 }
 
 /// Each SQS event of the template bound to its provisioned queue.
-fn sqs_bindings(template: &Template, stack: &Stack) -> Result<Vec<SqsBinding>, CliError> {
+pub(super) fn sqs_bindings(
+    template: &Template,
+    stack: &Stack,
+) -> Result<Vec<SqsBinding>, CliError> {
     let retry_delay_secs = poller::retry_delay_from_env();
     let mut out = Vec::new();
     for f in template.functions.values() {
@@ -321,6 +393,7 @@ fn sqs_bindings(template: &Template, stack: &Stack) -> Result<Vec<SqsBinding>, C
 fn print_table(
     routes: &RouteTable,
     bindings: &[SqsBinding],
+    schedules: &Schedules,
     stack: &Stack,
     endpoint: &str,
     started: bool,
@@ -328,17 +401,13 @@ fn print_table(
 ) {
     println!("HTTP API  http://127.0.0.1:{port}");
     for r in routes.routes() {
-        let access = match &r.access {
-            Access::Public => "public".to_string(),
-            Access::Iam => "AWS_IAM".to_string(),
-            Access::Jwt { scopes, .. } if scopes.is_empty() => "any token".to_string(),
-            Access::Jwt { scopes, .. } => format!("scopes {}", scopes.join("|")),
-        };
+        let access = dashboard::access_label(&r.access);
         println!(
             "  {:<7} {:<40} -> {:<28} {access}",
             r.method, r.path, r.function
         );
     }
+    println!("Dashboard http://127.0.0.1:{port}{}/", dashboard::PREFIX);
     println!("SQS event sources");
     for b in bindings {
         let Some((id, q)) = stack.queue_by_arn(&b.queue_arn) else {
@@ -356,6 +425,9 @@ fn print_table(
             b.max_batching_window.as_secs(),
             q.visibility_timeout_secs
         );
+    }
+    for line in schedules.describe() {
+        println!("{line}");
     }
     println!(
         "Emulator  {endpoint} ({})",

@@ -1,8 +1,10 @@
 //! Command line: `local dev` runs the whole template, `local provision` only creates its
-//! resources, `local token` prints a dev JWT for its authorizer. Every failure is a
+//! resources, `local token` prints a dev JWT for its authorizer, `local diagram` prints its
+//! wiring as Graphviz DOT ([`crate::diagram`]). Every failure is a
 //! [`CliError`] printed as one clear line; the binary maps it to a non-zero exit code.
 
 mod dev;
+mod reload;
 mod token;
 
 pub use dev::EXIT_ON_STDIN_EOF_ENV;
@@ -15,10 +17,15 @@ use crate::template::{Template, TemplateError};
 use crate::{emulator, provision};
 
 const USAGE: &str = "usage:
-  local dev [--template template.yaml] [--port 3000] [--release] [--no-build] [--stack cqrs-local]
+  local dev [--template template.yaml] [--port 3000] [--release] [--no-build] [--no-watch]
+            [--stack cqrs-local]
+      hot reload is on: a change to the workspace's sources rebuilds and swaps the functions
+      whose binary changed, a change to the template re-provisions and swaps routes, pollers
+      and functions; --no-watch turns it off (with --no-build only the template is watched)
   local provision [--template template.yaml] [--port 3000] [--stack cqrs-local]
   local token --role agent|supervisor|trader|operator [--role ...] [--accounts 'ACC-1 ACC-2']
               [--sub subject] [--ttl seconds] [--template template.yaml]
+  local diagram [--template template.yaml]    (Graphviz DOT on stdout)
 
 environment: AWS_ENDPOINT_URL (emulator, default http://127.0.0.1:4566), PORT,
 LOCAL_MAX_INSTANCES (instances per function, default 4), LOCAL_RETRY_DELAY_SECONDS,
@@ -33,6 +40,8 @@ pub struct Args {
     pub port: u16,
     pub release: bool,
     pub build: bool,
+    /// `local dev` hot reload (on unless `--no-watch`).
+    pub watch: bool,
     pub stack: String,
     /// What `local token` mints (empty for the other commands).
     pub token: TokenArgs,
@@ -43,6 +52,8 @@ pub enum Command {
     Dev,
     Provision,
     Token,
+    /// Print the template's wiring as Graphviz DOT.
+    Diagram,
 }
 
 /// The options of `local token`.
@@ -114,6 +125,7 @@ impl Args {
             Some(Value(v)) if v == "dev" => Command::Dev,
             Some(Value(v)) if v == "provision" => Command::Provision,
             Some(Value(v)) if v == "token" => Command::Token,
+            Some(Value(v)) if v == "diagram" => Command::Diagram,
             Some(Value(other)) => {
                 return Err(CliError::Usage(format!("unknown command {other:?}")));
             }
@@ -128,10 +140,12 @@ impl Args {
             },
             release: false,
             build: true,
+            watch: true,
             stack: DEFAULT_STACK_NAME.to_string(),
             token: TokenArgs::default(),
         };
         let (dev, token) = (command == Command::Dev, command == Command::Token);
+        let diagram = command == Command::Diagram;
         while let Some(arg) = parser.next().map_err(usage)? {
             let option = match arg {
                 Long(name) => format!("--{name}"),
@@ -148,10 +162,11 @@ impl Args {
             };
             match option.as_str() {
                 "--template" => parsed.template = PathBuf::from(value()?),
-                "--port" => parsed.port = parse_port(&value()?, "--port")?,
-                "--stack" => parsed.stack = value()?,
+                "--port" if !diagram => parsed.port = parse_port(&value()?, "--port")?,
+                "--stack" if !diagram => parsed.stack = value()?,
                 "--release" if dev => parsed.release = true,
                 "--no-build" if dev => parsed.build = false,
+                "--no-watch" if dev => parsed.watch = false,
                 "--role" if token => {
                     for name in words(&value()?) {
                         let role =
@@ -199,6 +214,11 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         Command::Dev => dev::run(&args).await,
         Command::Provision => provision_only(&args).await,
         Command::Token => token::run(&args),
+        Command::Diagram => {
+            let template = Template::load(&args.template)?;
+            print!("{}", crate::diagram::render(&template));
+            Ok(())
+        }
     }
 }
 
@@ -277,6 +297,7 @@ mod tests {
             "4000",
             "--release",
             "--no-build",
+            "--no-watch",
             "--stack",
             "s",
         ])
@@ -284,8 +305,12 @@ mod tests {
         assert_eq!(a.command, Command::Dev);
         assert_eq!(a.template, PathBuf::from("t.yaml"));
         assert_eq!(
-            (a.port, a.release, a.build, a.stack.as_str()),
-            (4000, true, false, "s")
+            (a.port, a.release, a.build, a.watch, a.stack.as_str()),
+            (4000, true, false, false, "s")
+        );
+        assert!(
+            parse(&["dev"]).unwrap().watch,
+            "hot reload is on by default"
         );
         let t = parse(&[
             "token",
@@ -314,6 +339,11 @@ mod tests {
         );
         // POSIX forms too: `--option=value`.
         assert_eq!(parse(&["dev", "--port=4001"]).unwrap().port, 4001);
+        let d = parse(&["diagram", "--template", "t.yaml"]).unwrap();
+        assert_eq!(
+            (d.command, d.template),
+            (Command::Diagram, PathBuf::from("t.yaml"))
+        );
         let p = parse(&["provision"]).unwrap();
         assert_eq!(
             (p.command, p.build, p.stack.as_str()),
@@ -343,6 +373,11 @@ mod tests {
                 "--ttl \"-5\" is not a positive",
             ),
             (&["dev", "--role", "agent"][..], "unknown option \"--role\""),
+            (
+                &["provision", "--no-watch"][..],
+                "unknown option \"--no-watch\"",
+            ),
+            (&["diagram", "--port", "1"][..], "unknown option \"--port\""),
             (&["dev", "extra"][..], "unexpected argument \"extra\""),
             (
                 &["dev", "--release=yes"][..],

@@ -5,7 +5,8 @@
 //! A route with a JWT authorizer answers `401 {"message":"Unauthorized"}` or `403
 //! {"message":"Forbidden"}` (with a `www-authenticate` challenge) without invoking its function
 //! when the request's token does not pass; an `AWS_IAM` route answers `403` with API Gateway's
-//! message when the request's SigV4 signature does not ([`crate::auth`]).
+//! message when the request's SigV4 signature does not ([`crate::auth`]). Paths under
+//! `/_local/` never reach a route: they are the dashboard's ([`crate::dashboard`]).
 
 mod event;
 mod routes;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -34,10 +36,19 @@ pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// What the server needs: routes, their authorizers, the functions behind them, the account
 /// for the events.
 pub struct Gateway {
-    pub routes: RouteTable,
-    pub authorizers: Authorizers,
+    /// Read once per request; a template reload stores a new [`Routing`] (requests already
+    /// routed finish with the one they read).
+    pub routing: Arc<ArcSwap<Routing>>,
     pub runtime: Arc<Runtime>,
     pub account_id: String,
+    /// Served under [`crate::dashboard::PREFIX`] on the same listener, when set.
+    pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+}
+
+/// The routes of one version of the template and their authorizers, swapped together.
+pub struct Routing {
+    pub routes: RouteTable,
+    pub authorizers: Authorizers,
 }
 
 /// The gateway and the address it serves on (its own `Host`, as API Gateway's is its domain).
@@ -53,9 +64,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    let app = Router::new()
+    let dashboard = gateway.dashboard.as_ref().map(|d| {
+        let routing = Arc::clone(&gateway.routing);
+        d.router(move || routing.load().routes.routes().to_vec())
+    });
+    let mut app = Router::new()
         .fallback(handle)
         .with_state(Arc::new(Served { gateway, local }));
+    if let Some(dashboard) = dashboard {
+        app = app.merge(dashboard);
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -102,7 +120,8 @@ async fn answer(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
     }
-    let Some(matched) = gw.routes.find(parts.method.as_str(), parts.uri.path()) else {
+    let routing = gw.routing.load_full();
+    let Some(matched) = routing.routes.find(parts.method.as_str(), parts.uri.path()) else {
         return message(StatusCode::NOT_FOUND, "Not Found");
     };
     // Read before authorizing: a SigV4 signature covers the body.
@@ -118,7 +137,10 @@ async fn answer(
         headers: &parts.headers,
         body: &body,
     };
-    let authorizer = match gw.authorizers.check(access, &incoming, now.timestamp()) {
+    let authorizer = match routing
+        .authorizers
+        .check(access, &incoming, now.timestamp())
+    {
         Ok(context) => context,
         Err(denial) => return refused(&denial, access.scopes()),
     };

@@ -4,14 +4,16 @@
 //! Each source starts with one polling worker; a worker that receives a full batch starts
 //! another (up to [`MAX_WORKERS_PER_SOURCE`]), and an extra worker that receives nothing
 //! retires, so a backlog drains concurrently while an idle queue costs one long poll.
-//! On shutdown workers stop polling but finish the batch in hand.
+//! On shutdown workers stop polling but finish the batch in hand. Retired pollers (a template
+//! reload replaced their bindings) also let a receive already under way complete and settle
+//! its batch, so no message is left in flight with nobody to settle it.
 
 mod event;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
@@ -34,7 +36,7 @@ pub const RETRY_DELAY_ENV: &str = "LOCAL_RETRY_DELAY_SECONDS";
 const MAX_WAIT_SECS: i32 = 20;
 
 /// One SQS event source, resolved against the provisioned stack.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SqsBinding {
     /// Logical id of the function to invoke.
     pub function: String,
@@ -55,6 +57,8 @@ struct Source {
     chaos: Option<Arc<Chaos>>,
     workers: AtomicUsize,
     shutdown: watch::Receiver<bool>,
+    /// Set by [`Pollers::retire`]: no new receive starts.
+    retired: Arc<AtomicBool>,
     /// Each worker holds a clone; [`Pollers::wait`] returns when all are dropped.
     done: mpsc::Sender<()>,
 }
@@ -62,6 +66,7 @@ struct Source {
 /// The running pollers.
 pub struct Pollers {
     done: mpsc::Receiver<()>,
+    retired: Arc<AtomicBool>,
 }
 
 impl Pollers {
@@ -75,6 +80,7 @@ impl Pollers {
         shutdown: watch::Receiver<bool>,
     ) -> Pollers {
         let (done_tx, done) = mpsc::channel(1);
+        let retired = Arc::new(AtomicBool::new(false));
         for binding in bindings {
             let source = Arc::new(Source {
                 binding,
@@ -83,11 +89,20 @@ impl Pollers {
                 chaos: chaos.clone(),
                 workers: AtomicUsize::new(1),
                 shutdown: shutdown.clone(),
+                retired: Arc::clone(&retired),
                 done: done_tx.clone(),
             });
             tokio::spawn(worker(source, true));
         }
-        Pollers { done }
+        Pollers { done, retired }
+    }
+
+    /// Stops receiving, gently: a worker waiting on a receive lets it complete and settles the
+    /// batch it returns (deleted or returned as usual), then stops; none starts another. For a
+    /// template reload, whose new pollers start at once beside them. Shutdown (the `shutdown`
+    /// signal) still stops them, as it does the others.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 
     /// Waits until every worker has stopped (after shutdown was signalled).
@@ -111,7 +126,7 @@ async fn work(source: Arc<Source>, primary: bool) {
     let mut shutdown = source.shutdown.clone();
     let b = &source.binding;
     loop {
-        if *shutdown.borrow() {
+        if *shutdown.borrow() || source.retired.load(Ordering::Acquire) {
             break;
         }
         let batch = tokio::select! {

@@ -73,6 +73,7 @@ async fn rig(chaos: &str, fifo: bool) -> Rig {
         chaos: Some(Arc::clone(&chaos)),
         workers: AtomicUsize::new(1),
         shutdown,
+        retired: Default::default(),
         done,
     };
     Rig {

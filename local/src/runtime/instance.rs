@@ -4,6 +4,7 @@
 //! locking is needed around an invocation. Dropping it kills the process and stops its server.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::FunctionSpec;
 use super::api::{self, ApiState, Event, Invocation};
+use super::journal::{InstanceId, Journal};
 
 pub(crate) struct Instance {
     pub pid: Option<u32>,
@@ -22,16 +24,22 @@ pub(crate) struct Instance {
     pub initialized: bool,
     pub invocations: mpsc::Sender<Invocation>,
     pub events: mpsc::UnboundedReceiver<Event>,
+    /// Its entry in the runtime's journal (its lines are recorded there too).
+    pub journal_id: InstanceId,
     /// Sending on it or dropping it makes the watcher kill the process, then stop its Runtime
     /// API server (in that order, so the process never sees its API vanish while alive).
     kill: Option<oneshot::Sender<()>>,
 }
 
 impl Instance {
-    /// Starts the function's process with its own Runtime API listener.
+    /// Starts the function's process from `executable` (its binary or a snapshot of it) with
+    /// its own Runtime API listener. `LAMBDA_TASK_ROOT` is the directory of
+    /// [`FunctionSpec::binary`] either way.
     pub async fn spawn(
         spec: &FunctionSpec,
+        executable: &Path,
         base_env: &BTreeMap<String, String>,
+        journal: &Arc<Journal>,
     ) -> std::io::Result<Instance> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api_addr = listener.local_addr()?;
@@ -53,7 +61,8 @@ impl Instance {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         let spawned_at = Instant::now();
-        let mut child = Command::new(&spec.binary)
+        let mut command = Command::new(executable);
+        command
             .env_clear()
             .envs(base_env)
             .envs(&spec.env)
@@ -73,16 +82,24 @@ impl Instance {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        let mut child = spawn_retrying_busy(&mut command)
+            .await
             .inspect_err(|_| server.abort())?;
         let pid = child.id();
+        let journal_id = journal.instance_started(&spec.logical_id, pid);
+        let tap = |stream| Tap {
+            journal: Arc::clone(journal),
+            instance: journal_id,
+            stream,
+        };
         if let Some(out) = child.stdout.take() {
-            forward_lines(out, spec.logical_id.clone(), false);
+            forward_lines(out, spec.logical_id.clone(), tap("stdout"));
         }
         if let Some(err) = child.stderr.take() {
-            forward_lines(err, spec.logical_id.clone(), true);
+            forward_lines(err, spec.logical_id.clone(), tap("stderr"));
         }
+        let exits = Arc::clone(journal);
         let (kill, kill_rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let status = tokio::select! {
@@ -94,6 +111,7 @@ impl Instance {
             };
             server.abort();
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            exits.instance_exited(journal_id, &status);
             let _ = events_tx.send(Event::Exited(status));
         });
         Ok(Instance {
@@ -102,6 +120,7 @@ impl Instance {
             initialized: false,
             invocations,
             events,
+            journal_id,
             kill: Some(kill),
         })
     }
@@ -146,16 +165,43 @@ impl Instance {
     }
 }
 
-/// Prints each line of a function's output prefixed with `[LogicalId]`.
-fn forward_lines(stream: impl AsyncRead + Unpin + Send + 'static, id: String, to_stderr: bool) {
+/// Spawns `command`, retrying briefly on `ETXTBSY`: a snapshot just written by this process
+/// can still be open for writing in a child another thread forked at that moment, until
+/// that child's own exec closes it.
+async fn spawn_retrying_busy(command: &mut Command) -> std::io::Result<tokio::process::Child> {
+    const ETXTBSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Where an instance's output stream is recorded besides being printed.
+struct Tap {
+    journal: Arc<Journal>,
+    instance: InstanceId,
+    /// `stdout` or `stderr`: printed to the runner's own stream of that name.
+    stream: &'static str,
+}
+
+/// Prints each line of a function's output prefixed with `[LogicalId]` and records it in the
+/// journal.
+fn forward_lines(stream: impl AsyncRead + Unpin + Send + 'static, id: String, tap: Tap) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if to_stderr {
+            if tap.stream == "stderr" {
                 eprintln!("[{id}] {line}");
             } else {
                 println!("[{id}] {line}");
             }
+            tap.journal.line(tap.instance, tap.stream, &line);
         }
     });
 }

@@ -4,14 +4,24 @@
 //! instance, or starts one when all are busy and the pool is below its limit, or waits for a
 //! permit beyond it. An instance that times out or crashes is dropped (killed) and never
 //! reused; the next invocation starts a fresh one, as Lambda does.
+//!
+//! A pool runs one *generation* of its function at a time: a spec (binary, environment,
+//! settings) and the instances started from it. [`Runtime::replace`] (hot reload) installs a
+//! new generation: invocations from then on start instances of it, idle instances of the old
+//! one are stopped at once, busy ones finish their invocation and are stopped then. The
+//! instance limit is the pool's, across generations. With [`Runtime::with_snapshots`]
+//! instances execute private copies of the binaries ([`snapshot`]), so a rebuild never
+//! rewrites a file in use.
 
 mod api;
 mod instance;
+pub mod journal;
+mod snapshot;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -20,6 +30,9 @@ use tokio::sync::Semaphore;
 use crate::chaos::{Chaos, Fault};
 use api::{Event, Invocation};
 use instance::Instance;
+use journal::Journal;
+pub use snapshot::Fingerprint;
+use snapshot::{Executable, Snapshots};
 
 /// Default number of concurrent instances per function.
 pub const DEFAULT_MAX_INSTANCES: usize = 4;
@@ -29,7 +42,7 @@ pub const MAX_INSTANCES_ENV: &str = "LOCAL_MAX_INSTANCES";
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything needed to start instances of one function.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     /// Logical id in the template (log prefix, key for [`Runtime::invoke`]).
     pub logical_id: String,
@@ -130,49 +143,129 @@ pub enum InvokeError {
 
 /// The pools of every function.
 pub struct Runtime {
-    pools: BTreeMap<String, Pool>,
+    /// By logical id. Read briefly per invocation; written by [`Runtime::replace`] and
+    /// [`Runtime::remove`] only.
+    pools: RwLock<BTreeMap<String, Arc<Pool>>>,
     base_env: BTreeMap<String, String>,
     closed: AtomicBool,
+    /// What the dashboard shows ([`journal`]).
+    journal: Arc<Journal>,
     chaos: Option<Arc<Chaos>>,
+    max_instances: usize,
+    /// Where binaries are copied before they run; `None` runs them in place.
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 struct Pool {
-    spec: FunctionSpec,
-    idle: Mutex<Vec<Instance>>,
+    /// The generation new invocations start instances of.
+    current: Mutex<Arc<Generation>>,
+    /// Instances of every generation together at most `max_instances`.
     permits: Semaphore,
 }
 
+/// One spec of a function and the instances started from it.
+struct Generation {
+    /// 1 for the spec the pool started with, then one more per [`Runtime::replace`].
+    number: u64,
+    spec: FunctionSpec,
+    executable: Arc<Executable>,
+    /// Warm instances; `None` once retired: instances ending an invocation are then dropped
+    /// (killed) instead of parked.
+    idle: Mutex<Option<Vec<Instance>>>,
+}
+
 impl Runtime {
-    /// Pools for `functions`; no process starts before its first invocation.
+    /// Pools for `functions`, executing their binaries in place; no process starts before its
+    /// first invocation.
     pub fn new(functions: Vec<FunctionSpec>, opts: &RuntimeOptions) -> Runtime {
+        let runtime = Runtime::empty(opts, None);
+        {
+            let mut pools = runtime.write_pools();
+            for spec in functions {
+                let executable = Arc::new(Executable::in_place(&spec.binary));
+                pools.insert(spec.logical_id.clone(), runtime.pool(spec, executable));
+            }
+        }
+        runtime
+    }
+
+    /// Pools for `functions` whose instances execute private copies of the binaries, made in
+    /// `<snapshot_dir>/<pid>/` now (and by [`Runtime::replace`] for later builds). The
+    /// directories of runner processes that no longer run are cleared first.
+    ///
+    /// # Errors
+    /// A binary cannot be copied, or the directory cannot be created.
+    pub async fn with_snapshots(
+        functions: Vec<FunctionSpec>,
+        opts: &RuntimeOptions,
+        snapshot_dir: &Path,
+    ) -> std::io::Result<Runtime> {
+        let dir = snapshot_dir.to_path_buf();
+        let snapshots = tokio::task::spawn_blocking(move || Snapshots::new(&dir))
+            .await
+            .map_err(std::io::Error::other)??;
+        let runtime = Runtime::empty(opts, Some(Arc::new(snapshots)));
+        for spec in functions {
+            let executable = runtime.executable(&spec.binary).await?;
+            let pool = runtime.pool(spec, executable);
+            let id = pool.current().spec.logical_id.clone();
+            runtime.write_pools().insert(id, pool);
+        }
+        Ok(runtime)
+    }
+
+    fn empty(opts: &RuntimeOptions, snapshots: Option<Arc<Snapshots>>) -> Runtime {
         Runtime {
-            pools: functions
-                .into_iter()
-                .map(|spec| {
-                    let pool = Pool {
-                        spec,
-                        idle: Mutex::new(Vec::new()),
-                        permits: Semaphore::new(opts.max_instances.max(1)),
-                    };
-                    (pool.spec.logical_id.clone(), pool)
-                })
-                .collect(),
+            pools: RwLock::new(BTreeMap::new()),
             base_env: base_env(opts),
             closed: AtomicBool::new(false),
+            journal: Arc::default(),
             chaos: opts.chaos.clone(),
+            max_instances: opts.max_instances.max(1),
+            snapshots,
         }
     }
 
+    fn pool(&self, spec: FunctionSpec, executable: Arc<Executable>) -> Arc<Pool> {
+        Arc::new(Pool {
+            current: Mutex::new(Arc::new(Generation::new(1, spec, executable))),
+            permits: Semaphore::new(self.max_instances),
+        })
+    }
+
+    /// What `binary` is executed as: a snapshot of it as it is now, or itself.
+    async fn executable(&self, binary: &Path) -> std::io::Result<Arc<Executable>> {
+        match &self.snapshots {
+            Some(snapshots) => {
+                let (snapshots, binary) = (Arc::clone(snapshots), binary.to_path_buf());
+                tokio::task::spawn_blocking(move || snapshots.take(&binary))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+            None => Ok(Arc::new(Executable::in_place(binary))),
+        }
+    }
+
+    fn read_pools(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pool>>> {
+        self.pools.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_pools(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Pool>>> {
+        self.pools.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Invokes function `function` (logical id) with `payload`, as Lambda's synchronous
-    /// `Invoke` does, printing `START`/`END`/`REPORT` lines.
+    /// `Invoke` does, printing `START`/`END`/`REPORT` lines. The invocation runs on an
+    /// instance of the function's current generation.
     pub async fn invoke(
         &self,
         function: &str,
         payload: Value,
     ) -> Result<InvokeOutcome, InvokeError> {
         let pool = self
-            .pools
+            .read_pools()
             .get(function)
+            .cloned()
             .ok_or_else(|| InvokeError::UnknownFunction(function.to_string()))?;
         let _permit = pool
             .permits
@@ -182,52 +275,142 @@ impl Runtime {
         if self.closed.load(Ordering::Acquire) {
             return Err(InvokeError::ShuttingDown);
         }
-        let idle = pool.take_idle();
+        let generation = pool.current();
+        let spec = &generation.spec;
+        let idle = generation.take_idle();
         let mut instance = match idle {
             Some(i) => i,
-            None => Instance::spawn(&pool.spec, &self.base_env)
-                .await
-                .map_err(|source| InvokeError::Spawn {
-                    function: function.to_string(),
-                    binary: pool.spec.binary.clone(),
-                    source,
-                })?,
+            None => Instance::spawn(
+                spec,
+                &generation.executable.path,
+                &self.base_env,
+                &self.journal,
+            )
+            .await
+            .map_err(|source| InvokeError::Spawn {
+                function: function.to_string(),
+                binary: generation.executable.path.clone(),
+                source,
+            })?,
         };
-        let result = run(&pool.spec, &mut instance, &payload, self.chaos.as_deref()).await;
+        let result = run(
+            spec,
+            &mut instance,
+            &payload,
+            self.chaos.as_deref(),
+            &self.journal,
+        )
+        .await;
         if result.is_ok() && !self.closed.load(Ordering::Acquire) {
-            pool.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(instance);
+            generation.park(instance);
         }
         result
+    }
+
+    /// Makes `spec` the function's new generation (or adds the function) and returns the
+    /// generation's number. Invocations from now on start instances of it; idle instances of
+    /// the previous generation are stopped now, busy ones when their invocation ends. The
+    /// binary is snapshot first (when the runtime makes snapshots): a build of it equal to the
+    /// one running ([`Fingerprint`]) shares that snapshot, so a change of environment alone
+    /// copies nothing.
+    ///
+    /// # Errors
+    /// The binary cannot be copied; the function keeps its current generation.
+    pub async fn replace(&self, spec: FunctionSpec) -> std::io::Result<u64> {
+        let executable = self.executable(&spec.binary).await?;
+        let existing = self.read_pools().get(&spec.logical_id).cloned();
+        let Some(pool) = existing else {
+            let pool = self.pool(spec, executable);
+            let id = pool.current().spec.logical_id.clone();
+            self.write_pools().insert(id, pool);
+            return Ok(1);
+        };
+        let old = {
+            let mut current = pool.current.lock().unwrap_or_else(|e| e.into_inner());
+            let next = Arc::new(Generation::new(current.number + 1, spec, executable));
+            std::mem::replace(&mut *current, next)
+        };
+        old.retire();
+        Ok(old.number + 1)
+    }
+
+    /// Removes function `logical_id` (gone from the template): unknown to invocations from
+    /// now on, its idle instances stopped, busy ones stopped when their invocation ends.
+    /// False when there was no such function.
+    pub fn remove(&self, logical_id: &str) -> bool {
+        let removed = self.write_pools().remove(logical_id);
+        removed.inspect(|pool| pool.current().retire()).is_some()
     }
 
     /// Stops accepting invocations and kills idle instances; busy ones are killed when their
     /// invocation ends.
     pub fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
-        for pool in self.pools.values() {
+        for pool in self.read_pools().values() {
             pool.permits.close();
-            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            pool.current().retire();
         }
     }
 
-    /// The function specs, by logical id.
-    pub fn functions(&self) -> impl Iterator<Item = &FunctionSpec> {
-        self.pools.values().map(|p| &p.spec)
+    /// The current spec of every function, by logical id.
+    pub fn functions(&self) -> Vec<FunctionSpec> {
+        self.read_pools()
+            .values()
+            .map(|p| p.current().spec.clone())
+            .collect()
+    }
+
+    /// Function `logical_id`'s current generation: its number (1, then one more per
+    /// [`Runtime::replace`]) and the fingerprint of the build it runs (taken when it was
+    /// installed; `None` if the binary could not be stat'ed then).
+    pub fn generation(&self, logical_id: &str) -> Option<(u64, Option<Fingerprint>)> {
+        let pool = self.read_pools().get(logical_id).cloned()?;
+        let generation = pool.current();
+        Some((generation.number, generation.executable.fingerprint))
     }
 }
 
 impl Pool {
+    fn current(&self) -> Arc<Generation> {
+        Arc::clone(&self.current.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Generation {
+    fn new(number: u64, spec: FunctionSpec, executable: Arc<Executable>) -> Generation {
+        Generation {
+            number,
+            spec,
+            executable,
+            idle: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Option<Vec<Instance>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn take_idle(&self) -> Option<Instance> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(mut i) = idle.pop() {
+        let mut idle = self.idle();
+        while let Some(mut i) = idle.as_mut()?.pop() {
             if i.alive() {
                 return Some(i);
             }
         }
         None
+    }
+
+    /// Keeps `instance` warm, unless the generation is retired (then it is dropped: killed).
+    fn park(&self, instance: Instance) {
+        if let Some(idle) = self.idle().as_mut() {
+            idle.push(instance);
+        }
+    }
+
+    /// Stops the idle instances and every later one that would be parked.
+    fn retire(&self) {
+        let idle = self.idle().take();
+        drop(idle);
     }
 }
 
@@ -287,8 +470,10 @@ async fn run(
     instance: &mut Instance,
     payload: &Value,
     chaos: Option<&Chaos>,
+    journal: &Arc<Journal>,
 ) -> Result<InvokeOutcome, InvokeError> {
     let request_id = uuid::Uuid::new_v4().to_string();
+    let mut recording = journal.begin(spec, instance.journal_id, &request_id, payload);
     let init_duration = if instance.initialized {
         None
     } else {
@@ -300,6 +485,7 @@ async fn run(
                 ms(instance.since_spawn())
             );
             eprintln!("[{}] {e}", spec.logical_id);
+            recording.finish_init_error(instance.since_spawn(), e);
         }
         Some(init?)
     };
@@ -363,6 +549,8 @@ async fn run(
         eprintln!("[{}] {e}", spec.logical_id);
     }
     println!("[{}] END RequestId: {request_id}", spec.logical_id);
+    let max_memory_mb = instance.max_memory_mb();
+    recording.finish(&result, duration, init_duration, max_memory_mb);
     println!(
         "[{}] {}",
         spec.logical_id,
@@ -370,7 +558,7 @@ async fn run(
             &request_id,
             duration,
             spec.memory_mb,
-            instance.max_memory_mb(),
+            max_memory_mb,
             init_duration,
             result.as_ref().err()
         )
@@ -471,6 +659,13 @@ fn parse_error(body: &[u8]) -> FunctionError {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         }),
+    }
+}
+
+impl Runtime {
+    /// The record of instances and recent invocations the dashboard reads.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
     }
 }
 

@@ -307,3 +307,97 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
     .await;
     out.into_iter().map(|o| o.expect("all ready")).collect()
 }
+
+/// Hot reload's swap: a new generation gets new instances (with its new environment), the
+/// old generation's idle instance is stopped at once and its busy one finishes its invocation
+/// and is stopped then; snapshots are shared by equal builds and removed with their last
+/// generation; a removed function is unknown.
+#[tokio::test]
+async fn replace_starts_a_new_generation_and_lets_the_old_one_finish() {
+    let dir = std::env::temp_dir().join(format!("local-snapshots-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("fake-fn");
+    std::fs::copy(spec(5, &[]).binary, &binary).unwrap();
+    let first = FunctionSpec {
+        binary: binary.clone(),
+        ..spec(5, &[])
+    };
+    let opts = RuntimeOptions::new("eu-west-1", "http://127.0.0.1:4566");
+    let rt = Arc::new(
+        Runtime::with_snapshots(vec![first.clone()], &opts, &dir.join("snapshots"))
+            .await
+            .unwrap(),
+    );
+    let own = dir.join("snapshots").join(std::process::id().to_string());
+    let snapshots = || {
+        let mut names: Vec<String> = std::fs::read_dir(&own)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(snapshots(), ["fake-fn-1"]);
+    let pid = |v: &Value| v["pid"].as_u64().unwrap();
+    let gone = |pid: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "instance {pid} still running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    // Generation 1: one instance busy for a second, one idle.
+    let warm = pid(&response(rt.invoke("Fake", json!({})).await));
+    let slow = tokio::spawn({
+        let rt = Arc::clone(&rt);
+        async move { rt.invoke("Fake", json!({"sleep": 1})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let idle = pid(&response(rt.invoke("Fake", json!({})).await));
+    assert_ne!(idle, warm, "the busy instance is not shared");
+
+    // Generation 2: another environment, the same build (its snapshot is shared).
+    let second = FunctionSpec {
+        env: BTreeMap::from([("GENERATION".to_string(), "2".to_string())]),
+        ..first.clone()
+    };
+    assert_eq!(rt.replace(second.clone()).await.unwrap(), 2);
+    assert_eq!(rt.generation("Fake").unwrap().0, 2);
+    assert_eq!(rt.functions(), vec![second.clone()]);
+    gone(idle).await;
+    let answer = response(rt.invoke("Fake", json!({})).await);
+    assert_eq!(answer["env"]["GENERATION"], "2");
+    let fresh = pid(&answer);
+    assert!(fresh != warm && fresh != idle, "a new instance answers");
+    assert_eq!(snapshots(), ["fake-fn-1"]);
+    // The busy generation-1 instance finished normally, then was stopped.
+    let slow = response(slow.await.unwrap());
+    assert_eq!(pid(&slow), warm);
+    gone(warm).await;
+
+    // Generation 3: a new build gets a snapshot of its own; the old one goes with the last
+    // generation that ran it.
+    std::fs::write(
+        &binary,
+        std::fs::read_to_string(&binary).unwrap() + "\n# rebuilt\n",
+    )
+    .unwrap();
+    assert_eq!(rt.replace(second).await.unwrap(), 3);
+    gone(fresh).await;
+    assert_eq!(snapshots(), ["fake-fn-2"]);
+    assert_eq!(
+        response(rt.invoke("Fake", json!({})).await)["env"]["GENERATION"],
+        "2"
+    );
+
+    assert!(rt.remove("Fake"));
+    assert!(matches!(
+        rt.invoke("Fake", json!({})).await,
+        Err(InvokeError::UnknownFunction(_))
+    ));
+    drop(rt);
+    assert!(!own.exists(), "the runtime's snapshots go with it");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1323,3 +1323,247 @@ async fn a_retry_of_a_lost_answer_receipt_is_accepted_after_its_message_was_reje
     assert_eq!(s.message(&id, &late).await["status"], "REJECTED");
     assert_eq!(call(&s.api, ev).await.1, accepted, "replayed from then on");
 }
+
+// ------------------------------------------------------------------ the sweeper
+
+use conversations_worker::sweeper::{AwsSweeper, Report};
+
+impl System {
+    /// The sweeper as the template configures it (its own environment), calling the test's
+    /// agents server with the worker's short timeouts; `overrides` set more variables
+    /// (`SWEEP_STALE_AFTER_SECS`, `SWEEP_MAX_PER_RUN`, the agents client's policy).
+    fn sweeper(&self, overrides: &[(&str, &str)]) -> AwsSweeper {
+        let mut vars = self
+            .env
+            .vars("ConversationsSweeperFunction")
+            .with("AGENTS_API_URL", self.server.url())
+            .with("AGENTS_TIMEOUT_MS", "300")
+            .with("AGENTS_MAX_ATTEMPTS", "3")
+            .with("AGENTS_BACKOFF_MS", "60")
+            .with("AGENTS_BACKOFF_MAX_MS", "1000");
+        for (name, value) in overrides {
+            vars = vars.with(name, *value);
+        }
+        conversations_worker::sweeper::init(&self.env.sdk, &vars).unwrap()
+    }
+
+    /// The events on the conversations queue now, removed before the worker sees them (lost on
+    /// the way, or parked in a DLQ): their detail-types.
+    async fn lose_conversation_events(&self) -> Vec<String> {
+        let url = self.env.queue_url("ConversationsQueue");
+        let msgs = self.env.receive(&url, 30).await;
+        self.env.delete(&url, &msgs).await;
+        msgs.iter()
+            .map(|m| {
+                let v: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+                v["detail-type"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// `n` conversations QUEUED (nobody AVAILABLE), in order of creation, then `agent` made
+    /// AVAILABLE (registered with `capacity`) without its `AgentStateChanged` ever reaching
+    /// the conversations worker: nothing but the sweeper would match them.
+    async fn queued_and_forgotten(&self, agent: &str, capacity: u32, n: usize) -> Vec<String> {
+        self.agent(agent, &[], capacity, false).await;
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(self.start(&[]).await);
+        }
+        assert!(self.drain().await.is_empty());
+        self.agent_state(agent, "AVAILABLE").await;
+        let lost = self.lose_conversation_events().await;
+        assert!(
+            !lost.is_empty() && lost.iter().all(|k| k == "AgentStateChanged"),
+            "{lost:?}"
+        );
+        assert!(self.drain().await.is_empty());
+        for id in &ids {
+            assert_eq!(self.conversation(id).await["status"], "QUEUED", "{id}");
+        }
+        ids
+    }
+
+    async fn statuses(&self, ids: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(
+                self.conversation(id).await["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        out
+    }
+}
+
+/// One scheduled run, as EventBridge invokes it (a Scheduled Event), with 10 s to go.
+async fn sweep(sweeper: &AwsSweeper) -> Report {
+    let mut event = fixture("conversations-sweeper/scheduled-event.json");
+    event["id"] = uuid::Uuid::new_v4().to_string().into();
+    conversations_worker::sweeper::handle(sweeper, event, Instant::now() + Duration::from_secs(10))
+        .await
+}
+
+#[tokio::test]
+async fn a_conversation_whose_agent_event_was_lost_is_matched_by_the_sweeper_once() {
+    let s = system().await;
+    let ids = s.queued_and_forgotten("bob", 1, 1).await;
+    let id = &ids[0];
+    s.env.published().await;
+
+    let sweeper = s.sweeper(&[("SWEEP_STALE_AFTER_SECS", "0")]);
+    let report = sweep(&sweeper).await;
+    assert_eq!(
+        report,
+        Report {
+            stale: 1,
+            matched: 1,
+            ..Report::default()
+        }
+    );
+    let c = s.conversation(id).await;
+    assert_eq!(
+        (c["status"].as_str(), c["agentId"].as_str()),
+        (Some("ASSIGNED"), Some("bob"))
+    );
+    assert_eq!(s.agent_load("bob").await, 1);
+    // What the worker's match publishes: the agents API's AgentMatched, and nothing else.
+    let events = s.env.published().await;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(kinds.iter().all(|k| *k == "AgentMatched"), "{kinds:?}");
+    assert_eq!(count(&events, "AgentMatched"), 1, "{events:?}");
+    let matched = &events[0].1;
+    assert_eq!(matched["data"]["conversationId"], id.as_str());
+    assert_eq!(matched["data"]["agentId"], "bob");
+    // The AgentMatched reaches the worker and agrees.
+    assert!(s.drain().await.is_empty());
+    assert_eq!(s.conversation(id).await, c);
+
+    // A second run finds nothing to do and changes nothing.
+    let hits = s.server.hits().len();
+    assert_eq!(sweep(&sweeper).await, Report::default());
+    assert_eq!(s.conversation(id).await, c);
+    assert_eq!(s.agent_load("bob").await, 1);
+    assert_eq!(s.server.hits().len(), hits, "no match asked");
+    assert!(s.env.published().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_sweep_takes_at_most_its_bound_oldest_first_and_never_overbooks() {
+    let s = system().await;
+    // Five waiting, room for four, three per run.
+    let ids = s.queued_and_forgotten("ann", 4, 5).await;
+    let sweeper = s.sweeper(&[("SWEEP_STALE_AFTER_SECS", "0"), ("SWEEP_MAX_PER_RUN", "3")]);
+
+    let first = sweep(&sweeper).await;
+    assert_eq!(
+        first,
+        Report {
+            stale: 3,
+            matched: 3,
+            backlog: true,
+            ..Report::default()
+        }
+    );
+    assert_eq!(
+        s.statuses(&ids).await,
+        ["ASSIGNED", "ASSIGNED", "ASSIGNED", "QUEUED", "QUEUED"],
+        "the three oldest"
+    );
+
+    let second = sweep(&sweeper).await;
+    assert_eq!(
+        second,
+        Report {
+            stale: 2,
+            matched: 1,
+            no_agent: 1,
+            ..Report::default()
+        }
+    );
+    assert_eq!(
+        s.statuses(&ids).await,
+        ["ASSIGNED", "ASSIGNED", "ASSIGNED", "ASSIGNED", "QUEUED"],
+        "the older of the two; the last waits for a free slot"
+    );
+    assert_eq!(s.agent_load("ann").await, 4, "capacity 4, never more");
+    for id in &ids[..4] {
+        assert_eq!(s.conversation(id).await["agentId"], "ann");
+    }
+}
+
+#[tokio::test]
+async fn a_conversation_queued_less_than_the_threshold_ago_is_left_to_the_event_path() {
+    let s = system().await;
+    let ids = s.queued_and_forgotten("cy", 1, 1).await;
+    let hits = s.server.hits().len();
+
+    // The template's threshold (30 s): the conversation has waited a few seconds at most.
+    let report = sweep(&s.sweeper(&[])).await;
+    assert_eq!(report, Report::default());
+    assert_eq!(s.statuses(&ids).await, ["QUEUED"]);
+    assert_eq!(s.server.hits().len(), hits, "no match asked");
+
+    // Only the threshold held it back.
+    let report = sweep(&s.sweeper(&[("SWEEP_STALE_AFTER_SECS", "0")])).await;
+    assert_eq!(report.matched, 1, "{report:?}");
+    assert_eq!(s.statuses(&ids).await, ["ASSIGNED"]);
+}
+
+#[tokio::test]
+async fn a_failed_match_does_not_stop_the_sweep() {
+    let s = system().await;
+    let ids = s.queued_and_forgotten("dee", 2, 2).await;
+    let sweeper = s.sweeper(&[("SWEEP_STALE_AFTER_SECS", "0")]);
+    // The oldest conversation's match is answered out of contract (not retried).
+    s.server.fail_next(&[Fault::Status(400)]);
+    let report = sweep(&sweeper).await;
+    assert_eq!(
+        report,
+        Report {
+            stale: 2,
+            matched: 1,
+            failed: 1,
+            ..Report::default()
+        }
+    );
+    assert_eq!(s.statuses(&ids).await, ["QUEUED", "ASSIGNED"]);
+    // The next run takes it up.
+    assert_eq!(sweep(&sweeper).await.matched, 1);
+    assert_eq!(s.statuses(&ids).await, ["ASSIGNED", "ASSIGNED"]);
+    assert_eq!(s.agent_load("dee").await, 2);
+}
+
+#[tokio::test]
+async fn a_sweep_with_the_agents_api_hanging_ends_before_its_deadline() {
+    let s = system().await;
+    let ids = s.queued_and_forgotten("eve", 5, 5).await;
+    // Every attempt outlasts its 300 ms timeout; the breaker stays closed, so every call takes
+    // its longest (3 attempts and 2 backoffs, about 1.1 s).
+    let sweeper = s.sweeper(&[
+        ("SWEEP_STALE_AFTER_SECS", "0"),
+        ("AGENTS_BREAKER_FAILURES", "100"),
+    ]);
+    s.server
+        .fail_next(&[Fault::Slow(Duration::from_secs(2)); 20]);
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(2_500);
+    let report = conversations_worker::sweeper::handle(&sweeper, json!({}), deadline).await;
+    assert!(
+        Instant::now() < deadline,
+        "ended {:?} after its deadline",
+        Instant::now() - deadline
+    );
+    assert_eq!(
+        report,
+        Report {
+            stale: 5,
+            failed: 1,
+            deferred: 4,
+            ..Report::default()
+        }
+    );
+    assert_eq!(s.statuses(&ids).await, ["QUEUED"; 5]);
+}
