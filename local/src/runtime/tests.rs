@@ -100,7 +100,9 @@ async fn passes_the_event_headers_and_environment() {
 #[tokio::test]
 async fn reuses_warm_instances_and_scales_out_when_busy() {
     let rt = runtime(spec(5, &[]), 4);
+    let cold = Instant::now();
     let first = response(rt.invoke("Fake", json!({})).await)["pid"].clone();
+    let cold_start = cold.elapsed();
     let second = response(rt.invoke("Fake", json!({})).await)["pid"].clone();
     assert_eq!(first, second, "a warm instance is reused");
 
@@ -116,10 +118,13 @@ async fn reuses_warm_instances_and_scales_out_when_busy() {
         3,
         "overlapping invocations run on separate instances"
     );
+    // Side by side: one cold start and one sleep, plus slack; one after another would take
+    // three of each. (Against the cold start measured here, so a loaded machine's slower
+    // process start does not count against the runtime.)
+    let elapsed = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_millis(1700),
-        "{:?}",
-        started.elapsed()
+        elapsed < cold_start + Duration::from_millis(1100),
+        "{elapsed:?} with a cold start of {cold_start:?}"
     );
 }
 
