@@ -99,8 +99,9 @@ pub struct Report {
     pub backlog: bool,
 }
 
-/// One run, to be done by `deadline`. `event` is the Scheduled Event (its `id` makes the run's
-/// correlation id, `sweep-<id>`, carried to the agents API and into the events a match causes);
+/// One run, to be done by `deadline`. `event` is the Scheduled Event (its `id` is the run's
+/// correlation id, carried to the agents API and into the events a match causes, so a trace of
+/// that id starts at the run);
 /// anything else (a schedule's `Input`, `{}`) runs the same under a fresh id. Never fails: see
 /// [`Report`].
 pub async fn handle<S: ConversationStore, B: EventBus>(
@@ -110,10 +111,9 @@ pub async fn handle<S: ConversationStore, B: EventBus>(
 ) -> Report {
     let started = Instant::now();
     let (app, settings) = (&sweeper.app, &sweeper.settings);
-    let id = event["id"]
+    let correlation_id = event["id"]
         .as_str()
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let correlation_id = format!("sweep-{id}");
     let mut report = Report::default();
     let stale = match stale_conversations(app, settings).await {
         Ok(stale) => stale,

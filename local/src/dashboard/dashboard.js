@@ -105,7 +105,15 @@ function renderRoutes(routes) {
 
 function queueRole(q) {
   const parts = [];
-  if (q.deadLettersOf.length) parts.push(badge("role", "DLQ of " + q.deadLettersOf.join(", ")));
+  if (q.deadLettersOf.length) {
+    // Several origins (a DLQ shared by the bus's rule targets): counted, named on hover.
+    const of = q.deadLettersOf.length > 2
+      ? `${q.deadLettersOf.length} origins`
+      : q.deadLettersOf.join(", ");
+    const role = badge("role", "DLQ of " + of);
+    role.title = q.deadLettersOf.join("\n");
+    parts.push(role);
+  }
   if (q.consumers.length) parts.push(badge("role", "→ " + q.consumers.join(", ")));
   if (q.dlq) parts.push(el("span", { class: "muted", text: " DLQ " + q.dlq }));
   return parts;

@@ -514,7 +514,8 @@ impl Drop for Recording {
 /// The trigger and the correlation ids of an event: an API Gateway payload 2.0 request (the
 /// `x-correlation-id` header when usable, else the request id, as the functions choose it), an
 /// SQS batch (each body's `detail.correlationId`, or `correlationId` for a bare envelope), an
-/// EventBridge scheduled event (none).
+/// EventBridge scheduled event (its event `id`: a scheduled function that correlates what it
+/// causes uses that, as the conversations sweeper does).
 pub fn describe(payload: &Value) -> (Trigger, Vec<String>) {
     if let (Some(route), Some(context)) = (
         payload.get("routeKey").and_then(Value::as_str),
@@ -574,7 +575,8 @@ pub fn describe(payload: &Value) -> (Trigger, Vec<String>) {
             .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
             .unwrap_or_default()
             .to_string();
-        return (Trigger::Schedule { rule }, Vec::new());
+        let id = payload.get("id").and_then(Value::as_str).map(str::to_string);
+        return (Trigger::Schedule { rule }, id.into_iter().collect());
     }
     (Trigger::Direct, Vec::new())
 }
@@ -715,6 +717,7 @@ mod tests {
             )
         );
         let scheduled = json!({
+            "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
             "detail-type": "Scheduled Event", "source": "aws.events",
             "resources": ["arn:aws:events:us-east-1:123456789012:rule/cqrs-local-Nightly"],
             "detail": {},
@@ -725,7 +728,7 @@ mod tests {
                 Trigger::Schedule {
                     rule: "cqrs-local-Nightly".into()
                 },
-                vec![]
+                vec!["53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa".to_string()]
             )
         );
         assert_eq!(describe(&json!({"hello": 1})), (Trigger::Direct, vec![]));
