@@ -5,7 +5,7 @@ export AWS_ACCESS_KEY_ID ?= test
 export AWS_SECRET_ACCESS_KEY ?= test
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick load soak token diagram
+.PHONY: dev test tools lint fmt unit build release sam-build fuzz bench bench-quick bench-peers load soak token diagram profile bench-first-request
 
 ## Run the whole system locally: emulator + resources of template.yaml + HTTP API on :3000 + SQS pollers.
 dev: tools
@@ -60,6 +60,38 @@ bench-quick: tools
 	cargo build --release --workspace --bins
 	$${CARGO_TARGET_DIR:-target}/release/bench --quick --out $${CARGO_TARGET_DIR:-target}/bench-quick >/dev/null
 
+## Our own CPU cost, every AWS call answered from memory (no emulator): the agents worker's
+## batches and agents-api's warm query, sampled by perf for PROFILE_SECONDS (default 10) into
+## target/profile/flamegraph.svg (inferno); prints CPU per event and requests per second.
+## Installs linux-perf (apt-get) and inferno (cargo install) when missing.
+profile:
+	@command -v perf >/dev/null || bash scripts/apt-install.sh linux-perf
+	@command -v inferno-flamegraph >/dev/null || cargo install --locked inferno
+	RUSTFLAGS="-C force-frame-pointers=yes" cargo build --profile profiling -p bench --bin bench
+	mkdir -p $${CARGO_TARGET_DIR:-target}/profile
+	perf record -F 999 -g -o $${CARGO_TARGET_DIR:-target}/profile/perf.data $${CARGO_TARGET_DIR:-target}/profiling/bench --cpu --seconds $(or $(PROFILE_SECONDS),10) >/dev/null
+	perf script -i $${CARGO_TARGET_DIR:-target}/profile/perf.data 2>/dev/null | inferno-collapse-perf > $${CARGO_TARGET_DIR:-target}/profile/stacks.folded
+	inferno-flamegraph --title "bench --cpu: agents worker + agents-api, AWS answered from memory" < $${CARGO_TARGET_DIR:-target}/profile/stacks.folded > $${CARGO_TARGET_DIR:-target}/profile/flamegraph.svg
+	@echo "wrote $${CARGO_TARGET_DIR:-target}/profile/flamegraph.svg"
+
+## Ours against what most teams would write instead: agents-api's state query and the agents worker
+## as Python Lambdas (bench/python: boto3 + Powertools, run by awslambdaric; pip installs them into
+## a venv under target/ when missing) under the same runner and emulator, in one run: init, warm
+## query p50/p99, batch of 10, peak RSS, CPU per event, beside lambda-perf's published cold starts.
+## Writes its section of BENCHMARKS.md (which `make bench` keeps); PEERS_PYTHON= another interpreter.
+bench-peers: tools
+	cargo build --release --workspace --bins
+	bash bench/python/install.sh >/dev/null
+	$${CARGO_TARGET_DIR:-target}/release/bench --peers >/dev/null
+
+## The first request after a cold start at Lambda's CPU share (cgroups: needs root): agents-api's
+## GET /agents/{id}/state, plain and TLS, DynamoDB warm-up in init on and off, 128 to 1,769 MB;
+## medians of ROUNDS (default 11) interleaved cold starts; prints the table, also written to
+## target/first-request/FIRST_REQUEST.md. Not part of `make bench` or `make bench-quick`.
+bench-first-request: tools
+	cargo build --release --workspace --bins
+	$${CARGO_TARGET_DIR:-target}/release/bench --first-request $(if $(ROUNDS),--rounds $(ROUNDS))
+
 ## Bursts through `local dev --release` on its own emulator (one process, then DynamoDB on a second):
 ## 120 commands from 16 and from 64 clients, 40 concurrent matches, command → applied; prints p50/p99,
 ## refusals and what was applied beside the targets of docs/ARCHITECTURE.md (target/load/LOAD.md);
@@ -88,7 +120,8 @@ token:
 ## the unit test diagram::tests::checked_in_diagram_is_current fails while they are stale.
 diagram:
 	@command -v dot >/dev/null || bash scripts/apt-install.sh graphviz
-	cargo run -q -p local --bin local -- diagram > docs/wiring.dot.tmp && mv docs/wiring.dot.tmp docs/wiring.dot
+	cargo run -q -p local --bin local -- diagram > docs/wiring.dot.tmp || { rm -f docs/wiring.dot.tmp; exit 1; }
+	mv docs/wiring.dot.tmp docs/wiring.dot
 	dot -Tsvg docs/wiring.dot -o docs/wiring.svg
 
 ## Moves a DLQ's messages back to its source (`make redrive QUEUE=agents [LIMIT=10]`), through

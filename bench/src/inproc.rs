@@ -1,5 +1,7 @@
 //! The agents worker in-process: a batch of 10 independent messages vs one against the
-//! emulator, and CPU time per event with every AWS call answered instantly from memory.
+//! emulator, and CPU time per event with every AWS call answered instantly from memory; and
+//! the agents API's warm query (`GET /agents/{agentId}/state`) the same way: requests per
+//! second one instance's handler serves.
 
 use std::time::{Duration, Instant};
 
@@ -63,10 +65,12 @@ pub async fn batch_vs_one(app: &AwsApp, reps: usize) -> (Vec<Duration>, Vec<Dura
 }
 
 /// Answers every AWS call after `delay` (zero: at once): `{}` for DynamoDB (no item, write
-/// accepted) and a successful `PutEvents`. Calls never wait for each other, as on AWS.
+/// accepted), `get_item` for `GetItem` when set, and a successful `PutEvents`. Calls never wait
+/// for each other, as on AWS.
 #[derive(Debug, Clone)]
 struct Canned {
     delay: Duration,
+    get_item: Option<&'static str>,
 }
 
 impl HttpConnector for Canned {
@@ -74,6 +78,8 @@ impl HttpConnector for Canned {
         let target = request.headers().get("x-amz-target").unwrap_or_default();
         let body = if target.ends_with("PutEvents") {
             r#"{"FailedEntryCount":0,"Entries":[{"EventId":"1"}]}"#
+        } else if target.ends_with("GetItem") {
+            self.get_item.unwrap_or("{}")
         } else {
             "{}"
         };
@@ -105,13 +111,21 @@ impl HttpClient for Canned {
 
 /// SDK configuration whose every call is answered by [`Canned`] after `delay`.
 pub async fn canned_sdk(delay: Duration) -> SdkConfig {
+    canned_sdk_with(Canned {
+        delay,
+        get_item: None,
+    })
+    .await
+}
+
+async fn canned_sdk_with(canned: Canned) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url("http://canned.invalid")
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "bench",
         ))
-        .http_client(SharedHttpClient::new(Canned { delay }))
+        .http_client(SharedHttpClient::new(canned))
         .load()
         .await
 }
@@ -149,4 +163,73 @@ pub async fn canned_app(delay: Duration) -> AwsApp {
         ("EVENT_BUS_NAME".to_owned(), "bus".to_owned()),
     ]));
     agents_worker::init(&canned_sdk(delay).await, &vars).expect("both variables are set")
+}
+
+/// The `GetItem` answer for agent `agent-1`, as DynamoDB sends it (the store's item: keys and
+/// the agent's fields).
+const AGENT_ITEM: &str = r#"{"Item":{"pk":{"S":"AGENT#agent-1"},"sk":{"S":"PROFILE"},
+"agentId":{"S":"agent-1"},"name":{"S":"Ada"},"state":{"S":"AVAILABLE"},
+"skills":{"L":[{"S":"billing"}]},"capacity":{"N":"2"},"activeConversations":{"N":"0"},
+"version":{"N":"3"},"updatedAt":{"S":"2026-12-06T10:00:00Z"}}}"#;
+
+/// Warm `GET /agents/{agentId}/state` requests (the `events/` fixture) through
+/// `agents_api::handle`, one at a time on this thread, its `GetItem` answered at once from
+/// memory: (requests per second, CPU per request). What one warm instance's handler can serve
+/// (an instance serves one request at a time); the Runtime API's own round trip is not in it.
+///
+/// # Panics
+/// When a request does not answer `200` (the canned item no longer matches the store's
+/// shape).
+pub async fn api_requests_per_second(requests: usize) -> (f64, Duration) {
+    let sdk = canned_sdk_with(Canned {
+        delay: Duration::ZERO,
+        get_item: Some(AGENT_ITEM),
+    })
+    .await;
+    let vars = shared::config::Vars::from(std::collections::BTreeMap::from([
+        ("TABLE_NAME".to_owned(), "agents".to_owned()),
+        ("EVENT_BUS_NAME".to_owned(), "bus".to_owned()),
+        (
+            "AGENTS_COMMAND_QUEUE_URL".to_owned(),
+            "http://canned.invalid/q".to_owned(),
+        ),
+    ]));
+    let app = agents_api::init(&sdk, &vars).expect("the variables agents-api reads are set");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events/agents-api/get-agent-state.json");
+    let event = std::fs::read_to_string(&fixture).expect("the fixture exists");
+    let request = || lambda_http::request::from_str(&event).expect("an API Gateway v2 event");
+    let warm = agents_api::handle(&app, request()).await;
+    assert_eq!(
+        warm.status(),
+        200,
+        "the canned agent is served: {:?}",
+        warm.body()
+    );
+    let requests_ready: Vec<_> = (0..requests).map(|_| request()).collect();
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    for req in requests_ready {
+        let resp = agents_api::handle(&app, req).await;
+        debug_assert_eq!(resp.status(), 200);
+    }
+    let wall = wall0.elapsed();
+    let n = requests as u32;
+    (
+        requests as f64 / wall.as_secs_f64(),
+        (cpu_time() - cpu0) / n,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The canned `GetItem` answer still deserializes as the store's agent (the measurement
+    /// would panic on a `404`/`500` otherwise), and the figures are real.
+    #[tokio::test]
+    async fn the_canned_agent_is_served_and_measured() {
+        let (rps, cpu) = api_requests_per_second(20).await;
+        assert!(rps > 0.0 && rps.is_finite(), "{rps}");
+        assert!(cpu > Duration::ZERO, "{cpu:?}");
+    }
 }

@@ -5,9 +5,11 @@
 //! never on an absolute time.
 
 mod cold;
+mod first_request;
 mod inproc;
 mod load;
 mod local_api;
+mod peers;
 mod report;
 mod soak;
 mod stats;
@@ -83,6 +85,62 @@ async fn main() {
             }
         });
     }
+    if args.iter().any(|a| a == "--cpu") {
+        // Only our own cost, AWS answered from memory: what `make profile` samples.
+        let seconds: u64 = args
+            .iter()
+            .position(|a| a == "--seconds")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(5);
+        let until = std::time::Instant::now() + Duration::from_secs(seconds);
+        while std::time::Instant::now() < until {
+            let (cpu, _) = inproc::cpu_per_event(500).await;
+            let (rps, per_request) = inproc::api_requests_per_second(5_000).await;
+            eprintln!(
+                "worker CPU per event {:.1} µs; agents-api {rps:.0} req/s, CPU per request {:.1} µs",
+                cpu.as_secs_f64() * 1e6,
+                per_request.as_secs_f64() * 1e6
+            );
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "--peers") {
+        std::process::exit(
+            match peers::run(&root, peers::Options::parse(&args)).await {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("make bench-peers: {e}");
+                    2
+                }
+            },
+        );
+    }
+    if args.iter().any(|a| a == "--first-request") {
+        // `make bench-first-request`: not part of `make bench` or `make bench-quick`.
+        let rounds = args
+            .iter()
+            .position(|a| a == "--rounds")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(11);
+        let command =
+            format!("make bench-first-request` (`bench --first-request --rounds {rounds}");
+        match first_request::run(&root, rounds, &command).await {
+            Ok(md) => {
+                println!("{md}");
+                let out = std::env::var_os("CARGO_TARGET_DIR")
+                    .map_or_else(|| root.join("target"), PathBuf::from)
+                    .join("first-request");
+                let _ = std::fs::create_dir_all(&out);
+                let _ = std::fs::write(out.join("FIRST_REQUEST.md"), md);
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("make bench-first-request: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if args.iter().any(|a| a == "--load") {
         let clients = args
             .iter()
@@ -126,6 +184,12 @@ async fn main() {
     }
     let notes = std::fs::read_to_string(root.join("bench/NOTES.md")).unwrap_or_default();
     let md = report::markdown(&r, "BENCHMARKS.png", if quick { "" } else { &notes });
+    // The peer baseline's section (`make bench-peers`) stays as it was.
+    let previous = std::fs::read_to_string(out.join("BENCHMARKS.md")).unwrap_or_default();
+    let md = match report::peers_part(&previous) {
+        Some(part) => report::with_peers_part(&md, part, if quick { "" } else { &notes }),
+        None => md,
+    };
     std::fs::write(out.join("BENCHMARKS.md"), &md).expect("write BENCHMARKS.md");
     eprintln!("wrote {}", out.join("BENCHMARKS.md").display());
     if quick && broken(&r) {
@@ -203,6 +267,9 @@ async fn run(root: &std::path::Path, plan: &Plan, r: &mut Results) -> Result<(),
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("TZ", ":UTC"),
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        // The init budget is the process's own work: the DynamoDB warm-up's round trip is the
+        // emulator's time, measured with the first request by `make bench-first-request`.
+        (shared::aws::WARM_UP_ENV, "off"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -275,6 +342,8 @@ async fn run(root: &std::path::Path, plan: &Plan, r: &mut Results) -> Result<(),
 
     eprintln!("CPU per event");
     r.cpu = Some(inproc::cpu_per_event(plan.cpu_batches).await);
+    eprintln!("API requests per second, one instance");
+    r.api_rps = Some(inproc::api_requests_per_second(plan.cpu_batches * 10).await);
     drop(emulator);
 
     local_latency(root, &release, &template, plan, r).await

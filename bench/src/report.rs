@@ -17,6 +17,9 @@ pub const RSS_BUDGET_MB: f64 = 16.0;
 pub const SIZE_BUDGET_MB: f64 = 8.0;
 /// docs/ARCHITECTURE.md §Budgets: command → query-visible p50 locally.
 pub const E2E_TARGET_MS: f64 = 100.0;
+/// Warm queries one API instance serves per second: 5× the 1,000 req/s per instance usually
+/// quoted for a REST service on a container.
+pub const API_RPS_TARGET: u32 = 5_000;
 
 /// Marks a target measured for reference only: shown, never judged against a budget.
 pub const REFERENCE: &str = "(reference)";
@@ -42,6 +45,8 @@ pub struct Results {
     pub sim_ten: Vec<Duration>,
     /// (CPU, wall) per event with canned AWS answers.
     pub cpu: Option<(Duration, Duration)>,
+    /// (requests per second, CPU per request) of agents-api's warm query, canned AWS answers.
+    pub api_rps: Option<(f64, Duration)>,
     pub e2e: Vec<Duration>,
     /// What did not run, and why.
     pub missing: Vec<String>,
@@ -90,7 +95,7 @@ fn mb(bytes: u64) -> f64 {
 }
 
 /// The machine: cores, CPU model, memory.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -105,6 +110,52 @@ fn machine() -> String {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
     format!("{cores} cores (`nproc`), {model}, {mem_gib:.1} GiB RAM, Linux")
+}
+
+/// First line of the part of BENCHMARKS.md that `make bench-peers` writes (the peer baseline);
+/// `make bench` keeps the part from here to [`PEERS_END`] as it finds it ([`with_peers_part`]).
+pub const PEERS_BEGIN: &str = "<!-- make bench-peers: begin (make bench keeps this part) -->";
+/// Last line of that part.
+pub const PEERS_END: &str = "<!-- make bench-peers: end -->";
+
+/// The peer baseline's part of `doc`, markers included (each on a line of its own), if any.
+pub fn peers_part(doc: &str) -> Option<&str> {
+    let start = doc.find(PEERS_BEGIN)?;
+    let end = doc[start..].find(PEERS_END)? + start + PEERS_END.len();
+    Some(&doc[start..end])
+}
+
+/// `doc` with `part` (a peer baseline section, markers included) in place of its own one; a
+/// `doc` without one gets it just before its notes (the first line of `notes`, bench/NOTES.md),
+/// or at its end. A `doc` holding `notes`' first line gets `notes` as they are now from there
+/// on, as `make bench` appends them.
+pub fn with_peers_part(doc: &str, part: &str, notes: &str) -> String {
+    let heading = notes.lines().next().filter(|l| !l.trim().is_empty());
+    let (body, tail) = match heading.and_then(|h| doc.find(h)) {
+        Some(at) => (&doc[..at], notes),
+        None => (doc, ""),
+    };
+    let body = match peers_part(body) {
+        Some(old) => body.replacen(old, part.trim_end(), 1),
+        None => format!(
+            "{}
+
+{}
+",
+            body.trim_end(),
+            part.trim_end()
+        ),
+    };
+    if tail.is_empty() {
+        body
+    } else {
+        format!(
+            "{}
+
+{tail}",
+            body.trim_end()
+        )
+    }
 }
 
 pub fn markdown(r: &Results, plot: &str, notes: &str) -> String {
@@ -149,7 +200,9 @@ pub fn markdown(r: &Results, plot: &str, notes: &str) -> String {
          /runtime/invocation/next` on a Runtime API stub served by the harness (median of {n} \
          cold starts each, interleaved); release binaries; each function with its template \
          environment resolved against a provisioned emulator and `AWS_ENDPOINT_URL` pointing at \
-         it. Baseline: `bench-hello` (hello-world `lambda_runtime` as its README writes it, \
+         it, and the DynamoDB warm-up off (`WARM_UP_DYNAMODB=off`: its round trip is the \
+         emulator's time; `make bench-first-request` measures it with the first request). \
+         Baseline: `bench-hello` (hello-world `lambda_runtime` as its README writes it, \
          `#[tokio::main]`: the multi-thread runtime; same version and profile). The functions \
          run a current-thread runtime (`shared` crate docs: one invocation at a time, one vCPU); \
          the same hello-world on it is shown for reference, not judged.\n"
@@ -307,6 +360,29 @@ pub fn markdown(r: &Results, plot: &str, notes: &str) -> String {
                 "| CPU per event (µs) | wall per event (µs) |\n|---:|---:|\n| {:.1} | {:.1} |",
                 cpu.as_secs_f64() * 1e6,
                 wall.as_secs_f64() * 1e6
+            );
+        }
+        None => {
+            let _ = writeln!(s, "Not run.");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n`agents_api::handle` on warm `GET /agents/{{agentId}}/state` requests (the `events/` \
+         fixture), one at a time, its `GetItem` answered at once from memory: what one instance \
+         (one request at a time) serves, without the Runtime API's round trip. Target: ≥ {} \
+         req/s (5× a typical REST service's 1,000 per instance).\n",
+        API_RPS_TARGET
+    );
+    match r.api_rps {
+        Some((rps, cpu)) => {
+            let _ = writeln!(
+                s,
+                "| requests per second | CPU per request (µs) | target | |\n|---:|---:|---:|---|\n| {:.0} | {:.1} | ≥ {} | {} |",
+                rps,
+                cpu.as_secs_f64() * 1e6,
+                API_RPS_TARGET,
+                verdict(rps >= f64::from(API_RPS_TARGET))
             );
         }
         None => {

@@ -20,7 +20,8 @@ use tokio::sync::{Mutex, mpsc};
 /// What the process told the stub.
 enum Report {
     Next(Instant),
-    Done,
+    /// A response, an invocation error or an init error, with its body.
+    Done(Bytes),
 }
 
 struct Api {
@@ -43,6 +44,20 @@ impl Process {
     /// Starts `binary` with `env` and the Lambda variables; the stub listens before the clock
     /// starts, so init is process start → first `GET /runtime/invocation/next`.
     pub async fn spawn(binary: &Path, env: &BTreeMap<String, String>) -> Result<Process, String> {
+        Process::spawn_limited(binary, env, 128, None).await
+    }
+
+    /// [`Process::spawn`] with `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` = `memory_mb` and, when given,
+    /// in the cgroups of `limits` from its first instruction. With `limits` the init clock
+    /// starts once the binary has been executed (`spawn` returns after `exec`): joining the
+    /// cgroups between fork and exec can wait for an RCU grace period of the kernel (cgroup
+    /// v1 migrations), a cost of the sandbox, which Lambda's Init Duration does not include.
+    pub async fn spawn_limited(
+        binary: &Path,
+        env: &BTreeMap<String, String>,
+        memory_mb: u64,
+        limits: Option<&local::runtime::limits::InstanceLimits>,
+    ) -> Result<Process, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| e.to_string())?;
@@ -62,14 +77,18 @@ impl Process {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let spawned_at = Instant::now();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(limits) = limits {
+            limits.attach(&mut command);
+        }
+        let mut spawned_at = Instant::now();
+        let child = command
             .env_clear()
             .envs(env)
             .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb.to_string())
             .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/bench")
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
             .env("_HANDLER", "bootstrap")
@@ -79,6 +98,9 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("{}: {e}", binary.display()))?;
+        if limits.is_some() {
+            spawned_at = Instant::now();
+        }
         Ok(Process {
             child,
             spawned_at,
@@ -92,17 +114,19 @@ impl Process {
     pub async fn init(&mut self) -> Result<Duration, String> {
         match tokio::time::timeout(WAIT, self.reports.recv()).await {
             Ok(Some(Report::Next(at))) => Ok(at - self.spawned_at),
-            Ok(Some(Report::Done)) => Err("init error".into()),
+            Ok(Some(Report::Done(body))) => {
+                Err(format!("init error: {}", String::from_utf8_lossy(&body)))
+            }
             Ok(None) | Err(_) => Err("no invocation/next within 10 s".into()),
         }
     }
 
-    /// Invokes the function with `event` and waits for its response (or error).
-    pub async fn invoke(&mut self, event: Vec<u8>) -> Result<(), String> {
+    /// Invokes the function with `event` and waits for its response (or error): its body.
+    pub async fn invoke(&mut self, event: Vec<u8>) -> Result<Bytes, String> {
         self.events.send(event).await.map_err(|e| e.to_string())?;
         loop {
             match tokio::time::timeout(WAIT, self.reports.recv()).await {
-                Ok(Some(Report::Done)) => return Ok(()),
+                Ok(Some(Report::Done(body))) => return Ok(body),
                 Ok(Some(Report::Next(_))) => continue,
                 Ok(None) | Err(_) => return Err("no response within 10 s".into()),
             }
@@ -154,7 +178,7 @@ async fn next(State(api): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
-async fn done(State(api): State<Arc<Api>>, _body: Bytes) -> Response {
-    let _ = api.reports.send(Report::Done);
+async fn done(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+    let _ = api.reports.send(Report::Done(body));
     (StatusCode::ACCEPTED, r#"{"status":"OK"}"#).into_response()
 }

@@ -7,6 +7,7 @@
 //! `ScheduleV2` events, [`auth`] signs and checks the JWTs of
 //! the template's authorizers, [`diagram`] draws the template's wiring as a Graphviz graph.
 //! [`dashboard`] shows the running stack live at `/_local/`, from the [`runtime`]'s journal.
+//! [`tls`] puts an HTTPS front with a local CA before the emulator (`local dev --tls`).
 //! [`cli`] wires them together for the `local` binary.
 
 pub mod auth;
@@ -21,3 +22,4 @@ pub mod provision;
 pub mod runtime;
 pub mod scheduler;
 pub mod template;
+pub mod tls;

@@ -673,30 +673,28 @@ struct Shared {
 
 fn shared() -> &'static Shared {
     static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
-    SHARED.get_or_init(|| {
-        let dir = workspace("scenarios", SCENARIOS, true);
+    SHARED.get_or_init(|| start_dev(&workspace("scenarios", SCENARIOS, true), "s", &[]))
+}
+
+/// `local dev --no-build` of the workspace `dir` on a free port, with its own emulator, and
+/// `extra` arguments; returns once it printed `ready`.
+fn start_dev(dir: &Path, stack: &str, extra: &[&str]) -> Shared {
+    {
         let port = free_port();
-        let mut child = local(
-            &dir,
-            &[
-                "dev",
-                "--no-build",
-                "--port",
-                &port.to_string(),
-                "--stack",
-                "s",
-            ],
-        )
-        .env(
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
-        .env("LOCAL_EXIT_ON_STDIN_EOF", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        let port_arg = port.to_string();
+        let mut args = vec!["dev", "--no-build", "--port", &port_arg, "--stack", stack];
+        args.extend_from_slice(extra);
+        let mut child = local(dir, &args)
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", free_port()),
+            )
+            .env("LOCAL_EXIT_ON_STDIN_EOF", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let forward = |stream: Box<dyn Read + Send>| {
             let output = std::sync::Arc::clone(&output);
@@ -727,7 +725,7 @@ fn shared() -> &'static Shared {
             std::thread::sleep(Duration::from_millis(50));
         }
         shared
-    })
+    }
 }
 
 impl Shared {
@@ -904,4 +902,118 @@ fn overlapping_requests_run_on_several_instances() {
         "a cold start per instance: {:#?}",
         rt.lines()
     );
+}
+
+const LIMITED: &str = r#"
+Resources:
+  Api:
+    Type: AWS::Serverless::HttpApi
+  Mem:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: fake-fn}}
+    Properties:
+      MemorySize: 128
+      Timeout: 10
+      Events:
+        Post: {Type: HttpApi, Properties: {Method: POST, Path: /mem}}
+"#;
+
+/// `local dev --lambda-limits --tls`: the function gets the HTTPS front as its endpoint and
+/// the front's CA as `AWS_CA_BUNDLE` (a TLS request verified with that CA alone reaches the
+/// emulator through it); it runs in cgroups of its own with its `MemorySize`'s CPU share and
+/// memory limit; a request that takes it past its `MemorySize` kills it, answered and logged
+/// as Lambda does (`502`, `Runtime exited with error: signal: killed`, `Runtime.ExitError`,
+/// `Error Type: Runtime.OutOfMemory` on the REPORT line); the next request gets a fresh instance.
+#[test]
+fn dev_runs_functions_at_their_lambda_limits_over_tls() {
+    let dir = workspace("limits", LIMITED, true);
+    let dev = start_dev(&dir, "l", &["--lambda-limits", "--tls"]);
+    dev.wait_for(&[
+        "Limits",
+        "CPU MemorySize/1769 of one per 20 ms once init ends",
+    ]);
+    dev.wait_for(&["TLS       https://127.0.0.1:"]);
+
+    let (status, body) = dev.post("/mem", "{}");
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let endpoint = answer["env"]["AWS_ENDPOINT_URL"].as_str().unwrap();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    let bundle = answer["env"]["AWS_CA_BUNDLE"].as_str().unwrap();
+    let pem = std::fs::read_to_string(bundle).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    // Any HTTP status means the handshake verified against the bundle and the request
+    // reached the emulator (moto answers `GET /` itself).
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys, urllib.request, urllib.error\n\
+             ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+             try:\n    print(urllib.request.urlopen(sys.argv[1], context=ctx).status)\n\
+             except urllib.error.HTTPError as e:\n    print(e.code)",
+            endpoint,
+            bundle,
+        ])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        code.trim().parse::<u16>().is_ok(),
+        "{code} {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let pid = pid_of(&body);
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = |controller: &str| {
+        cgroups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hit = match controller {
+                "" => controllers.is_empty(),
+                c => controllers.split(',').any(|x| x == c),
+            };
+            hit.then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap().trim().to_string();
+    let root = Path::new("/sys/fs/cgroup");
+    let (dir, quota, limit) = match (path("cpu"), path("memory")) {
+        (Some(cpu), Some(memory)) => {
+            let (cpu, memory) = (root.join("cpu").join(cpu), root.join("memory").join(memory));
+            let quota = format!(
+                "{} {}",
+                read(cpu.join("cpu.cfs_quota_us")),
+                read(cpu.join("cpu.cfs_period_us"))
+            );
+            (cpu, quota, read(memory.join("memory.limit_in_bytes")))
+        }
+        _ => {
+            let dir = root.join(path("").expect("a cgroup v2 path"));
+            let (quota, limit) = (read(dir.join("cpu.max")), read(dir.join("memory.max")));
+            (dir, quota, limit)
+        }
+    };
+    assert!(
+        dir.to_str().unwrap().contains("/local-"),
+        "{}",
+        dir.display()
+    );
+    assert_eq!(quota, format!("{} 20000", 20_000 * 128 / 1769));
+    assert_eq!(limit, (128u64 << 20).to_string());
+
+    let (status, body) = dev.post("/mem", r#"{"allocate_mb": 256}"#);
+    assert_eq!(
+        (status, body.as_str()),
+        (502, r#"{"message":"Internal Server Error"}"#)
+    );
+    dev.wait_for(&["[Mem] ", "Error: Runtime exited with error: signal: killed"]);
+    dev.wait_for(&["[Mem] Runtime.ExitError"]);
+    dev.wait_for(&[
+        "[Mem] REPORT",
+        "Status: error\tError Type: Runtime.OutOfMemory",
+    ]);
+    let (status, body) = dev.post("/mem", "{}");
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(pid_of(&body), pid, "a fresh instance answers");
 }

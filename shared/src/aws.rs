@@ -170,6 +170,65 @@ impl aws_types::service_config::LoadServiceConfig for ServiceEndpoints {
     }
 }
 
+/// Environment variable: `false` (or `0`, `off`, `no`) leaves opening the DynamoDB connection
+/// to the first request instead of [`warm_up`]; on when unset.
+pub const WARM_UP_ENV: &str = "WARM_UP_DYNAMODB";
+/// Whether [`warm_up`] runs when [`WARM_UP_ENV`] is unset: yes (docs/ARCHITECTURE.md,
+/// "Budgets": the first request after a cold start).
+pub const WARM_UP_DEFAULT: bool = true;
+/// The longest [`warm_up`] holds up init.
+pub const WARM_UP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What [`warm_up`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WarmUp {
+    /// Turned off ([`WARM_UP_ENV`]).
+    Off,
+    /// No `TABLE_NAME`: the function has no table.
+    NoTable,
+    /// DynamoDB answered: the connection is open in the process's pool.
+    Done,
+    /// DynamoDB answered with an error, or could not be reached (the message says which).
+    Failed(String),
+    /// No answer within [`WARM_UP_TIMEOUT`].
+    TimedOut,
+}
+
+/// Opens the function's DynamoDB connection during init, so that no request pays its TCP and
+/// TLS handshake (docs/ARCHITECTURE.md, "Budgets": first request after a cold start): one
+/// `GetItem` of an absent key (`pk`/`sk` = `warm-up`; every table has string keys `pk`/`sk`)
+/// on the table `TABLE_NAME` names, through the process's one HTTP client, whose pool keeps
+/// the connection for the requests that follow. Waits at most [`WARM_UP_TIMEOUT`]; its
+/// outcome is only reported (a failure here is no failure of init: the first request opens
+/// the connection itself). Does nothing without `TABLE_NAME` or when [`WARM_UP_ENV`] is off.
+pub async fn warm_up(sdk: &SdkConfig, vars: &Vars) -> WarmUp {
+    let on = match vars.get(WARM_UP_ENV) {
+        None => WARM_UP_DEFAULT,
+        Some(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "false" | "off" | "no"
+        ),
+    };
+    if !on {
+        return WarmUp::Off;
+    }
+    let Some(table) = vars.get("TABLE_NAME") else {
+        return WarmUp::NoTable;
+    };
+    let key = |v: &str| aws_sdk_dynamodb::types::AttributeValue::S(v.to_string());
+    let request = aws_sdk_dynamodb::Client::new(sdk)
+        .get_item()
+        .table_name(table)
+        .key("pk", key("warm-up"))
+        .key("sk", key("warm-up"))
+        .send();
+    match tokio::time::timeout(WARM_UP_TIMEOUT, request).await {
+        Ok(Ok(_)) => WarmUp::Done,
+        Ok(Err(e)) => WarmUp::Failed(aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string()),
+        Err(_) => WarmUp::TimedOut,
+    }
+}
+
 /// Maps an SDK error to our error. The dependency is unavailable (`503`, `Retry-After`; a
 /// worker's message is redelivered) when it could not be reached, timed out, throttled, lost
 /// to contention (another transaction held the item, [`crate::store`] retried it already) or

@@ -10,9 +10,11 @@
 //! `webpki-roots`' already-parsed trust anchors (no file, no parsing: tens of µs), the TLS
 //! configuration and connection pool are built once, in init, and `ring` is the crypto.
 //!
-//! `SSL_CERT_FILE` / `SSL_CERT_DIR`, when set, replace the compiled-in roots by the system's
-//! (as OpenSSL reads them): a private CA (a TLS-terminating proxy, an emulator with its own
-//! certificate) keeps working, at the cold-start cost above.
+//! `AWS_CA_BUNDLE`, when set, names a PEM file whose certificates are the roots instead, as the
+//! AWS SDKs read that setting (a custom certificate bundle for their TLS connections): a private
+//! CA, such as the one `local dev --tls` puts before the emulator, costs one small file read.
+//! `SSL_CERT_FILE` / `SSL_CERT_DIR`, when set (and `AWS_CA_BUNDLE` is not), replace the
+//! compiled-in roots by the system's (as OpenSSL reads them), at the cold-start cost above.
 
 use std::error::Error as StdError;
 use std::sync::{Arc, OnceLock};
@@ -49,8 +51,12 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
-/// The compiled-in Mozilla roots, or the system's when `SSL_CERT_FILE`/`SSL_CERT_DIR` say where.
+/// The certificates of `AWS_CA_BUNDLE` when it is set; else the compiled-in Mozilla roots, or
+/// the system's when `SSL_CERT_FILE`/`SSL_CERT_DIR` say where.
 fn roots() -> rustls::RootCertStore {
+    if let Some(bundle) = std::env::var_os(CA_BUNDLE_ENV).filter(|p| !p.is_empty()) {
+        return ca_bundle(std::path::Path::new(&bundle));
+    }
     let system = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty()));
@@ -70,6 +76,29 @@ fn roots() -> rustls::RootCertStore {
             ignored,
             "no usable root certificate in SSL_CERT_FILE/SSL_CERT_DIR"
         );
+    }
+    roots
+}
+
+/// The AWS SDKs' custom CA bundle setting: a PEM file of the certificates to trust.
+pub const CA_BUNDLE_ENV: &str = "AWS_CA_BUNDLE";
+
+/// The certificates of the PEM file at `path` as roots; none (every HTTPS connection then fails
+/// its handshake, said in a warning) when it cannot be read or holds no usable certificate.
+fn ca_bundle(path: &std::path::Path) -> rustls::RootCertStore {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read AWS_CA_BUNDLE");
+            return roots;
+        }
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok);
+    let (added, ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        tracing::warn!(path = %path.display(), ignored, "no usable certificate in AWS_CA_BUNDLE");
     }
     roots
 }

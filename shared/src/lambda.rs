@@ -6,7 +6,7 @@
 //! All do the same cold start, in this order: JSON logs ([`crate::telemetry`]), the SDK
 //! configuration with its short timeouts ([`crate::aws::load`]), the app built from the
 //! template's environment ([`crate::config::Vars`]: a missing variable stops init with its name),
-//! then the Lambda runtime loop. The app lives as long as the process (one instance serves one
+//! the DynamoDB connection opened ([`crate::aws::warm_up`]), then the Lambda runtime loop. The app lives as long as the process (one instance serves one
 //! invocation at a time and is never torn down before it exits), so it is leaked to `'static`
 //! once, and every invocation borrows it.
 
@@ -29,7 +29,17 @@ async fn start<A: 'static, E: Into<Error>>(
 ) -> Result<&'static A, Error> {
     crate::telemetry::init();
     let sdk = crate::aws::load().await;
-    let app = init(&sdk, &Vars::process()).map_err(Into::into)?;
+    let vars = Vars::process();
+    let app = init(&sdk, &vars).map_err(Into::into)?;
+    match crate::aws::warm_up(&sdk, &vars).await {
+        crate::aws::WarmUp::Failed(error) => {
+            tracing::warn!(%error, "opening the DynamoDB connection in init failed")
+        }
+        crate::aws::WarmUp::TimedOut => {
+            tracing::warn!("opening the DynamoDB connection in init took too long")
+        }
+        _ => {}
+    }
     Ok(Box::leak(Box::new(app)))
 }
 

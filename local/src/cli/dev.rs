@@ -22,9 +22,11 @@ use crate::dashboard::{self, Dashboard};
 use crate::gateway::{self, Gateway, RouteTable, Routing};
 use crate::poller::{self, Pollers, SqsBinding};
 use crate::provision::Stack;
+use crate::runtime::limits::{self, Limits};
 use crate::runtime::{FunctionSpec, Runtime, RuntimeOptions};
 use crate::scheduler::Schedules;
 use crate::template::{Access, Template};
+use crate::tls::{LocalCa, TlsFront};
 use crate::{emulator, provision};
 
 pub(super) async fn run(args: &Args) -> Result<(), CliError> {
@@ -43,6 +45,7 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
         build(&template, &root, args.release).await?;
     }
     let binaries = locate_binaries(&template, &root, args.release)?;
+    let limits = lambda_limits(args)?;
 
     let endpoint = emulator::endpoint_from_env();
     let guard = {
@@ -73,6 +76,7 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     let (stop, stopped) = watch::channel(false);
     let specs = function_specs(&template, &stack, &binaries);
     let mut options = RuntimeOptions::new(&stack.region, &endpoint);
+    options.limits = limits.clone();
     let mut emulator_pids: Vec<u32> = guard.pid().into_iter().collect();
     if let Some((dynamodb, dynamodb_guard)) = &dynamodb {
         options
@@ -80,6 +84,11 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
             .insert(emulator::DYNAMODB_ENDPOINT_ENV.into(), dynamodb.clone());
         emulator_pids.extend(dynamodb_guard.pid());
     }
+    // Kept until the runner stops: the functions' endpoints while it runs.
+    let _fronts = match args.tls {
+        true => tls_fronts(&mut options, &endpoint, dynamodb.as_ref().map(|(d, _)| d)).await?,
+        false => Vec::new(),
+    };
     if let Some(chaos) = &chaos {
         start_chaos(chaos, &mut options, &endpoint, &emulator_pids, &stopped).await?;
     }
@@ -202,6 +211,9 @@ pub(super) async fn run(args: &Args) -> Result<(), CliError> {
     runtime.shutdown();
     // Instances die as their handles drop; give the kill a moment before the emulator goes.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Some(limits) = limits {
+        let _ = tokio::task::spawn_blocking(move || limits.settle(Duration::from_secs(2))).await;
+    }
     drop(guard);
     drop(dynamodb);
     if let Some(chaos) = &chaos {
@@ -251,6 +263,72 @@ async fn start_chaos(
         .collect();
     println!("chaos     {} seed {}", rates.join(","), chaos.seed());
     Ok(())
+}
+
+/// The runtime's cgroup limits when `--lambda-limits` (or `LOCAL_LAMBDA_LIMITS`) asks for them,
+/// with the line saying so printed; checked before anything starts.
+fn lambda_limits(args: &Args) -> Result<Option<Arc<Limits>>, CliError> {
+    let limits = match args.lambda_limits {
+        true => Limits::new(limits::init_burst_from_env()).map(Some),
+        false => Limits::from_env(),
+    }
+    .map_err(|e| CliError::Config(e.to_string()))?;
+    if let Some(l) = &limits {
+        println!(
+            "Limits    per instance: memory MemorySize MiB (no swap), CPU MemorySize/{} of one per {} ms {} (cgroups in {})",
+            limits::MB_PER_VCPU,
+            limits::CPU_PERIOD.as_millis(),
+            if l.init_burst() {
+                "once init ends"
+            } else {
+                "from the start"
+            },
+            l.dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(limits.map(Arc::new))
+}
+
+/// `--tls`: an HTTPS front before the emulator (and one before DynamoDB's own, when it has
+/// one), all with one local CA; the functions get the fronts as their endpoints and the CA as
+/// `AWS_CA_BUNDLE`.
+async fn tls_fronts(
+    options: &mut RuntimeOptions,
+    endpoint: &str,
+    dynamodb: Option<&String>,
+) -> Result<Vec<TlsFront>, CliError> {
+    let failed = |e: crate::tls::TlsError| CliError::Config(format!("--tls: {e}"));
+    let ca = LocalCa::new().map_err(failed)?;
+    let front = TlsFront::start(endpoint, crate::tls::DEFAULT_IDLE_TIMEOUT, &ca)
+        .await
+        .map_err(failed)?;
+    println!(
+        "TLS       {} -> {endpoint} (CA {}, given to the functions as AWS_CA_BUNDLE)",
+        front.endpoint(),
+        front.ca_bundle().display()
+    );
+    options.endpoint = front.endpoint().to_string();
+    options.env.insert(
+        shared::http_client::CA_BUNDLE_ENV.into(),
+        front.ca_bundle().display().to_string(),
+    );
+    let mut fronts = vec![front];
+    if let Some(dynamodb) = dynamodb {
+        let front = TlsFront::start(dynamodb, crate::tls::DEFAULT_IDLE_TIMEOUT, &ca)
+            .await
+            .map_err(failed)?;
+        println!("TLS       {} -> {dynamodb} (DynamoDB)", front.endpoint());
+        options.service_endpoints.insert(
+            emulator::DYNAMODB_ENDPOINT_ENV.into(),
+            front.endpoint().to_string(),
+        );
+        fronts.push(front);
+    }
+    Ok(fronts)
 }
 
 /// The template's directory: where `cargo build` runs and `target/` lives.

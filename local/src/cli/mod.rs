@@ -18,10 +18,14 @@ use crate::{emulator, provision};
 
 const USAGE: &str = "usage:
   local dev [--template template.yaml] [--port 3000] [--release] [--no-build] [--no-watch]
-            [--stack cqrs-local]
+            [--stack cqrs-local] [--lambda-limits] [--tls]
       hot reload is on: a change to the workspace's sources rebuilds and swaps the functions
       whose binary changed, a change to the template re-provisions and swaps routes, pollers
       and functions; --no-watch turns it off (with --no-build only the template is watched)
+      --lambda-limits: each instance in cgroups of its own, with Lambda's CPU share
+      (MemorySize/1769 of a CPU, after init) and MemorySize as its memory limit (needs root or
+      a delegated cgroup); --tls: the functions reach the emulator through an HTTPS front
+      with a local CA (AWS_ENDPOINT_URL=https://127.0.0.1:<port>, AWS_CA_BUNDLE)
   local provision [--template template.yaml] [--port 3000] [--stack cqrs-local]
   local token --role agent|supervisor|trader|operator [--role ...] [--accounts 'ACC-1 ACC-2']
               [--sub subject] [--ttl seconds] [--template template.yaml]
@@ -30,7 +34,9 @@ const USAGE: &str = "usage:
 environment: AWS_ENDPOINT_URL (emulator, default http://127.0.0.1:4566), PORT,
 LOCAL_MAX_INSTANCES (instances per function, default 4), LOCAL_RETRY_DELAY_SECONDS,
 LOCAL_EXIT_ON_STDIN_EOF (also stop when stdin closes; for harnesses that pipe it),
-LOCAL_AUTH_DIR (dev JWT key pair, default .dev/auth/ beside the template)";
+LOCAL_AUTH_DIR (dev JWT key pair, default .dev/auth/ beside the template),
+LOCAL_LAMBDA_LIMITS=1 (as --lambda-limits), LOCAL_LAMBDA_INIT_BURST=0 (the CPU share from the
+process's start, init included)";
 
 /// Parsed command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +48,11 @@ pub struct Args {
     pub build: bool,
     /// `local dev` hot reload (on unless `--no-watch`).
     pub watch: bool,
+    /// `local dev --lambda-limits`: Lambda's CPU share and memory limit per instance
+    /// (`crate::runtime::limits`); also on with `LOCAL_LAMBDA_LIMITS=1`.
+    pub lambda_limits: bool,
+    /// `local dev --tls`: the functions reach the emulator over HTTPS ([`crate::tls`]).
+    pub tls: bool,
     pub stack: String,
     /// What `local token` mints (empty for the other commands).
     pub token: TokenArgs,
@@ -141,6 +152,8 @@ impl Args {
             release: false,
             build: true,
             watch: true,
+            lambda_limits: false,
+            tls: false,
             stack: DEFAULT_STACK_NAME.to_string(),
             token: TokenArgs::default(),
         };
@@ -167,6 +180,8 @@ impl Args {
                 "--release" if dev => parsed.release = true,
                 "--no-build" if dev => parsed.build = false,
                 "--no-watch" if dev => parsed.watch = false,
+                "--lambda-limits" if dev => parsed.lambda_limits = true,
+                "--tls" if dev => parsed.tls = true,
                 "--role" if token => {
                     for name in words(&value()?) {
                         let role =
@@ -312,6 +327,10 @@ mod tests {
             parse(&["dev"]).unwrap().watch,
             "hot reload is on by default"
         );
+        let d = parse(&["dev", "--lambda-limits", "--tls"]).unwrap();
+        assert!(d.lambda_limits && d.tls);
+        let d = parse(&["dev"]).unwrap();
+        assert!(!d.lambda_limits && !d.tls, "both off by default");
         let t = parse(&[
             "token",
             "--role",
@@ -377,6 +396,11 @@ mod tests {
                 &["provision", "--no-watch"][..],
                 "unknown option \"--no-watch\"",
             ),
+            (
+                &["provision", "--lambda-limits"][..],
+                "unknown option \"--lambda-limits\"",
+            ),
+            (&["provision", "--tls"][..], "unknown option \"--tls\""),
             (&["diagram", "--port", "1"][..], "unknown option \"--port\""),
             (&["dev", "extra"][..], "unexpected argument \"extra\""),
             (

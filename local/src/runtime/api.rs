@@ -38,6 +38,9 @@ pub(crate) enum Event {
         body: Bytes,
     },
     InitError(Bytes),
+    /// The kernel's OOM killer killed the process (its memory cgroup's limit, with
+    /// `--lambda-limits`); [`Event::Exited`] follows.
+    OutOfMemory,
     /// The process ended (description of its exit status).
     Exited(String),
 }

@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::FunctionSpec;
 use super::api::{self, ApiState, Event, Invocation};
 use super::journal::{InstanceId, Journal};
+use super::limits::{InstanceLimits, Limits};
 
 pub(crate) struct Instance {
     pub pid: Option<u32>,
@@ -26,6 +27,9 @@ pub(crate) struct Instance {
     pub events: mpsc::UnboundedReceiver<Event>,
     /// Its entry in the runtime's journal (its lines are recorded there too).
     pub journal_id: InstanceId,
+    /// Its cgroups, with `--lambda-limits`: the watcher holds them too, so they are removed
+    /// once the process is reaped and this handle is gone.
+    pub limits: Option<Arc<InstanceLimits>>,
     /// Sending on it or dropping it makes the watcher kill the process, then stop its Runtime
     /// API server (in that order, so the process never sees its API vanish while alive).
     kill: Option<oneshot::Sender<()>>,
@@ -34,13 +38,20 @@ pub(crate) struct Instance {
 impl Instance {
     /// Starts the function's process from `executable` (its binary or a snapshot of it) with
     /// its own Runtime API listener. `LAMBDA_TASK_ROOT` is the directory of
-    /// [`FunctionSpec::binary`] either way.
+    /// [`FunctionSpec::binary`] either way. With `limits`, the process runs in cgroups of its
+    /// own ([`super::limits`]) from its first instruction.
     pub async fn spawn(
         spec: &FunctionSpec,
         executable: &Path,
         base_env: &BTreeMap<String, String>,
         journal: &Arc<Journal>,
+        limits: Option<&Limits>,
     ) -> std::io::Result<Instance> {
+        let limits = limits
+            .map(|l| l.instance(&spec.logical_id, spec.memory_mb))
+            .transpose()
+            .map_err(std::io::Error::other)?
+            .map(Arc::new);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api_addr = listener.local_addr()?;
         let (invocations, invocations_rx) = mpsc::channel(1);
@@ -83,9 +94,18 @@ impl Instance {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(limits) = &limits {
+            limits.attach(&mut command);
+        }
         let mut child = spawn_retrying_busy(&mut command)
             .await
             .inspect_err(|_| server.abort())?;
+        // Joining the cgroups (between fork and exec, which `spawn` waits for) can wait for a
+        // grace period of the kernel's RCU: the sandbox's cost, not the function's init.
+        let spawned_at = match limits {
+            Some(_) => Instant::now(),
+            None => spawned_at,
+        };
         let pid = child.id();
         let journal_id = journal.instance_started(&spec.logical_id, pid);
         let tap = |stream| Tap {
@@ -101,6 +121,7 @@ impl Instance {
         }
         let exits = Arc::clone(journal);
         let (kill, kill_rx) = oneshot::channel::<()>();
+        let cgroups = limits.clone();
         tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status,
@@ -110,6 +131,14 @@ impl Instance {
                 }
             };
             server.abort();
+            // A SIGKILL with the OOM killer's count up: out of memory, not another kill.
+            let killed = status.as_ref().is_ok_and(|s| {
+                std::os::unix::process::ExitStatusExt::signal(s) == Some(libc::SIGKILL)
+            });
+            if killed && cgroups.as_ref().is_some_and(|c| c.oom_kills() > 0) {
+                let _ = events_tx.send(Event::OutOfMemory);
+            }
+            drop(cgroups);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
             exits.instance_exited(journal_id, &status);
             let _ = events_tx.send(Event::Exited(status));
@@ -121,6 +150,7 @@ impl Instance {
             invocations,
             events,
             journal_id,
+            limits,
             kill: Some(kill),
         })
     }
@@ -145,8 +175,14 @@ impl Instance {
         }
     }
 
-    /// Peak resident memory of the process, in MB (`VmHWM` of `/proc/<pid>/status`).
+    /// Peak resident memory of the process, in MB (`VmHWM` of `/proc/<pid>/status`); once
+    /// the process is gone, its memory cgroup's peak (with `--lambda-limits`).
     pub fn max_memory_mb(&self) -> Option<u64> {
+        self.vm_hwm_mb()
+            .or_else(|| self.limits.as_ref()?.peak_memory_mb())
+    }
+
+    fn vm_hwm_mb(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
         let kb: u64 = status
             .lines()

@@ -575,7 +575,10 @@ pub fn describe(payload: &Value) -> (Trigger, Vec<String>) {
             .map(|arn| arn.rsplit('/').next().unwrap_or(arn))
             .unwrap_or_default()
             .to_string();
-        let id = payload.get("id").and_then(Value::as_str).map(str::to_string);
+        let id = payload
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         return (Trigger::Schedule { rule }, id.into_iter().collect());
     }
     (Trigger::Direct, Vec::new())

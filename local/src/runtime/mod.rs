@@ -16,6 +16,7 @@
 mod api;
 mod instance;
 pub mod journal;
+pub mod limits;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use crate::chaos::{Chaos, Fault};
 use api::{Event, Invocation};
 use instance::Instance;
 use journal::Journal;
+use limits::Limits;
 pub use snapshot::Fingerprint;
 use snapshot::{Executable, Snapshots};
 
@@ -74,6 +76,10 @@ pub struct RuntimeOptions {
     pub service_endpoints: BTreeMap<String, String>,
     /// Faults to inject (`kill`), when `LOCAL_CHAOS` is set.
     pub chaos: Option<Arc<Chaos>>,
+    /// Lambda's CPU share and memory limit per instance (`--lambda-limits`), when set.
+    pub limits: Option<Arc<Limits>>,
+    /// More variables every function gets (e.g. `AWS_CA_BUNDLE` with `--tls`).
+    pub env: BTreeMap<String, String>,
 }
 
 impl RuntimeOptions {
@@ -90,6 +96,8 @@ impl RuntimeOptions {
             endpoint: endpoint.to_string(),
             service_endpoints: BTreeMap::new(),
             chaos: None,
+            limits: None,
+            env: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +147,45 @@ pub enum InvokeError {
         request_id: String,
         seconds: u64,
     },
+    /// The instance went past its `MemorySize` (with `--lambda-limits`) and the kernel killed
+    /// it: Lambda's words for it (the runtime exited, killed; error type `Runtime.ExitError`,
+    /// `Error Type: Runtime.OutOfMemory` on the REPORT line).
+    #[error("{function}: RequestId: {request_id} Error: Runtime exited with error: signal: killed")]
+    OutOfMemory {
+        function: String,
+        request_id: String,
+    },
+}
+
+impl InvokeError {
+    /// The `Error Type` Lambda puts on the REPORT line of an invocation that ended this way:
+    /// `Runtime.OutOfMemory`, `Runtime.ExitError` for another exit; `None` otherwise.
+    pub fn error_type(&self) -> Option<&'static str> {
+        match self {
+            InvokeError::OutOfMemory { .. } => Some("Runtime.OutOfMemory"),
+            InvokeError::Crashed { .. } => Some("Runtime.ExitError"),
+            _ => None,
+        }
+    }
+
+    /// The error document Lambda's `Invoke` answers for an instance that exited during the
+    /// invocation (`Runtime.ExitError` and the message the runtime's log shows); `None` for
+    /// the other errors.
+    pub fn lambda_error(&self) -> Option<FunctionError> {
+        let message = match self {
+            InvokeError::OutOfMemory { request_id, .. } => {
+                format!("RequestId: {request_id} Error: Runtime exited with error: signal: killed")
+            }
+            InvokeError::Crashed {
+                request_id, status, ..
+            } => format!("RequestId: {request_id} Error: Runtime exited with error: {status}"),
+            _ => return None,
+        };
+        Some(FunctionError {
+            error_type: "Runtime.ExitError".into(),
+            error_message: message,
+        })
+    }
 }
 
 /// The pools of every function.
@@ -154,6 +201,8 @@ pub struct Runtime {
     max_instances: usize,
     /// Where binaries are copied before they run; `None` runs them in place.
     snapshots: Option<Arc<Snapshots>>,
+    /// Each instance's cgroups come from here (`--lambda-limits`).
+    limits: Option<Arc<Limits>>,
 }
 
 struct Pool {
@@ -223,6 +272,7 @@ impl Runtime {
             chaos: opts.chaos.clone(),
             max_instances: opts.max_instances.max(1),
             snapshots,
+            limits: opts.limits.clone(),
         }
     }
 
@@ -285,6 +335,7 @@ impl Runtime {
                 &generation.executable.path,
                 &self.base_env,
                 &self.journal,
+                self.limits.as_deref(),
             )
             .await
             .map_err(|source| InvokeError::Spawn {
@@ -450,6 +501,7 @@ fn base_env(opts: &RuntimeOptions) -> BTreeMap<String, String> {
     env.insert("AWS_DEFAULT_REGION".into(), opts.region.clone());
     env.insert("AWS_ENDPOINT_URL".into(), opts.endpoint.clone());
     env.extend(opts.service_endpoints.clone());
+    env.extend(opts.env.clone());
     let credentials = FunctionCredentials::from_env();
     env.insert("AWS_ACCESS_KEY_ID".into(), credentials.access_key_id);
     env.insert(
@@ -527,6 +579,12 @@ async fn run(
                     });
                 }
                 Ok(None) => break Err(crashed("the instance is gone".into())),
+                Ok(Some(Event::OutOfMemory)) => {
+                    break Err(InvokeError::OutOfMemory {
+                        function: spec.logical_id.clone(),
+                        request_id: request_id.clone(),
+                    });
+                }
                 Ok(Some(Event::Exited(status))) => break Err(crashed(status)),
                 Ok(Some(Event::Response {
                     request_id: id,
@@ -547,6 +605,10 @@ async fn run(
     let duration = started.elapsed();
     if let Err(e) = &result {
         eprintln!("[{}] {e}", spec.logical_id);
+        // Lambda logs the error type of an exit on the line after its message.
+        if let Some(error) = e.lambda_error() {
+            eprintln!("[{}] {}", spec.logical_id, error.error_type);
+        }
     }
     println!("[{}] END RequestId: {request_id}", spec.logical_id);
     let max_memory_mb = instance.max_memory_mb();
@@ -585,7 +647,17 @@ async fn wait_for_init(
             }
             Ok(Some(Event::Next)) => {
                 instance.initialized = true;
-                return Ok(instance.since_spawn());
+                let init = instance.since_spawn();
+                // Init ran with the burst; invocations get the memory's share.
+                if let Some(Err(e)) = instance.limits.as_ref().map(|l| l.throttle()) {
+                    eprintln!("[{}] {e}", spec.logical_id);
+                }
+                return Ok(init);
+            }
+            Ok(Some(Event::OutOfMemory)) => {
+                return Err(failed(
+                    "Runtime.OutOfMemory: Runtime exited with error: signal: killed".into(),
+                ));
             }
             Ok(Some(Event::InitError(body))) => {
                 let e = parse_error(&body);
@@ -622,7 +694,12 @@ fn report_line(
     }
     match error {
         Some(InvokeError::TimedOut { .. }) => line.push_str("\tStatus: timeout"),
-        Some(_) => line.push_str("\tStatus: error"),
+        Some(e) => {
+            line.push_str("\tStatus: error");
+            if let Some(error_type) = e.error_type() {
+                line.push_str(&format!("\tError Type: {error_type}"));
+            }
+        }
         None => {}
     }
     line

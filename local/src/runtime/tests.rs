@@ -406,3 +406,137 @@ async fn replace_starts_a_new_generation_and_lets_the_old_one_finish() {
     assert!(!own.exists(), "the runtime's snapshots go with it");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A runtime whose instances run under `--lambda-limits` (init burst on, as by default).
+fn limited_runtime(spec: FunctionSpec) -> Runtime {
+    let mut opts = RuntimeOptions::new("eu-west-1", "http://127.0.0.1:4566");
+    let limits = limits::Limits::new(true).expect("cgroups writable: the tests run as root");
+    opts.limits = Some(Arc::new(limits));
+    Runtime::new(vec![spec], &opts)
+}
+
+/// The CPU quota (`None`: unlimited) and memory limit (bytes) of the cgroups process `pid` is
+/// in, read from the kernel's files as `/proc/<pid>/cgroup` names them (v1 or v2).
+fn cgroup_settings(pid: u64) -> (Vec<PathBuf>, Option<limits::CpuQuota>, u64) {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = |controller: &str| {
+        own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap().trim().to_string();
+    let root = Path::new("/sys/fs/cgroup");
+    let (dirs, quota, period, memory) = match (line("cpu"), line("memory")) {
+        (Some(cpu), Some(memory)) => {
+            let (cpu, memory) = (root.join("cpu").join(cpu), root.join("memory").join(memory));
+            let quota = read(cpu.join("cpu.cfs_quota_us"));
+            let period = read(cpu.join("cpu.cfs_period_us"));
+            let limit = read(memory.join("memory.limit_in_bytes"));
+            (vec![cpu, memory], quota, period, limit)
+        }
+        _ => {
+            let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+            let dir = root.join(path.trim_start_matches('/'));
+            let max = read(dir.join("cpu.max"));
+            let (quota, period) = max.split_once(' ').unwrap();
+            let (quota, period) = (quota.to_string(), period.to_string());
+            let limit = read(dir.join("memory.max"));
+            (vec![dir], quota, period, limit)
+        }
+    };
+    let quota = (quota != "-1" && quota != "max").then(|| limits::CpuQuota {
+        quota_us: quota.parse().unwrap(),
+        period_us: period.parse().unwrap(),
+    });
+    (dirs, quota, memory.parse().unwrap())
+}
+
+/// `--lambda-limits`: the instance runs in cgroups of its own from its first instruction,
+/// has 128 MB's share of a CPU once init has ended and 128 MiB of memory, as the kernel's
+/// files say; the cgroups go with the instance.
+#[tokio::test]
+async fn lambda_limits_give_each_instance_its_cpu_share_and_memory_limit() {
+    let rt = limited_runtime(spec(5, &[]));
+    let answer = response(rt.invoke("Fake", json!({})).await);
+    let pid = answer["pid"].as_u64().unwrap();
+    let (dirs, quota, memory) = cgroup_settings(pid);
+    let name = format!("local-{}", std::process::id());
+    for dir in &dirs {
+        let parent = dir.parent().unwrap().file_name().unwrap();
+        assert_eq!(parent.to_str(), Some(name.as_str()), "{}", dir.display());
+        let instance = dir.file_name().unwrap().to_str().unwrap();
+        assert!(instance.starts_with("Fake-"), "{instance}");
+    }
+    let expected = limits::CpuQuota::for_memory(128);
+    assert_eq!(quota, Some(expected));
+    assert_eq!(
+        (expected.quota_us, expected.period_us),
+        (20_000 * 128 / 1769, 20_000),
+        "7.2 % of one CPU per 20 ms"
+    );
+    assert_eq!(memory, 128 << 20);
+
+    rt.shutdown();
+    drop(rt);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dirs.iter().any(|d| d.exists()) {
+        assert!(Instant::now() < deadline, "cgroups left behind: {dirs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An instance that goes past its `MemorySize` is killed by the kernel and reported as Lambda
+/// reports it: the runtime exited, `signal: killed`, `Runtime.ExitError` to the invoker,
+/// `Error Type: Runtime.OutOfMemory` on the REPORT line; the next invocation gets a fresh
+/// instance, and one that stays under the limit is untouched.
+#[tokio::test]
+async fn an_instance_past_its_memory_size_is_killed_and_reported_out_of_memory() {
+    let rt = limited_runtime(spec(10, &[]));
+    let first = response(rt.invoke("Fake", json!({})).await)["pid"].clone();
+    let err = rt
+        .invoke("Fake", json!({"allocate_mb": 256}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, InvokeError::OutOfMemory { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with("Error: Runtime exited with error: signal: killed"),
+        "{err}"
+    );
+    assert_eq!(err.error_type(), Some("Runtime.OutOfMemory"));
+    let answered = err.lambda_error().unwrap();
+    assert_eq!(answered.error_type, "Runtime.ExitError");
+    assert!(
+        answered.error_message.starts_with("RequestId: ")
+            && answered
+                .error_message
+                .ends_with(" Error: Runtime exited with error: signal: killed"),
+        "{}",
+        answered.error_message
+    );
+    let line = report_line(
+        "r",
+        Duration::from_millis(5),
+        128,
+        Some(128),
+        None,
+        Some(&err),
+    );
+    assert!(
+        line.ends_with("Max Memory Used: 128 MB\tStatus: error\tError Type: Runtime.OutOfMemory"),
+        "{line}"
+    );
+
+    let next = response(rt.invoke("Fake", json!({"allocate_mb": 32})).await)["pid"].clone();
+    assert_ne!(first, next, "a fresh instance");
+    assert_eq!(
+        response(rt.invoke("Fake", json!({})).await)["pid"],
+        next,
+        "under the limit the instance lives on"
+    );
+}
