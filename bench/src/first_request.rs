@@ -230,11 +230,11 @@ pub async fn run(root: &Path, rounds: usize, command: &str) -> Result<String, St
                 let mut p =
                     Process::spawn_limited(&binary, &env(config), config.memory_mb, Some(&cgroup))
                         .await?;
+                if !config.init_burst {
+                    cgroup.throttle().map_err(|e| e.to_string())?;
+                }
                 let init = p.init().await?;
                 let throttled_init = cgroup.throttled_periods();
-                if std::env::var_os("FR_DEBUG").is_some() {
-                    eprintln!("DEBUG {} init {init:?}", config.label());
-                }
                 if config.init_burst {
                     cgroup.throttle().map_err(|e| e.to_string())?;
                 }

@@ -544,7 +544,8 @@ pub(crate) mod tests {
         assert_eq!(api.binary, "agents-api");
         assert_eq!(api.handler, "bootstrap");
         assert_eq!(api.timeout_secs, 10);
-        // API functions 256 MB (Globals), workers 128 (docs/ARCHITECTURE.md, "MemorySize").
+        // API functions 256 MB (Globals), workers 128 (docs/ARCHITECTURE.md, "MemorySize and
+        // the first request").
         assert_eq!(api.memory_mb, 256);
         assert_eq!(t.functions["AgentsWorkerFunction"].memory_mb, 128);
         assert_eq!(api.environment["RUST_LOG"], json!({"Ref": "LogLevel"}));

@@ -45,9 +45,9 @@ impl Instance {
         executable: &Path,
         base_env: &BTreeMap<String, String>,
         journal: &Arc<Journal>,
-        limits: Option<&Limits>,
+        runtime_limits: Option<&Limits>,
     ) -> std::io::Result<Instance> {
-        let limits = limits
+        let limits = runtime_limits
             .map(|l| l.instance(&spec.logical_id, spec.memory_mb))
             .transpose()
             .map_err(std::io::Error::other)?
@@ -106,6 +106,13 @@ impl Instance {
             Some(_) => Instant::now(),
             None => spawned_at,
         };
+        // Without the init burst the share applies from here, the binary executed.
+        if let (Some(cgroups), Some(false)) = (&limits, runtime_limits.map(Limits::init_burst)) {
+            cgroups
+                .throttle()
+                .map_err(std::io::Error::other)
+                .inspect_err(|_| server.abort())?;
+        }
         let pid = child.id();
         let journal_id = journal.instance_started(&spec.logical_id, pid);
         let tap = |stream| Tap {

@@ -6,7 +6,8 @@
 //!
 //! - a CFS quota of `MemorySize / 1769` of one CPU per [`CPU_PERIOD`] (at least the kernel's
 //!   1 ms minimum), written when the instance finishes init, unless the init burst is turned
-//!   off ([`INIT_BURST_ENV`]): Lambda runs init with more CPU than the share;
+//!   off ([`INIT_BURST_ENV`]: then as soon as the process has been executed): Lambda runs
+//!   init with more CPU than the share;
 //! - a memory limit of `MemorySize` MiB and no swap: going past it makes the kernel's OOM
 //!   killer SIGKILL the process, which the runner reports as Lambda reports an out-of-memory
 //!   kill ([`InstanceLimits::oom_kills`]).
@@ -215,7 +216,10 @@ impl Limits {
     }
 
     /// New cgroups for an instance of function `logical_id` with `memory_mb` of memory: the
-    /// memory limit and no swap set, the CPU quota set too unless init bursts.
+    /// memory limit and no swap set, the CPU unlimited until [`InstanceLimits::throttle`]
+    /// (the caller's, once the process has been executed, or when init ends with
+    /// [`Limits::init_burst`]). A process joining a cgroup whose quota is already spent, between
+    /// fork and exec, was seen to run its init unthrottled or barely at all, at random.
     ///
     /// # Errors
     /// A directory or a setting cannot be written (the directories made are removed).
@@ -253,11 +257,7 @@ impl Limits {
             instance.procs.push(procs);
         }
         instance.limit_memory()?;
-        if self.init_burst {
-            instance.write_cpu(None)?;
-        } else {
-            instance.throttle()?;
-        }
+        instance.write_cpu(None)?;
         Ok(instance)
     }
 }
