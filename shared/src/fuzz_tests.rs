@@ -68,29 +68,19 @@ fn parse_all(content_type: &str, body: &[u8]) -> Result<(), TestCaseError> {
         Ok(())
     };
     let req = request(content_type, body.to_vec());
+    let status = |e: crate::Error| e.status().as_u16();
     check(
         "parse_json",
-        parse_json::<AnyCommand>(&req)
-            .err()
-            .map(|e| e.status().as_u16()),
+        parse_json::<AnyCommand>(&req).err().map(status),
     )?;
     check(
         "parse_command",
-        parse_command::<AnyCommand>(&req)
-            .err()
-            .map(|e| e.status().as_u16()),
+        parse_command::<AnyCommand>(&req).err().map(status),
     )?;
-    check(
-        "parse_exact",
-        parse_exact::<Trade>(&req)
-            .err()
-            .map(|e| e.status().as_u16()),
-    )?;
+    check("parse_exact", parse_exact::<Trade>(&req).err().map(status))?;
     check(
         "parse_exact(any)",
-        parse_exact::<AnyCommand>(&req)
-            .err()
-            .map(|e| e.status().as_u16()),
+        parse_exact::<AnyCommand>(&req).err().map(status),
     )
 }
 

@@ -6,9 +6,10 @@
 //! All do the same cold start, in this order: JSON logs ([`crate::telemetry`]), the SDK
 //! configuration with its short timeouts ([`crate::aws::load`]), the app built from the
 //! template's environment ([`crate::config::Vars`]: a missing variable stops init with its name),
-//! the DynamoDB connection opened ([`crate::aws::warm_up`]), then the Lambda runtime loop. The app lives as long as the process (one instance serves one
-//! invocation at a time and is never torn down before it exits), so it is leaked to `'static`
-//! once, and every invocation borrows it.
+//! the DynamoDB connection opened ([`crate::aws::warm_up`]), then the Lambda runtime loop. The
+//! app lives as long as the process (one instance serves one invocation at a time and is never
+//! torn down before it exits), so it is leaked to `'static` once, and every invocation borrows
+//! it.
 
 use std::convert::Infallible;
 use std::future::Future;

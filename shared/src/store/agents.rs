@@ -2,14 +2,19 @@
 //! the inbox and idempotency keys. Agents are also in the sparse `byState` index.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::types::builders::UpdateBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
-use super::items::{build_err, failed, from_item, get_as, transact, write_if};
+use super::items::{
+    build_err, failed, from_item, get_as, query_each, query_page, transact, write_if,
+};
 use super::{Page, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
 use crate::domain::ids::{AgentId, ConversationId};
@@ -157,6 +162,33 @@ impl super::Table for DynamoAgentStore {
     }
 }
 
+impl DynamoAgentStore {
+    /// The query of the `byState` index for the agents in `state`, in agent id order.
+    fn by_state(&self, state: AgentState) -> QueryFluentBuilder {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .index_name("byState")
+            .key_condition_expression("#s = :s")
+            .expression_attribute_names("#s", "state")
+            .expression_attribute_values(":s", s(state.as_str()))
+    }
+
+    /// An update of agent `id`'s profile moving `activeConversations` by one (`sign`: `+` takes
+    /// a slot, `-` frees one); the caller adds the condition that keeps it within
+    /// `0..=capacity`.
+    fn move_slot(&self, id: &AgentId, sign: char) -> UpdateBuilder {
+        Update::builder()
+            .table_name(&self.table)
+            .key("pk", agent_key(id))
+            .key("sk", s("PROFILE"))
+            .update_expression(format!(
+                "SET activeConversations = activeConversations {sign} :one"
+            ))
+            .expression_attribute_values(":one", n(1))
+    }
+}
+
 impl InboxTable for DynamoAgentStore {
     fn inbox(&self) -> &DynamoInbox {
         &self.inbox
@@ -178,22 +210,9 @@ impl AgentStore for DynamoAgentStore {
         let start = cursor
             .map(|c| decode_cursor(c, |key| is_list_cursor(key, filter)))
             .transpose()?;
-        let (items, last) = match filter.state {
+        let mut page: Page<Agent> = match filter.state {
             Some(state) => {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name("byState")
-                    .key_condition_expression("#s = :s")
-                    .expression_attribute_names("#s", "state")
-                    .expression_attribute_values(":s", s(state.as_str()))
-                    .limit(limit)
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(|e| classify("Query agents", e))?;
-                (out.items.unwrap_or_default(), out.last_evaluated_key)
+                query_page(self.by_state(state).limit(limit), "Query agents", start).await?
             }
             None => {
                 let out = self
@@ -206,22 +225,19 @@ impl AgentStore for DynamoAgentStore {
                     .send()
                     .await
                     .map_err(|e| classify("Scan agents", e))?;
-                (out.items.unwrap_or_default(), out.last_evaluated_key)
+                let items = out.items.unwrap_or_default().into_iter().map(from_item);
+                Page {
+                    items: items.collect::<Result<_, _>>()?,
+                    next_cursor: encode_cursor(out.last_evaluated_key.as_ref()),
+                }
             }
         };
-        let mut agents = items
-            .into_iter()
-            .map(from_item::<Agent>)
-            .collect::<Result<Vec<_>, _>>()?;
         // Filtering after the page is read, as a FilterExpression would: a page may hold fewer
         // than `limit` items while `nextCursor` is still set.
         if let Some(skill) = &filter.skill {
-            agents.retain(|a| a.skills.iter().any(|s| s == skill));
+            page.items.retain(|a| a.skills.iter().any(|s| s == skill));
         }
-        Ok(Page {
-            items: agents,
-            next_cursor: encode_cursor(last.as_ref()),
-        })
+        Ok(page)
     }
 
     async fn save(
@@ -304,29 +320,18 @@ impl AgentStore for DynamoAgentStore {
     }
 
     async fn available(&self) -> Result<Vec<Agent>, Error> {
+        let query = self.by_state(AgentState::Available);
         let mut agents = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name("byState")
-                .key_condition_expression("#s = :s")
-                .expression_attribute_names("#s", "state")
-                .expression_attribute_values(":s", s(AgentState::Available.as_str()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| classify("Query available agents", e))?;
-            for item in out.items.unwrap_or_default() {
-                agents.push(from_item::<Agent>(item)?);
-            }
-            start = out.last_evaluated_key;
-            if start.is_none() || agents.len() >= MAX_CANDIDATES {
-                return Ok(agents);
-            }
-        }
+        query_each(query, "Query available agents", |item| {
+            agents.push(from_item::<Agent>(item)?);
+            Ok(if agents.len() < MAX_CANDIDATES {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            })
+        })
+        .await?;
+        Ok(agents)
     }
 
     async fn reservation(
@@ -351,16 +356,12 @@ impl AgentStore for DynamoAgentStore {
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(build_err)?;
-        let take_slot = Update::builder()
-            .table_name(&self.table)
-            .key("pk", agent_key(&r.agent_id))
-            .key("sk", s("PROFILE"))
-            .update_expression("SET activeConversations = activeConversations + :one")
+        let take_slot = self
+            .move_slot(&r.agent_id, '+')
             .condition_expression("#state = :available AND activeConversations < #capacity")
             .expression_attribute_names("#state", "state")
             .expression_attribute_names("#capacity", "capacity")
             .expression_attribute_values(":available", s(AgentState::Available.as_str()))
-            .expression_attribute_values(":one", n(1))
             .build()
             .map_err(build_err)?;
         let items = vec![
@@ -384,13 +385,9 @@ impl AgentStore for DynamoAgentStore {
             .expression_attribute_values(":at", to_av(&Utc::now())?)
             .build()
             .map_err(build_err)?;
-        let free_slot = Update::builder()
-            .table_name(&self.table)
-            .key("pk", agent_key(&r.agent_id))
-            .key("sk", s("PROFILE"))
-            .update_expression("SET activeConversations = activeConversations - :one")
+        let free_slot = self
+            .move_slot(&r.agent_id, '-')
             .condition_expression("activeConversations > :zero")
-            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":zero", n(0))
             .build()
             .map_err(build_err)?;

@@ -19,6 +19,7 @@
 //! concurrently cannot both miss each other: one fails its timeline condition and is retried.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
@@ -26,12 +27,12 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
-use super::items::{Item, build_err, failed, get, transact};
+use super::items::{Item, build_err, failed, get, query_each, transact};
 use super::{Write, n, s};
+use crate::Error;
 use crate::domain::ids::{AgentId, ConversationId};
 use crate::domain::money::Amount;
 use crate::domain::trades::Symbol;
-use crate::{Error, aws::classify};
 
 const SUMMARY: &str = "SUMMARY";
 const COUNTERS: &str = "COUNTERS";
@@ -326,47 +327,39 @@ impl AnalyticsStore for DynamoAnalyticsStore {
     }
 
     async fn summary(&self) -> Result<Summary, Error> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(SUMMARY))
+            .consistent_read(true);
         let mut summary = Summary::default();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(SUMMARY))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| classify("Query summary", e))?;
-            for item in out.items.unwrap_or_default() {
-                match text(&item, "sk") {
-                    Some(COUNTERS) => {
-                        summary.conversations_created = count(&item, "conversationsCreated")?;
-                        summary.conversations_assigned = count(&item, "conversationsAssigned")?;
-                        summary.conversations_closed = count(&item, "conversationsClosed")?;
-                        summary.messages = count(&item, "messages")?;
-                        summary.trades_executed = count(&item, "tradesExecuted")?;
-                        summary.trades_rejected = count(&item, "tradesRejected")?;
-                    }
-                    Some(sk) if sk.starts_with(VOLUME) => {
-                        summary.volume_by_symbol.insert(
-                            sk[VOLUME.len()..].to_owned(),
-                            Volume {
-                                quantity: amount(&item, "quantity")?,
-                                notional: amount(&item, "notional")?,
-                            },
-                        );
-                    }
-                    _ => {}
+        query_each(query, "Query summary", |item| {
+            match text(&item, "sk") {
+                Some(COUNTERS) => {
+                    summary.conversations_created = count(&item, "conversationsCreated")?;
+                    summary.conversations_assigned = count(&item, "conversationsAssigned")?;
+                    summary.conversations_closed = count(&item, "conversationsClosed")?;
+                    summary.messages = count(&item, "messages")?;
+                    summary.trades_executed = count(&item, "tradesExecuted")?;
+                    summary.trades_rejected = count(&item, "tradesRejected")?;
                 }
+                Some(sk) if sk.starts_with(VOLUME) => {
+                    summary.volume_by_symbol.insert(
+                        sk[VOLUME.len()..].to_owned(),
+                        Volume {
+                            quantity: amount(&item, "quantity")?,
+                            notional: amount(&item, "notional")?,
+                        },
+                    );
+                }
+                _ => {}
             }
-            if out.last_evaluated_key.is_none() {
-                return Ok(summary);
-            }
-            start = out.last_evaluated_key;
-        }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(summary)
     }
 
     async fn agent(&self, id: &AgentId) -> Result<Option<AgentStats>, Error> {

@@ -10,14 +10,16 @@
 //! ACCEPTED messages) carry `expiresAt`, so one whose command never got published expires;
 //! the worker's first write drops it.
 
-use std::{collections::HashMap, future::Future};
+use std::{future::Future, ops::ControlFlow};
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
 use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
-use super::items::{failed, transact, write_if};
-use super::{Page, Write, decode_cursor, encode_cursor, n, s};
+use super::items::{
+    Item, failed, from_item, prefix_query, query_each, query_page, start_key, transact, write_if,
+};
+use super::{Page, Write, n, s};
 use crate::domain::agents::{AgentState, Skills};
 use crate::domain::conversations::{ChatMessage, Conversation, ConversationStatus, MessageStatus};
 use crate::domain::ids::{AgentId, ConversationId, MessageId};
@@ -116,24 +118,21 @@ pub struct DynamoConversationStore {
     inbox: DynamoInbox,
 }
 
-type Item = HashMap<String, AttributeValue>;
-
 fn conversation_key(id: &ConversationId) -> AttributeValue {
     s(format!("CONV#{id}"))
 }
 
 const CONVERSATION_SK: &str = "CONVERSATION";
 
+/// The sort-key prefix of a conversation's messages (`MSG#<message id>`).
+const MESSAGE_PREFIX: &str = "MSG#";
+
 fn message_sk(id: &MessageId) -> AttributeValue {
-    s(format!("MSG#{id}"))
+    s(format!("{MESSAGE_PREFIX}{id}"))
 }
 
 fn agent_key(id: &AgentId) -> AttributeValue {
     s(format!("AGENT#{id}"))
-}
-
-fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, Error> {
-    serde_dynamo::from_item(item).map_err(|e| Error::Internal(format!("decoding item: {e}")))
 }
 
 fn to_item<T: Serialize>(v: &T) -> Result<Item, Error> {
@@ -272,39 +271,12 @@ impl ConversationStore for DynamoConversationStore {
         limit: i32,
         cursor: Option<&str>,
     ) -> Result<Page<ChatMessage>, Error> {
-        let pk = conversation_key(conversation);
-        // Only a position in this conversation's messages.
-        let ours = |key: &Item| {
-            let sk_ok = key
-                .get("sk")
-                .and_then(|v| v.as_s().ok())
-                .is_some_and(|v| v.starts_with("MSG#"));
-            key.get("pk") == Some(&pk) && sk_ok && key.len() == 2
-        };
-        let start = cursor.map(|c| decode_cursor(c, ours)).transpose()?;
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :msg)")
-            .expression_attribute_values(":pk", pk)
-            .expression_attribute_values(":msg", s("MSG#"))
+        let pk = format!("CONV#{conversation}");
+        let start = start_key(cursor, &pk, MESSAGE_PREFIX)?;
+        let query = prefix_query(&self.client, &self.table, pk, MESSAGE_PREFIX)
             .consistent_read(true)
-            .limit(limit)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| classify("Query messages", e))?;
-        let items = out
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(from_item)
-            .collect::<Result<Vec<ChatMessage>, _>>()?;
-        Ok(Page {
-            items,
-            next_cursor: encode_cursor(out.last_evaluated_key.as_ref()),
-        })
+            .limit(limit);
+        query_page(query, "Query messages", start).await
     }
 
     async fn save(
@@ -380,38 +352,31 @@ impl ConversationStore for DynamoConversationStore {
         skills: Option<&Skills>,
         max: usize,
     ) -> Result<Vec<Conversation>, Error> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name("byQueue")
+            .key_condition_expression("#queue = :queued")
+            .expression_attribute_names("#queue", "queue")
+            .expression_attribute_values(":queued", s("QUEUED"))
+            .scan_index_forward(true)
+            .limit(50);
         let mut found = Vec::new();
         let mut examined = 0;
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name("byQueue")
-                .key_condition_expression("#queue = :queued")
-                .expression_attribute_names("#queue", "queue")
-                .expression_attribute_values(":queued", s("QUEUED"))
-                .scan_index_forward(true)
-                .limit(50)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| classify("Query queued conversations", e))?;
-            for item in out.items.unwrap_or_default() {
-                examined += 1;
-                let c: Conversation = from_item(item)?;
-                if skills.is_none_or(|have| have.contains_all(&c.skills)) {
-                    found.push(c);
-                    if found.len() >= max {
-                        return Ok(found);
-                    }
-                }
+        query_each(query, "Query queued conversations", |item| {
+            examined += 1;
+            let c: Conversation = from_item(item)?;
+            if skills.is_none_or(|have| have.contains_all(&c.skills)) {
+                found.push(c);
             }
-            start = out.last_evaluated_key;
-            if start.is_none() || examined >= MAX_QUEUED_SCAN {
-                return Ok(found);
-            }
-        }
+            Ok(if found.len() < max && examined < MAX_QUEUED_SCAN {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            })
+        })
+        .await?;
+        Ok(found)
     }
 }

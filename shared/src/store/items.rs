@@ -3,13 +3,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{cancellation_codes, s};
+use super::{Page, cancellation_codes, encode_cursor, s};
 use crate::{Error, aws::classify, retry::Backoff};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -194,27 +196,80 @@ pub(crate) async fn get(
     Ok(out.item)
 }
 
-/// One page of the items of partition `pk` whose sort key starts with `prefix`, in key order.
-pub(crate) async fn query_prefix(
+/// The query of partition `pk`'s items whose sort key starts with `prefix`, in key order.
+pub(crate) fn prefix_query(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     pk: String,
     prefix: &str,
-    limit: Option<i32>,
-    start: Option<Item>,
-) -> Result<(Vec<Item>, Option<Item>), Error> {
-    let out = client
+) -> QueryFluentBuilder {
+    client
         .query()
         .table_name(table)
         .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
         .expression_attribute_values(":pk", s(pk))
         .expression_attribute_values(":prefix", s(prefix))
-        .set_limit(limit)
+}
+
+/// A page of at most `limit` of partition `pk`'s items under `prefix`, from `cursor` (checked
+/// by [`start_key`]: a foreign cursor is a `400`), decoded as `T`.
+pub(crate) async fn prefix_page<T: DeserializeOwned>(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    (pk, prefix): (String, &str),
+    limit: i32,
+    cursor: Option<&str>,
+) -> Result<Page<T>, Error> {
+    let start = start_key(cursor, &pk, prefix)?;
+    let query = prefix_query(client, table, pk, prefix).limit(limit);
+    query_page(query, "Query", start).await
+}
+
+/// One page of `query` from `start` (`None`: the first page), decoded as `T`, with the cursor
+/// of the next page (`None` on the last).
+pub(crate) async fn query_page<T: DeserializeOwned>(
+    query: QueryFluentBuilder,
+    what: &str,
+    start: Option<Item>,
+) -> Result<Page<T>, Error> {
+    let out = query
         .set_exclusive_start_key(start)
         .send()
         .await
-        .map_err(|e| classify("Query", e))?;
-    Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+        .map_err(|e| classify(what, e))?;
+    let items = out.items.unwrap_or_default().into_iter().map(from_item);
+    Ok(Page {
+        items: items.collect::<Result<_, _>>()?,
+        next_cursor: encode_cursor(out.last_evaluated_key.as_ref()),
+    })
+}
+
+/// Runs `query` page after page from the first, handing each item to `each` in key order
+/// until `each` answers `Break` or the last page is done. `what` names the query in errors
+/// (an outage is [`Error::Unavailable`], `crate::aws::classify`).
+pub(crate) async fn query_each(
+    query: QueryFluentBuilder,
+    what: &str,
+    mut each: impl FnMut(Item) -> Result<ControlFlow<()>, Error>,
+) -> Result<(), Error> {
+    let mut start = None;
+    loop {
+        let out = query
+            .clone()
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| classify(what, e))?;
+        for item in out.items.unwrap_or_default() {
+            if each(item)?.is_break() {
+                return Ok(());
+            }
+        }
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return Ok(());
+        }
+    }
 }
 
 /// Decodes a page cursor for a query of partition `pk` under `prefix` (`super::decode_cursor`):

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::ControlFlow;
 
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
-use super::items::{build_err, from_item, query_prefix, start_key, to_item, transact};
-use super::{Page, Write, encode_cursor, n, s};
+use super::items::{build_err, prefix_page, prefix_query, query_each, to_item, transact};
+use super::{Page, Write, account_pk, n, s};
 use crate::Error;
 use crate::domain::ids::AccountId;
 use crate::domain::ledger::Entry;
@@ -42,10 +43,6 @@ pub trait LedgerStore: Send + Sync {
 pub struct DynamoLedgerStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
-}
-
-fn account_pk(account: &AccountId) -> String {
-    format!("ACCOUNT#{account}")
 }
 
 const ENTRY: &str = "ENTRY#";
@@ -99,42 +96,24 @@ impl LedgerStore for DynamoLedgerStore {
         limit: i32,
         cursor: Option<&str>,
     ) -> Result<Page<Entry>, Error> {
-        let pk = account_pk(account);
-        let start = start_key(cursor, &pk, ENTRY)?;
-        let (items, last) =
-            query_prefix(&self.client, &self.table, pk, ENTRY, Some(limit), start).await?;
-        Ok(Page {
-            items: items.into_iter().map(from_item).collect::<Result<_, _>>()?,
-            next_cursor: encode_cursor(last.as_ref()),
-        })
+        let key = (account_pk(account), ENTRY);
+        prefix_page(&self.client, &self.table, key, limit, cursor).await
     }
 
     async fn balances(&self, account: &AccountId) -> Result<BTreeMap<String, Amount>, Error> {
         let mut balances = BTreeMap::new();
-        let mut start = None;
-        loop {
-            let (items, last) = query_prefix(
-                &self.client,
-                &self.table,
-                account_pk(account),
-                BALANCE,
-                None,
-                start,
-            )
-            .await?;
-            for item in items {
-                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok().or(v.as_n().ok()));
-                let (Some(name), Some(balance)) = (text("account"), text("balance")) else {
-                    return Err(Error::Internal(
-                        "balance item without account or balance".into(),
-                    ));
-                };
-                balances.insert(name.clone(), balance.parse().map_err(Error::Internal)?);
-            }
-            if last.is_none() {
-                return Ok(balances);
-            }
-            start = last;
-        }
+        let query = prefix_query(&self.client, &self.table, account_pk(account), BALANCE);
+        query_each(query, "Query balances", |item| {
+            let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok().or(v.as_n().ok()));
+            let (Some(name), Some(balance)) = (text("account"), text("balance")) else {
+                return Err(Error::Internal(
+                    "balance item without account or balance".into(),
+                ));
+            };
+            balances.insert(name.clone(), balance.parse().map_err(Error::Internal)?);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(balances)
     }
 }

@@ -181,6 +181,12 @@ pub(crate) fn cancellation_codes(
     }
 }
 
+/// The partition key of everything kept per trading account (`ACCOUNT#<id>`): its trades'
+/// sequence, its positions, its ledger lines and balances, each in its own table.
+pub(crate) fn account_pk(account: &crate::domain::ids::AccountId) -> String {
+    format!("ACCOUNT#{account}")
+}
+
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }

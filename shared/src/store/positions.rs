@@ -7,8 +7,8 @@ use std::future::Future;
 
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
-use super::items::{build_err, from_item, get, query_prefix, start_key, to_item, transact};
-use super::{Page, Write, encode_cursor, n, s};
+use super::items::{build_err, from_item, get, prefix_page, to_item, transact};
+use super::{Page, Write, account_pk, n, s};
 use crate::Error;
 use crate::domain::ids::AccountId;
 use crate::domain::positions::Position;
@@ -47,10 +47,6 @@ pub struct DynamoPositionStore {
     table: String,
 }
 
-fn account_pk(account: &AccountId) -> String {
-    format!("ACCOUNT#{account}")
-}
-
 const POSITION: &str = "POSITION#";
 
 impl super::Table for DynamoPositionStore {
@@ -79,14 +75,8 @@ impl PositionStore for DynamoPositionStore {
         limit: i32,
         cursor: Option<&str>,
     ) -> Result<Page<Position>, Error> {
-        let pk = account_pk(account);
-        let start = start_key(cursor, &pk, POSITION)?;
-        let (items, last) =
-            query_prefix(&self.client, &self.table, pk, POSITION, Some(limit), start).await?;
-        Ok(Page {
-            items: items.into_iter().map(from_item).collect::<Result<_, _>>()?,
-            next_cursor: encode_cursor(last.as_ref()),
-        })
+        let key = (account_pk(account), POSITION);
+        prefix_page(&self.client, &self.table, key, limit, cursor).await
     }
 
     async fn last_applied(&self, account: &AccountId) -> Result<u64, Error> {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
 use super::items::{build_err, failed, from_item, get, to_item, transact, write_if, write_item};
-use super::{Write, n, s};
+use super::{Write, account_pk, n, s};
 use crate::Error;
 use crate::aws::classify;
 use crate::domain::ids::AccountId;
@@ -76,10 +76,6 @@ pub struct DynamoTradeStore {
 
 fn trade_pk(id: Uuid) -> String {
     format!("TRADE#{id}")
-}
-
-fn account_pk(account: &AccountId) -> String {
-    format!("ACCOUNT#{account}")
 }
 
 fn holding_sk(symbol: &Symbol) -> String {
