@@ -30,6 +30,24 @@ pub struct Figures {
     pub error: Option<String>,
 }
 
+/// The environment of a function process on the stub besides its template variables: what
+/// the local runner gives every function (endpoint `endpoint`, region `us-east-1`, the
+/// emulator's `test` credentials, UTC, a system `PATH`).
+pub fn stub_env(endpoint: &str) -> BTreeMap<String, String> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("TZ", ":UTC"),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// `rounds` cold starts of every target, interleaved (round by round) so that noise hits
 /// every binary alike.
 pub async fn cold_starts(targets: &[Target], rounds: usize) -> Vec<Figures> {

@@ -19,7 +19,6 @@
 //! TLS case at 256, 512 and 1,024 MB; and a warmed TLS connection left idle past the front's
 //! keep-alive timeout before the first request (the stale case).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -156,22 +155,11 @@ pub async fn run(root: &Path, rounds: usize, command: &str) -> Result<String, St
             (true, false) => front.endpoint(),
             (true, true) => stale_front.endpoint(),
         };
-        let mut env: BTreeMap<String, String> = [
-            ("AWS_ENDPOINT_URL", endpoint),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("TZ", ":UTC"),
-            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            (
-                shared::aws::WARM_UP_ENV,
-                if config.warm_up { "on" } else { "off" },
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let mut env = crate::cold::stub_env(endpoint);
+        env.insert(
+            shared::aws::WARM_UP_ENV.into(),
+            if config.warm_up { "on" } else { "off" }.into(),
+        );
         env.extend(function_env.clone());
         if config.tls {
             env.insert(

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
-    SharedHttpConnector,
+    HttpConnector, HttpConnectorFuture, SharedHttpConnector, http_client_fn,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::{Response, StatusCode};
 use aws_smithy_types::body::SdkBody;
 
 use agents_worker::AwsApp;
+
+use crate::proc::process_cpu;
 
 /// `n` `RegisterAgent` commands for distinct new agents, as EventBridge delivers them.
 pub fn batch(n: usize) -> SqsEvent {
@@ -67,7 +67,7 @@ pub async fn batch_vs_one(app: &AwsApp, reps: usize) -> (Vec<Duration>, Vec<Dura
 /// Answers every AWS call after `delay` (zero: at once): `{}` for DynamoDB (no item, write
 /// accepted), `get_item` for `GetItem` when set, and a successful `PutEvents`. Calls never wait
 /// for each other, as on AWS.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Canned {
     delay: Duration,
     get_item: Option<&'static str>,
@@ -99,16 +99,6 @@ impl HttpConnector for Canned {
     }
 }
 
-impl HttpClient for Canned {
-    fn http_connector(
-        &self,
-        _: &HttpConnectorSettings,
-        _: &RuntimeComponents,
-    ) -> SharedHttpConnector {
-        SharedHttpConnector::new(self.clone())
-    }
-}
-
 /// SDK configuration whose every call is answered by [`Canned`] after `delay`.
 pub async fn canned_sdk(delay: Duration) -> SdkConfig {
     canned_sdk_with(Canned {
@@ -119,13 +109,14 @@ pub async fn canned_sdk(delay: Duration) -> SdkConfig {
 }
 
 async fn canned_sdk_with(canned: Canned) -> SdkConfig {
+    let connector = SharedHttpConnector::new(canned);
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url("http://canned.invalid")
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "bench",
         ))
-        .http_client(SharedHttpClient::new(canned))
+        .http_client(http_client_fn(move |_, _| connector.clone()))
         .load()
         .await
 }
@@ -136,24 +127,13 @@ pub async fn cpu_per_event(batches: usize) -> (Duration, Duration) {
     let app = canned_app(Duration::ZERO).await;
     agents_worker::handle(&app, batch(10)).await;
     let events: Vec<SqsEvent> = (0..batches).map(|_| batch(10)).collect();
-    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let (cpu0, wall0) = (process_cpu(), Instant::now());
     for event in events {
         let resp = agents_worker::handle(&app, event).await;
         debug_assert!(resp.batch_item_failures.is_empty());
     }
     let n = (batches * 10) as u32;
-    ((cpu_time() - cpu0) / n, wall0.elapsed() / n)
-}
-
-/// CPU time consumed by this process so far (all threads).
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    ((process_cpu() - cpu0) / n, wall0.elapsed() / n)
 }
 
 /// The agents worker with every AWS call answered by [`Canned`] after `delay`.
@@ -207,7 +187,7 @@ pub async fn api_requests_per_second(requests: usize) -> (f64, Duration) {
         warm.body()
     );
     let requests_ready: Vec<_> = (0..requests).map(|_| request()).collect();
-    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let (cpu0, wall0) = (process_cpu(), Instant::now());
     for req in requests_ready {
         let resp = agents_api::handle(&app, req).await;
         debug_assert_eq!(resp.status(), 200);
@@ -216,7 +196,7 @@ pub async fn api_requests_per_second(requests: usize) -> (f64, Duration) {
     let n = requests as u32;
     (
         requests as f64 / wall.as_secs_f64(),
-        (cpu_time() - cpu0) / n,
+        (process_cpu() - cpu0) / n,
     )
 }
 

@@ -170,9 +170,9 @@ async fn matches(dev: &LocalDev, run: &str, load: &mut Load) -> Result<(), Strin
         let body = format!(r#"{{"conversationId": "{n}", "skills": ["billing"]}}"#);
         let sent = Instant::now();
         let status = dev
-            .request_signed("POST", "/agents/match", &body)
+            .call_signed("POST", "/agents/match", &body, &[])
             .await
-            .map_or(0, |(s, _)| s);
+            .map_or(0, |a| a.status);
         (status, sent.elapsed())
     };
     for i in 0..10 {

@@ -177,19 +177,9 @@ impl LocalDev {
             .map_err(|e| e.to_string())
     }
 
-    /// Sends a request to an `AWS_IAM` route, signed with SigV4 by the credentials `local dev`
-    /// gives its functions, as the conversations worker signs its calls.
-    pub async fn request_signed(
-        &self,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> Result<(u16, Value), String> {
-        let a = self.call_signed(method, path, body, &[]).await?;
-        Ok((a.status, a.body))
-    }
-
-    /// [`LocalDev::request_signed`] with more `headers` (signed too).
+    /// Sends a request with `headers` to an `AWS_IAM` route, signed (headers included) with
+    /// SigV4 by the credentials `local dev` gives its functions, as the conversations worker
+    /// signs its calls.
     pub async fn call_signed(
         &self,
         method: &str,

@@ -10,12 +10,12 @@ mod inproc;
 mod load;
 mod local_api;
 mod peers;
+mod proc;
 mod report;
 mod soak;
 mod stats;
 mod stub;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -259,21 +259,10 @@ async fn run(root: &std::path::Path, plan: &Plan, r: &mut Results) -> Result<(),
     let emulator = local::emulator::spawn_on_free_port().map_err(|e| e.to_string())?;
     let sdk = local::emulator::sdk_config(&emulator.endpoint).await;
     let stack = provision_stack(&template, &sdk).await?;
-    let base: BTreeMap<String, String> = [
-        ("AWS_ENDPOINT_URL", emulator.endpoint.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("TZ", ":UTC"),
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        // The init budget is the process's own work: the DynamoDB warm-up's round trip is the
-        // emulator's time, measured with the first request by `make bench-first-request`.
-        (shared::aws::WARM_UP_ENV, "off"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut base = cold::stub_env(&emulator.endpoint);
+    // The init budget is the process's own work: the DynamoDB warm-up's round trip is the
+    // emulator's time, measured with the first request by `make bench-first-request`.
+    base.insert(shared::aws::WARM_UP_ENV.into(), "off".into());
 
     let hello = |name: &str, binary: &str| Target {
         name: name.into(),

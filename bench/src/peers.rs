@@ -33,6 +33,7 @@ use local::runtime::{FunctionSpec, InvokeOutcome, Runtime, RuntimeOptions};
 use serde_json::{Value, json};
 
 use crate::cold::{self, Target};
+use crate::proc::{cpu_time, max_rss_kib};
 use crate::report;
 use crate::stats::{median, ms, quantile};
 
@@ -191,30 +192,17 @@ pub async fn run(root: &Path, options: Options) -> Result<bool, String> {
         ..Peers::default()
     };
 
-    let template =
-        local::template::Template::load(root.join("template.yaml")).map_err(|e| e.to_string())?;
-    let emulator = local::emulator::spawn_on_free_port().map_err(|e| e.to_string())?;
-    let sdk = local::emulator::sdk_config(&emulator.endpoint).await;
-    let opts = local::provision::ProvisionOptions {
-        stack_name: "peers".into(),
-        ..local::provision::ProvisionOptions::default()
-    };
-    let stack = local::provision::provision(&template, &sdk, &opts)
-        .await
-        .map_err(|e| e.to_string())?;
-    let api = stack
-        .function("AgentsApiFunction")
-        .ok_or("no AgentsApiFunction")?;
-    let worker = stack
-        .function("AgentsWorkerFunction")
-        .ok_or("no AgentsWorkerFunction")?;
-    let table = stack
-        .table_name("AgentsTable")
-        .ok_or("no AgentsTable")?
-        .to_owned();
+    let Provisioned {
+        emulator,
+        sdk,
+        api,
+        worker,
+        table,
+    } = Provisioned::start(root, "peers").await?;
+    let (api, worker) = (&api, &worker);
 
     // Cold starts first, while nothing else runs.
-    let base = cold_env(&emulator.endpoint);
+    let base = cold::stub_env(&emulator.endpoint);
     let with = |env: &std::collections::BTreeMap<String, String>| {
         let mut all = base.clone();
         all.extend(env.clone());
@@ -261,16 +249,6 @@ pub async fn run(root: &Path, options: Options) -> Result<bool, String> {
     (r.rust.api_init, r.py.api_init) = (next(), next());
     (r.rust.worker_init, r.py.worker_init) = (next(), next());
 
-    let spec = |id: &str, info: &local::provision::FunctionInfo, binary: &Path| FunctionSpec {
-        logical_id: id.into(),
-        name: info.name.clone(),
-        arn: info.arn.clone(),
-        binary: binary.to_path_buf(),
-        handler: "bootstrap".into(),
-        timeout: Duration::from_secs(10),
-        memory_mb: 128,
-        env: info.env.clone(),
-    };
     let mut runtime_options = RuntimeOptions::new("us-east-1", &emulator.endpoint);
     runtime_options.max_instances = 1;
     let runtime = Runtime::new(
@@ -334,6 +312,65 @@ pub async fn run(root: &Path, options: Options) -> Result<bool, String> {
         eprintln!("wrote {}", path.display());
     }
     Ok(true)
+}
+
+/// The agents functions of `template.yaml` provisioned on an emulator of their own.
+struct Provisioned {
+    /// Stops the emulator when dropped.
+    emulator: local::emulator::Emulator,
+    sdk: aws_config::SdkConfig,
+    /// `AgentsApiFunction` and `AgentsWorkerFunction` as provisioned.
+    api: local::provision::FunctionInfo,
+    worker: local::provision::FunctionInfo,
+    /// The physical name of `AgentsTable`.
+    table: String,
+}
+
+impl Provisioned {
+    /// Starts an emulator on a free port and provisions the template as stack `stack_name`.
+    ///
+    /// # Errors
+    /// The template did not load, the emulator did not start (`make tools`), provisioning
+    /// failed, or the template lacks one of the resources above.
+    async fn start(root: &Path, stack_name: &str) -> Result<Provisioned, String> {
+        let template = local::template::Template::load(root.join("template.yaml"))
+            .map_err(|e| e.to_string())?;
+        let emulator = local::emulator::spawn_on_free_port().map_err(|e| e.to_string())?;
+        let sdk = local::emulator::sdk_config(&emulator.endpoint).await;
+        let opts = local::provision::ProvisionOptions {
+            stack_name: stack_name.into(),
+            ..local::provision::ProvisionOptions::default()
+        };
+        let stack = local::provision::provision(&template, &sdk, &opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let function = |id: &str| stack.function(id).cloned().ok_or(format!("no {id}"));
+        Ok(Provisioned {
+            api: function("AgentsApiFunction")?,
+            worker: function("AgentsWorkerFunction")?,
+            table: stack
+                .table_name("AgentsTable")
+                .ok_or("no AgentsTable")?
+                .to_owned(),
+            emulator,
+            sdk,
+        })
+    }
+}
+
+/// How the runner runs `binary` as function `id` (a logical id of its own) provisioned as
+/// `info`: its name, ARN and environment, a 10 s timeout and 128 MB.
+fn spec(id: &str, info: &local::provision::FunctionInfo, binary: &Path) -> FunctionSpec {
+    FunctionSpec {
+        logical_id: id.into(),
+        name: info.name.clone(),
+        arn: info.arn.clone(),
+        binary: binary.to_path_buf(),
+        handler: "bootstrap".into(),
+        timeout: Duration::from_secs(10),
+        memory_mb: 128,
+        env: info.env.clone(),
+    }
 }
 
 /// The venv of the Python peer baseline, made (pip) when missing or stale: its interpreter.
@@ -417,22 +454,6 @@ impl Wrappers {
             hello: write("hello-python", "hello.handler")?,
         })
     }
-}
-
-/// The environment of a cold start on the stub: what the runner gives every function.
-fn cold_env(endpoint: &str) -> std::collections::BTreeMap<String, String> {
-    [
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("TZ", ":UTC"),
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
 }
 
 /// The `GET /agents/{agentId}/state` event of `events/agents-api` (as the local gateway and
@@ -695,21 +716,14 @@ async fn measure(
         crate::local_api::get_item(db, table, agent).await?;
     }
     for round in 0..plan.query_rounds {
-        let order = if round % 2 == 0 {
-            [(&RUST, &mut r.rust), (&PYTHON, &mut r.py)]
-        } else {
-            [(&PYTHON, &mut r.py), (&RUST, &mut r.rust)]
-        };
-        for (side, f) in order {
-            let pid = pid(runtime, side.api)?;
-            let cpu0 = cpu_time(pid)?;
+        for (side, f) in alternating(round, &mut r.rust, &mut r.py) {
+            let cpu = Cpu::start(runtime, side.api)?;
             for _ in 0..plan.per_round {
                 let started = Instant::now();
                 query_ok(runtime, side, &request).await?;
                 f.query.push(started.elapsed());
             }
-            f.query_cpu.0 += cpu_since(runtime, side.api, pid, cpu0)?;
-            f.query_cpu.1 += plan.per_round;
+            cpu.add_to(&mut f.query_cpu, plan.per_round)?;
         }
         for _ in 0..plan.per_round {
             let started = Instant::now();
@@ -723,17 +737,10 @@ async fn measure(
         batch_ok(runtime, side).await?;
     }
     for i in 0..plan.batches {
-        let order = if i % 2 == 0 {
-            [(&RUST, &mut r.rust), (&PYTHON, &mut r.py)]
-        } else {
-            [(&PYTHON, &mut r.py), (&RUST, &mut r.rust)]
-        };
-        for (side, f) in order {
-            let pid = pid(runtime, side.worker)?;
-            let cpu0 = cpu_time(pid)?;
+        for (side, f) in alternating(i, &mut r.rust, &mut r.py) {
+            let cpu = Cpu::start(runtime, side.worker)?;
             f.batch.push(batch_ok(runtime, side).await?);
-            f.event_cpu.0 += cpu_since(runtime, side.worker, pid, cpu0)?;
-            f.event_cpu.1 += 10;
+            cpu.add_to(&mut f.event_cpu, 10)?;
         }
     }
 
@@ -754,18 +761,11 @@ async fn simulated(runtime: &Runtime, plan: &Plan, r: &mut Peers) -> Result<(), 
         batch_of(runtime, side, 10).await?;
     }
     for i in 0..plan.simulated {
-        let order = if i % 2 == 0 {
-            [(&RUST, &mut r.rust), (&PYTHON, &mut r.py)]
-        } else {
-            [(&PYTHON, &mut r.py), (&RUST, &mut r.rust)]
-        };
-        for (side, f) in order {
-            let pid = pid(runtime, side.worker)?;
-            let cpu0 = cpu_time(pid)?;
+        for (side, f) in alternating(i, &mut r.rust, &mut r.py) {
+            let cpu = Cpu::start(runtime, side.worker)?;
             f.sim_one.push(batch_of(runtime, side, 1).await?);
             f.sim_ten.push(batch_of(runtime, side, 10).await?);
-            f.sim_cpu.0 += cpu_since(runtime, side.worker, pid, cpu0)?;
-            f.sim_cpu.1 += 11;
+            cpu.add_to(&mut f.sim_cpu, 11)?;
         }
     }
     Ok(())
@@ -860,58 +860,59 @@ fn pid(runtime: &Runtime, function: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{function}: no warm instance"))
 }
 
-/// CPU `function`'s process used since `cpu0`; an error when its instance was replaced.
-fn cpu_since(
-    runtime: &Runtime,
-    function: &str,
-    pid0: u32,
-    cpu0: Duration,
-) -> Result<Duration, String> {
-    if pid(runtime, function)? != pid0 {
-        return Err(format!(
-            "{function}: its instance was replaced while measured"
-        ));
-    }
-    Ok(cpu_time(pid0)?.saturating_sub(cpu0))
+/// The CPU time of a function's warm instance from [`Cpu::start`] on.
+struct Cpu<'a> {
+    runtime: &'a Runtime,
+    function: &'a str,
+    pid: u32,
+    start: Duration,
 }
 
-/// utime + stime of process `pid` (`/proc/<pid>/stat`, every thread), at the kernel's clock
-/// tick resolution (`_SC_CLK_TCK`, usually 10 ms).
-pub fn cpu_time(pid: u32) -> Result<Duration, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // Fields after the command (which may hold spaces and parentheses) start at the state
-    // (field 3); utime and stime are fields 14 and 15.
-    let rest = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or("no command in stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Result<u64, String> {
-        fields
-            .get(n - 3)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("/proc/{pid}/stat: no field {n}"))
-    };
-    let ticks = field(14)? + field(15)?;
-    // SAFETY: sysconf reads a constant of the system; no memory is passed.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz <= 0 {
-        return Err("sysconf(_SC_CLK_TCK) failed".into());
+impl<'a> Cpu<'a> {
+    /// Starts counting the CPU of `function`'s one warm instance.
+    ///
+    /// # Errors
+    /// No warm instance, or its CPU time unreadable.
+    fn start(runtime: &'a Runtime, function: &'a str) -> Result<Cpu<'a>, String> {
+        let pid = pid(runtime, function)?;
+        Ok(Cpu {
+            runtime,
+            function,
+            pid,
+            start: cpu_time(pid)?,
+        })
     }
-    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+
+    /// Adds the CPU used since the start and `events` to `total` (CPU, events).
+    ///
+    /// # Errors
+    /// The instance was replaced while measured (its CPU would be lost), or its CPU time is
+    /// unreadable.
+    fn add_to(self, total: &mut (Duration, usize), events: usize) -> Result<(), String> {
+        if pid(self.runtime, self.function)? != self.pid {
+            return Err(format!(
+                "{}: its instance was replaced while measured",
+                self.function
+            ));
+        }
+        total.0 += cpu_time(self.pid)?.saturating_sub(self.start);
+        total.1 += events;
+        Ok(())
+    }
 }
 
-/// Peak resident set size (`VmHWM`) of process `pid`, in KiB.
-fn max_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+/// The two implementations with their figures, Rust first in even rounds and Python first in
+/// odd ones, so that neither always runs on what the other left (caches, the emulator's state).
+fn alternating<'a>(
+    round: usize,
+    rust: &'a mut Figures,
+    py: &'a mut Figures,
+) -> [(&'static Side, &'a mut Figures); 2] {
+    if round.is_multiple_of(2) {
+        [(&RUST, rust), (&PYTHON, py)]
+    } else {
+        [(&PYTHON, py), (&RUST, rust)]
+    }
 }
 
 /// The section of BENCHMARKS.md, markers included.
@@ -973,106 +974,44 @@ fn markdown(r: &Peers) -> String {
         PUBLISHED[2].0,
         PUBLISHED[2].1
     );
-    let row =
-        |s: &mut String, what: &str, a: Option<f64>, b: Option<f64>, unit: &str, note: &str| {
-            let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2} {unit}"));
-            let q = match (a, b) {
-                (Some(a), Some(b)) if a > 0.0 => format!("{:.1}×", b / a),
-                _ => "–".into(),
-            };
-            let _ = writeln!(s, "| {what} | {} | {} | {q} | {note} |", cell(a), cell(b));
-        };
-    let p50 = |v: &[Duration]| (!v.is_empty()).then(|| ms(median(v)));
-    let p99 = |v: &[Duration]| (!v.is_empty()).then(|| ms(quantile(v, 0.99)));
-    let n = r.rust.api_init.len();
-    row(
-        &mut s,
-        &format!("hello-world init, p50 of {n}"),
-        p50(&r.rust.hello_init),
-        p50(&r.py.hello_init),
-        "ms",
-        &published,
-    );
-    row(
-        &mut s,
-        "agents-api init, p50",
-        p50(&r.rust.api_init),
-        p50(&r.py.api_init),
-        "ms",
-        "",
-    );
-    row(
-        &mut s,
-        "agents-worker init, p50",
-        p50(&r.rust.worker_init),
-        p50(&r.py.worker_init),
-        "ms",
-        "",
-    );
-    let q = r.rust.query.len();
-    row(
-        &mut s,
-        &format!("warm query p50 ({q} requests each)"),
-        p50(&r.rust.query),
-        p50(&r.py.query),
-        "ms",
-        "",
-    );
-    row(
-        &mut s,
-        "warm query p99",
-        p99(&r.rust.query),
-        p99(&r.py.query),
-        "ms",
-        "",
-    );
-    let b = r.rust.batch.len();
-    row(
-        &mut s,
-        &format!("worker batch of 10, p50 of {b}"),
-        p50(&r.rust.batch),
-        p50(&r.py.batch),
-        "ms",
-        "",
-    );
-    let per = |(cpu, n): (Duration, usize)| (n > 0).then(|| ms(cpu) / n as f64);
-    row(
-        &mut s,
-        &format!("CPU per query ({q} requests)"),
-        per(r.rust.query_cpu),
-        per(r.py.query_cpu),
-        "ms",
-        "",
-    );
-    row(
-        &mut s,
-        &format!("CPU per message ({} messages)", r.rust.event_cpu.1),
-        per(r.rust.event_cpu),
-        per(r.py.event_cpu),
-        "ms",
-        "",
-    );
-    let sim = r.rust.sim_one.len();
+    let (q, sim) = (r.rust.query.len(), r.rust.sim_one.len());
     let memory = format!(
         "AWS answered from memory after {} ms",
         AWS_LATENCY.as_millis()
     );
-    row(
-        &mut s,
-        &format!("worker batch of 1, {memory}, p50 of {sim}"),
-        p50(&r.rust.sim_one),
-        p50(&r.py.sim_one),
-        "ms",
-        "",
-    );
-    row(
-        &mut s,
-        &format!("worker batch of 10, {memory}, p50 of {sim}"),
-        p50(&r.rust.sim_ten),
-        p50(&r.py.sim_ten),
-        "ms",
-        "",
-    );
+    let latencies = [
+        Row {
+            note: &published,
+            ..in_ms(
+                format!("hello-world init, p50 of {}", r.rust.api_init.len()),
+                |f| p50(&f.hello_init),
+            )
+        },
+        in_ms("agents-api init, p50", |f| p50(&f.api_init)),
+        in_ms("agents-worker init, p50", |f| p50(&f.worker_init)),
+        in_ms(format!("warm query p50 ({q} requests each)"), |f| {
+            p50(&f.query)
+        }),
+        in_ms("warm query p99", |f| p99(&f.query)),
+        in_ms(
+            format!("worker batch of 10, p50 of {}", r.rust.batch.len()),
+            |f| p50(&f.batch),
+        ),
+        in_ms(format!("CPU per query ({q} requests)"), |f| {
+            per_event(f.query_cpu)
+        }),
+        in_ms(
+            format!("CPU per message ({} messages)", r.rust.event_cpu.1),
+            |f| per_event(f.event_cpu),
+        ),
+        in_ms(format!("worker batch of 1, {memory}, p50 of {sim}"), |f| {
+            p50(&f.sim_one)
+        }),
+        in_ms(format!("worker batch of 10, {memory}, p50 of {sim}"), |f| {
+            p50(&f.sim_ten)
+        }),
+    ];
+    rows(&mut s, r, &latencies);
     let times = |f: &Figures| match (p50(&f.sim_one), p50(&f.sim_ten)) {
         (Some(one), Some(ten)) if one > 0.0 => format!("{:.2}×", ten / one),
         _ => "–".into(),
@@ -1083,31 +1022,23 @@ fn markdown(r: &Peers) -> String {
         times(&r.rust),
         times(&r.py)
     );
-    row(
-        &mut s,
-        &format!("CPU per message, {memory}"),
-        per(r.rust.sim_cpu),
-        per(r.py.sim_cpu),
-        "ms",
-        "",
-    );
-    let mib = |k: Option<u64>| k.map(|k| k as f64 / 1024.0);
-    row(
-        &mut s,
-        "agents-api peak RSS (`VmHWM`)",
-        mib(r.rust.api_rss_kib),
-        mib(r.py.api_rss_kib),
-        "MB",
-        "",
-    );
-    row(
-        &mut s,
-        "agents-worker peak RSS (`VmHWM`)",
-        mib(r.rust.worker_rss_kib),
-        mib(r.py.worker_rss_kib),
-        "MB",
-        "",
-    );
+    let resources = [
+        in_ms(format!("CPU per message, {memory}"), |f| {
+            per_event(f.sim_cpu)
+        }),
+        Row {
+            unit: "MB",
+            ..in_ms("agents-api peak RSS (`VmHWM`)", |f| mib(f.api_rss_kib))
+        },
+        Row {
+            unit: "MB",
+            ..in_ms(
+                "agents-worker peak RSS (`VmHWM`)",
+                |f| mib(f.worker_rss_kib),
+            )
+        },
+    ];
+    rows(&mut s, r, &resources);
     let _ = writeln!(
         s,
         "\nThe emulator's own `GetItem` of the same agent (harness → emulator, the query's one \
@@ -1128,6 +1059,68 @@ fn markdown(r: &Peers) -> String {
     }
     let _ = writeln!(s, "\n{}", report::PEERS_END);
     s
+}
+
+/// A row of the table of [`markdown`].
+struct Row<'a> {
+    /// What it shows (the first column).
+    what: String,
+    /// The figure of one implementation; `None`: not measured.
+    figure: fn(&Figures) -> Option<f64>,
+    unit: &'a str,
+    /// The last column.
+    note: &'a str,
+}
+
+/// A row of a figure in ms, with no note.
+fn in_ms(what: impl Into<String>, figure: fn(&Figures) -> Option<f64>) -> Row<'static> {
+    Row {
+        what: what.into(),
+        figure,
+        unit: "ms",
+        note: "",
+    }
+}
+
+/// Writes `rows` as lines of the table: each figure of Rust and of Python to two decimals with
+/// its unit, their ratio Python / Rust (`–` when either is missing or Rust's is zero), the note.
+fn rows(s: &mut String, r: &Peers, rows: &[Row]) {
+    use std::fmt::Write as _;
+    for Row {
+        what,
+        figure,
+        unit,
+        note,
+    } in rows
+    {
+        let (a, b) = (figure(&r.rust), figure(&r.py));
+        let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2} {unit}"));
+        let q = match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.1}×", b / a),
+            _ => "–".into(),
+        };
+        let _ = writeln!(s, "| {what} | {} | {} | {q} | {note} |", cell(a), cell(b));
+    }
+}
+
+/// The median of `v`, in ms; `None` when nothing was measured.
+fn p50(v: &[Duration]) -> Option<f64> {
+    (!v.is_empty()).then(|| ms(median(v)))
+}
+
+/// The 99th percentile of `v`, in ms; `None` when nothing was measured.
+fn p99(v: &[Duration]) -> Option<f64> {
+    (!v.is_empty()).then(|| ms(quantile(v, 0.99)))
+}
+
+/// CPU time over events, per event, in ms; `None` for no events.
+fn per_event((cpu, n): (Duration, usize)) -> Option<f64> {
+    (n > 0).then(|| ms(cpu) / n as f64)
+}
+
+/// KiB in MiB.
+fn mib(kib: Option<u64>) -> Option<f64> {
+    kib.map(|k| k as f64 / 1024.0)
 }
 
 #[cfg(test)]
@@ -1194,37 +1187,24 @@ mod tests {
         let dir = target.join(format!("bench-peers-test-{}", std::process::id()));
         let wrappers = Wrappers::write(&root, &python, &dir).expect("wrappers");
 
-        let template = local::template::Template::load(root.join("template.yaml")).unwrap();
-        let emulator = local::emulator::spawn_on_free_port().expect("emulator (make tools)");
-        let sdk = local::emulator::sdk_config(&emulator.endpoint).await;
-        let opts = local::provision::ProvisionOptions {
-            stack_name: "peers-test".into(),
-            ..local::provision::ProvisionOptions::default()
-        };
-        let stack = local::provision::provision(&template, &sdk, &opts)
+        let Provisioned {
+            emulator,
+            sdk,
+            api,
+            worker,
+            ..
+        } = Provisioned::start(&root, "peers-test")
             .await
-            .expect("provisioned");
-        let api = stack.function("AgentsApiFunction").unwrap();
-        let worker = stack.function("AgentsWorkerFunction").unwrap();
+            .unwrap_or_else(|e| panic!("emulator (make tools), provisioned: {e}"));
         let vars = |env: &BTreeMap<String, String>| shared::config::Vars::from(env.clone());
         let ours = InProcess {
             worker: agents_worker::init(&sdk, &vars(&worker.env)).unwrap(),
             api: agents_api::init(&sdk, &vars(&api.env)).unwrap(),
         };
-        let spec = |id: &str, info: &local::provision::FunctionInfo, binary: &Path| FunctionSpec {
-            logical_id: id.into(),
-            name: info.name.clone(),
-            arn: info.arn.clone(),
-            binary: binary.to_path_buf(),
-            handler: "bootstrap".into(),
-            timeout: Duration::from_secs(10),
-            memory_mb: 128,
-            env: info.env.clone(),
-        };
         let runtime = Runtime::new(
             vec![
-                spec(PYTHON.api, api, &wrappers.api),
-                spec(PYTHON.worker, worker, &wrappers.worker),
+                spec(PYTHON.api, &api, &wrappers.api),
+                spec(PYTHON.worker, &worker, &wrappers.worker),
             ],
             &RuntimeOptions::new("us-east-1", &emulator.endpoint),
         );
@@ -1271,35 +1251,5 @@ mod tests {
         assert!(replaced.contains("## Peers two") && !replaced.contains("## Peers one"));
         // No notes: at the end.
         assert!(report::with_peers_part("# B\n", &one, "").ends_with(&format!("# B\n\n{one}")));
-    }
-
-    /// CPU time of this process by the clock the kernel keeps for it, in nanoseconds.
-    fn process_clock() -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
-        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-    }
-
-    /// `/proc/<pid>/stat` agrees with the process's CPU clock to within two clock ticks,
-    /// however loaded the machine (the spin lasts 300 ms of CPU, not of wall time).
-    #[test]
-    fn cpu_time_counts_this_process() {
-        let pid = std::process::id();
-        let (before, clock) = (cpu_time(pid).unwrap(), process_clock());
-        let mut x = 0u64;
-        while process_clock() - clock < Duration::from_millis(300) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-        }
-        let spent = cpu_time(pid).unwrap() - before;
-        let clocked = process_clock() - clock;
-        let diff = spent.abs_diff(clocked);
-        assert!(
-            diff <= Duration::from_millis(20),
-            "stat {spent:?}, clock {clocked:?}"
-        );
     }
 }

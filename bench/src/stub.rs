@@ -135,15 +135,7 @@ impl Process {
 
     /// Peak resident set size (`VmHWM`), in KiB.
     pub fn max_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
+        crate::proc::max_rss_kib(self.child.id()?)
     }
 
     pub async fn stop(mut self) {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::read::Observed;
+use super::read::{Dead, Observed};
 use super::traffic::{Call, Op, Sample, Seen};
 
 /// One guarantee, checked.
@@ -43,6 +43,81 @@ impl Check {
             self.notes
                 .push(format!("not settled (DLQs hold messages): {text}"));
         }
+    }
+
+    /// A note `<what> in DLQ <queue>` when `dead` holds it, else the `violation`.
+    fn in_dlq_or(&mut self, dead: Option<&Dead>, what: &str, violation: impl FnOnce() -> String) {
+        match dead {
+            Some(d) => self.notes.push(format!("{what} in DLQ {}", d.queue)),
+            None => self.violations.push(violation()),
+        }
+    }
+
+    /// An accepted `what` (its `202` had correlation id `correlation`) that was never applied:
+    /// a note when `dead` holds it, else a violation.
+    fn unapplied(&mut self, dead: Option<&Dead>, what: &str, correlation: &str) {
+        self.in_dlq_or(dead, what, || {
+            format!("{what} accepted ({correlation}), never applied, in no DLQ")
+        });
+    }
+
+    /// Objects applied that no `202` names (`missing` of them, e.g. versions or sequence
+    /// numbers), where `on` picks the object's calls: a note when the requests whose outcome is
+    /// unknown (failed, or accepted after a `5xx`) can account for them, else a violation.
+    /// `text` describes it from the count of failed requests and the correlation ids of those
+    /// accepted after a `5xx`.
+    fn unexplained(
+        &mut self,
+        calls: &[Call],
+        on: impl Fn(&&Call) -> bool,
+        missing: usize,
+        text: impl FnOnce(usize, Vec<&String>) -> String,
+    ) {
+        let unknown = calls.iter().filter(&on).filter(|c| !c.is(202)).count();
+        let after_5xx = calls
+            .iter()
+            .filter(&on)
+            .filter(|c| c.is(202))
+            .map(|c| &c.correlation)
+            .collect();
+        let text = text(unknown, after_5xx);
+        if missing <= unknown {
+            self.notes.push(text);
+        } else {
+            self.violations.push(text);
+        }
+    }
+
+    /// Each pair of one object's `items` (the number each was applied or executed as, and its
+    /// call) where one was accepted before the other was sent but numbered after it: a note when
+    /// either was redriven from a DLQ (its id, the answer's `id_key`, in `redriven`; SQS's
+    /// FIFO-with-DLQ design), else a violation. `text`: the two calls and their numbers, the
+    /// earlier accepted first.
+    fn out_of_order(
+        &mut self,
+        items: &Timed<(u64, &Call)>,
+        id_key: &str,
+        redriven: &BTreeSet<String>,
+        text: impl Fn(&Call, u64, &Call, u64) -> String,
+    ) {
+        for (i, j) in regressions(items, |a, b| a.0 < b.0) {
+            let ((na, a), (nb, b)) = (items[i].2, items[j].2);
+            let text = text(a, na, b, nb);
+            let ids = [a.got(id_key), b.got(id_key)];
+            if ids.iter().flatten().any(|id| redriven.contains(*id)) {
+                self.notes
+                    .push(format!("{text} (one was redriven from a DLQ)"));
+            } else {
+                self.violations.push(text);
+            }
+        }
+    }
+
+    /// The check with its violations and notes [`capped`].
+    fn capped(mut self) -> Check {
+        self.violations = capped(self.violations);
+        self.notes = capped(self.notes);
+        self
     }
 }
 
@@ -147,9 +222,7 @@ fn answers(calls: &[Call], o: &Observed) -> Check {
     }
     c.violations
         .extend(o.unread.iter().map(|r| format!("read failed: {r}")));
-    c.violations = capped(c.violations);
-    c.notes = capped(c.notes);
-    c
+    c.capped()
 }
 
 /// The calls of `op` whose final answer was `202`.
@@ -192,15 +265,11 @@ fn agent_commands(calls: &[Call], o: &Observed) -> Check {
             Some(Some(v)) => c
                 .violations
                 .push(format!("command {id} of {agent}: unknown outcome {v}")),
-            Some(None) => match o.dead_for(id) {
-                Some(d) => c
-                    .notes
-                    .push(format!("command {id} of {agent} in DLQ {}", d.queue)),
-                None => c.violations.push(format!(
-                    "command {id} of {agent} accepted ({}), never applied, in no DLQ",
-                    call.correlation
-                )),
-            },
+            Some(None) => c.unapplied(
+                o.dead_for(id),
+                &format!("command {id} of {agent}"),
+                &call.correlation,
+            ),
             None => {}
         }
     }
@@ -229,27 +298,15 @@ fn agent_commands(calls: &[Call], o: &Observed) -> Check {
         let on_agent = |c: &&Call| {
             matches!(c.op, Op::Register | Op::State) && c.segment(1) == agent && c.ambiguous()
         };
-        let unknown = calls.iter().filter(on_agent).filter(|c| !c.is(202)).count();
-        let text = format!(
-            "{agent} is at version {final_version}, but no accepted command names versions \
-             {unnamed:?}; requests that failed (outcome unknown): {unknown}; accepted after a \
-             5xx: {:?}",
-            calls
-                .iter()
-                .filter(on_agent)
-                .filter(|c| c.is(202))
-                .map(|c| &c.correlation)
-                .collect::<Vec<_>>()
-        );
-        if unnamed.len() <= unknown {
-            c.notes.push(text);
-        } else {
-            c.violations.push(text);
-        }
+        c.unexplained(calls, on_agent, unnamed.len(), |unknown, after_5xx| {
+            format!(
+                "{agent} is at version {final_version}, but no accepted command names versions \
+                 {unnamed:?}; requests that failed (outcome unknown): {unknown}; accepted after \
+                 a 5xx: {after_5xx:?}"
+            )
+        });
     }
-    c.violations = capped(c.violations);
-    c.notes = capped(c.notes);
-    c
+    c.capped()
 }
 
 /// Observations of one object: (sent, answered, what was seen), in microseconds from the
@@ -300,25 +357,15 @@ fn agent_order(calls: &[Call], o: &Observed, redriven: &BTreeSet<String>) -> Che
             .iter()
             .map(|a| items.iter().filter(|b| a.1 < b.0).count())
             .sum::<usize>();
-        for (i, j) in regressions(items, |a, b| a.0 < b.0) {
-            let ((va, a), (vb, b)) = (items[i].2, items[j].2);
-            let text = format!(
+        c.out_of_order(items, "commandId", redriven, |a, va, b, vb| {
+            format!(
                 "{} accepted before {} was sent, but applied at version {va} after {vb}",
                 a.correlation, b.correlation
-            );
-            let ids = [a.got("commandId"), b.got("commandId")];
-            if ids.iter().flatten().any(|id| redriven.contains(*id)) {
-                c.notes
-                    .push(format!("{text} (one was redriven from a DLQ)"));
-            } else {
-                c.violations.push(text);
-            }
-        }
+            )
+        });
     }
     c.ok -= c.violations.len().min(c.ok);
-    c.violations = capped(c.violations);
-    c.notes = capped(c.notes);
-    c
+    c.capped()
 }
 
 /// No agent ever over capacity (every sample, and at the end); an agent's version never goes
@@ -405,18 +452,12 @@ fn conversations(calls: &[Call], samples: &[Sample], o: &Observed) -> Check {
         "conversations",
         "accepted starts and closes applied once, statuses forward, one agent each",
     );
-    let lost = |c: &mut Check, id: &str, command: Option<&str>, what: &str, corr: &str| match [
-        Some(id),
-        command,
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(|i| o.dead_for(i))
-    {
-        Some(d) => c.notes.push(format!("{what} of {id} in DLQ {}", d.queue)),
-        None => c.violations.push(format!(
-            "{what} of {id} accepted ({corr}), never applied, in no DLQ"
-        )),
+    let lost = |c: &mut Check, id: &str, command: Option<&str>, what: &str, corr: &str| {
+        let dead = [Some(id), command]
+            .into_iter()
+            .flatten()
+            .find_map(|i| o.dead_for(i));
+        c.unapplied(dead, &format!("{what} of {id}"), corr);
     };
     for call in accepted(calls, Op::Start) {
         let Some(id) = call.got("conversationId") else {
@@ -479,9 +520,7 @@ fn conversations(calls: &[Call], samples: &[Sample], o: &Observed) -> Check {
             ));
         }
     }
-    c.violations = capped(c.violations);
-    c.notes = capped(c.notes);
-    c
+    c.capped()
 }
 
 /// The same conversation always gets the same agent: every `200` of `POST /agents/match` for
@@ -565,13 +604,9 @@ fn messages(calls: &[Call], samples: &[Sample], o: &Observed) -> Check {
                     "message {id} accepted ({}) but not listed in {conv}",
                     call.correlation
                 )),
-                (Some(_), Some(&"ACCEPTED")) => match o.dead_for(id) {
-                    Some(d) => c.notes.push(format!("message {id} in DLQ {}", d.queue)),
-                    None => c.violations.push(format!(
-                        "message {id} accepted ({}), never applied, in no DLQ",
-                        call.correlation
-                    )),
-                },
+                (Some(_), Some(&"ACCEPTED")) => {
+                    c.unapplied(o.dead_for(id), &format!("message {id}"), &call.correlation)
+                }
                 _ => c.ok += 1,
             }
         }
@@ -585,37 +620,31 @@ fn messages(calls: &[Call], samples: &[Sample], o: &Observed) -> Check {
             continue;
         }
         let on_conv = |c: &&Call| c.op == Op::Message && c.segment(1) == conv && c.ambiguous();
-        let unknown = calls.iter().filter(on_conv).filter(|c| !c.is(202)).count();
-        let text = format!(
-            "{conv} lists {} message(s) no 202 names {orphans:?} (ACCEPTED: a provisional \
-             record with no command behind it; else applied: a request applied twice); its \
-             requests that failed (outcome unknown): {unknown}; accepted after a 5xx: {:?}",
-            orphans.len(),
-            calls
-                .iter()
-                .filter(on_conv)
-                .filter(|c| c.is(202))
-                .map(|c| &c.correlation)
-                .collect::<Vec<_>>()
-        );
-        if orphans.len() <= unknown {
-            c.notes.push(text);
-        } else {
-            c.violations.push(text);
-        }
+        c.unexplained(calls, on_conv, orphans.len(), |unknown, after_5xx| {
+            format!(
+                "{conv} lists {} message(s) no 202 names {orphans:?} (ACCEPTED: a provisional \
+                 record with no command behind it; else applied: a request applied twice); its \
+                 requests that failed (outcome unknown): {unknown}; accepted after a 5xx: \
+                 {after_5xx:?}",
+                orphans.len()
+            )
+        });
     }
     for call in accepted(calls, Op::Receipt) {
         let (conv, id, wanted) = (call.segment(1), call.segment(3), call.arg("status"));
         match finals.get(id) {
             Some(&"REJECTED") => c.ok += 1,
             Some(now) if message_forward(wanted, now) => c.ok += 1,
-            Some(now) => match call.got("commandId").and_then(|i| o.dead_for(i)) {
-                Some(d) => c.notes.push(format!("receipt of {id} in DLQ {}", d.queue)),
-                None => c.violations.push(format!(
-                    "receipt {wanted} of {conv}/{id} accepted ({}), message is {now}",
-                    call.correlation
-                )),
-            },
+            Some(now) => c.in_dlq_or(
+                call.got("commandId").and_then(|i| o.dead_for(i)),
+                &format!("receipt of {id}"),
+                || {
+                    format!(
+                        "receipt {wanted} of {conv}/{id} accepted ({}), message is {now}",
+                        call.correlation
+                    )
+                },
+            ),
             None => {}
         }
     }
@@ -638,9 +667,7 @@ fn messages(calls: &[Call], samples: &[Sample], o: &Observed) -> Check {
             ));
         }
     }
-    c.violations = capped(c.violations);
-    c.notes = capped(c.notes);
-    c
+    c.capped()
 }
 
 /// An executed trade as the checks use it.
@@ -721,14 +748,13 @@ fn trades(calls: &[Call], o: &Observed, redriven: &BTreeSet<String>) -> Check {
                 call.correlation, t["reason"]
             )),
             "REJECTED" => c.ok += 1,
-            _ => match o.dead_for(id) {
-                Some(d) => c.notes.push(format!("trade {id} in DLQ {}", d.queue)),
-                None => c.violations.push(format!(
+            _ => c.in_dlq_or(o.dead_for(id), &format!("trade {id}"), || {
+                format!(
                     "trade {id} accepted ({}), still {}, in no DLQ",
                     call.correlation,
                     status(t)
-                )),
-            },
+                )
+            }),
         }
     }
     for (account, list) in executed(o) {
@@ -743,43 +769,24 @@ fn trades(calls: &[Call], o: &Observed, redriven: &BTreeSet<String>) -> Check {
         if !gaps.is_empty() {
             let on =
                 |c: &&Call| c.op == Op::Trade && c.arg("accountId") == account && c.ambiguous();
-            let unknown = calls.iter().filter(on).filter(|c| !c.is(202)).count();
-            let text = format!(
-                "{account}: sequences {gaps:?} executed by trades no 202 names; requests \
-                 that failed (outcome unknown): {unknown}; accepted after a 5xx: {:?}",
-                calls
-                    .iter()
-                    .filter(on)
-                    .filter(|c| c.is(202))
-                    .map(|c| &c.correlation)
-                    .collect::<Vec<_>>()
-            );
-            if gaps.len() <= unknown {
-                c.notes.push(text);
-            } else {
-                c.violations.push(text);
-            }
+            c.unexplained(calls, on, gaps.len(), |unknown, after_5xx| {
+                format!(
+                    "{account}: sequences {gaps:?} executed by trades no 202 names; requests \
+                     that failed (outcome unknown): {unknown}; accepted after a 5xx: \
+                     {after_5xx:?}"
+                )
+            });
         }
     }
     for items in order.values() {
-        for (i, j) in regressions(items, |a, b| a.0 < b.0) {
-            let ((sa, a), (sb, b)) = (items[i].2, items[j].2);
-            let text = format!(
+        c.out_of_order(items, "tradeId", redriven, |a, sa, b, sb| {
+            format!(
                 "trade {} accepted before {} was sent, but executed as #{sa} after #{sb}",
                 a.correlation, b.correlation
-            );
-            let ids = [a.got("tradeId"), b.got("tradeId")];
-            if ids.iter().flatten().any(|id| redriven.contains(*id)) {
-                c.notes
-                    .push(format!("{text} (one was redriven from a DLQ)"));
-            } else {
-                c.violations.push(text);
-            }
-        }
+            )
+        });
     }
-    c.violations = capped(c.violations);
-    c.notes = capped(c.notes);
-    c
+    c.capped()
 }
 
 /// Each position equals a replay of its executed trades, in what is order-independent and
@@ -1131,7 +1138,6 @@ fn analytics(o: &Observed) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::soak::read::Dead;
     use serde_json::json;
 
     fn call(op: Op, path: &str, body: Value, answer: Value, at: (u64, u64)) -> Call {
@@ -1158,35 +1164,29 @@ mod tests {
 
     /// Two state changes of one agent, the first accepted before the second was sent.
     fn agent_scenario(v1: u64, v2: u64, agent_version: u64) -> (Vec<Call>, Observed) {
-        let calls = vec![
-            call(
-                Op::State,
-                "/agents/a/state",
-                json!({"state": "AWAY"}),
-                json!({"commandId": "c1"}),
-                (0, 10),
-            ),
-            call(
-                Op::State,
-                "/agents/a/state",
-                json!({"state": "AVAILABLE"}),
-                json!({"commandId": "c2"}),
-                (20, 30),
-            ),
+        let changes = [
+            ("AWAY", "c1", (0, 10), v1),
+            ("AVAILABLE", "c2", (20, 30), v2),
         ];
         let mut o = Observed::default();
         o.agents.insert(
             "a".into(),
             json!({"version": agent_version, "activeConversations": 0, "capacity": 2}),
         );
-        o.commands.insert(
-            "c1".into(),
-            Some(json!({"status": "APPLIED", "version": v1})),
-        );
-        o.commands.insert(
-            "c2".into(),
-            Some(json!({"status": "APPLIED", "version": v2})),
-        );
+        let mut calls = Vec::new();
+        for (state, command, at, version) in changes {
+            calls.push(call(
+                Op::State,
+                "/agents/a/state",
+                json!({ "state": state }),
+                json!({ "commandId": command }),
+                at,
+            ));
+            o.commands.insert(
+                command.into(),
+                Some(json!({"status": "APPLIED", "version": version})),
+            );
+        }
         (calls, o)
     }
 
