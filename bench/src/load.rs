@@ -50,6 +50,42 @@ pub struct Load {
     pub match_alone: Vec<Duration>,
     pub match_concurrent: Vec<Duration>,
     pub match_statuses: BTreeMap<u16, usize>,
+    /// What the 40 concurrent matches cost the machine, from the first sent to the last
+    /// answered.
+    pub match_burst: Option<CpuUse>,
+}
+
+/// CPU spent by the whole stack (`local dev`, the emulator and the functions' instances) over
+/// a stretch of wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    pub wall: Duration,
+    /// Every process of the stack.
+    pub stack: Duration,
+    /// The emulator's processes (`scripts/emulator.py`) alone.
+    pub emulator: Duration,
+}
+
+impl CpuUse {
+    /// Measures `work`, counting the process tree under `root`.
+    async fn of<T>(root: u32, work: impl std::future::Future<Output = T>) -> (T, CpuUse) {
+        let before = crate::proc::tree_cpu_time(root, "emulator.py");
+        let started = Instant::now();
+        let out = work.await;
+        let wall = started.elapsed();
+        let after = crate::proc::tree_cpu_time(root, "emulator.py");
+        let used = CpuUse {
+            wall,
+            stack: after.0.saturating_sub(before.0),
+            emulator: after.1.saturating_sub(before.1),
+        };
+        (out, used)
+    }
+
+    /// Cores kept busy on average: the stack's CPU over the wall time.
+    pub fn cores(&self) -> f64 {
+        self.stack.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
 }
 
 const REGISTER: &str = r#"{"name": "Load", "skills": ["billing"], "capacity": 4}"#;
@@ -180,8 +216,9 @@ async fn matches(dev: &LocalDev, run: &str, load: &mut Load) -> Result<(), Strin
         *load.match_statuses.entry(status).or_default() += 1;
         load.match_alone.push(latency);
     }
-    let together =
-        futures::future::join_all((0..40).map(|i| one(format!("{run}-together-{i}")))).await;
+    let burst = futures::future::join_all((0..40).map(|i| one(format!("{run}-together-{i}"))));
+    let (together, used) = CpuUse::of(dev.pid(), burst).await;
+    load.match_burst = Some(used);
     for (status, latency) in together {
         *load.match_statuses.entry(status).or_default() += 1;
         load.match_concurrent.push(latency);
@@ -268,6 +305,19 @@ fn table(load: &Load) -> String {
         md += &format!(
             "\nConcurrent match p50 / one alone: {:.2}× (target ≤ 3×).\n",
             ms(quantile(&load.match_concurrent, 0.5)) / ms(quantile(&load.match_alone, 0.5))
+        );
+    }
+    if let Some(used) = load.match_burst {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        md += &format!(
+            "The 40 matches at once: {:.0} ms from the first sent to the last answered, the \
+             stack's processes used {:.0} ms of CPU ({:.0} ms of it the emulator's), {:.2} of \
+             the machine's {cores} cores on average, {:.1} ms of CPU per match.\n",
+            ms(used.wall),
+            ms(used.stack),
+            ms(used.emulator),
+            used.cores(),
+            ms(used.stack) / 40.0
         );
     }
     md

@@ -59,6 +59,41 @@ pub fn max_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU time consumed so far by process `root` and every process below it (the processes
+/// alive now: a child that already exited is not counted), and the part of it spent by those
+/// whose command line holds `marked` (e.g. the emulator's script name).
+pub fn tree_cpu_time(root: u32, marked: &str) -> (Duration, Duration) {
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(1)?.parse().ok()
+    };
+    let pids: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, parent(pid)?)))
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let of = tree[i];
+        tree.extend(pids.iter().filter(|(_, p)| *p == of).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    let (mut all, mut part) = (Duration::ZERO, Duration::ZERO);
+    for pid in tree {
+        let Ok(cpu) = cpu_time(pid) else { continue };
+        all += cpu;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marked) {
+            part += cpu;
+        }
+    }
+    (all, part)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +115,23 @@ mod tests {
             diff <= Duration::from_millis(20),
             "stat {spent:?}, clock {clocked:?}"
         );
+    }
+
+    /// A child's CPU counts in its parent's tree, and in the marked part when its command line
+    /// holds the mark.
+    #[test]
+    fn a_tree_counts_its_children() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo tree-mark"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let mut seen = (Duration::ZERO, Duration::ZERO);
+        while child.try_wait().unwrap().is_none() {
+            seen = tree_cpu_time(me, "tree-mark");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(seen.1 > Duration::ZERO, "the marked child's CPU: {seen:?}");
+        assert!(seen.0 > seen.1, "this process counts too: {seen:?}");
     }
 }

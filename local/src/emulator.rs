@@ -514,13 +514,11 @@ mod tests {
                 ("v".to_owned(), s(v)),
             ])
         };
-        dynamodb
-            .put_item()
-            .table_name("undo")
-            .set_item(Some(item("x", "1")))
-            .send()
-            .await
-            .unwrap();
+        let put = |pk, v| {
+            let request = dynamodb.put_item().table_name("undo");
+            request.set_item(Some(item(pk, v))).send()
+        };
+        put("x", "1").await.unwrap();
         let writes = |check: &str| {
             vec![
                 TransactWriteItem::builder()
@@ -581,13 +579,7 @@ mod tests {
         assert_eq!(get("x").await.as_deref(), Some("1"), "the update is undone");
         assert_eq!(get("y").await, None, "the put is undone");
 
-        dynamodb
-            .put_item()
-            .table_name("undo")
-            .set_item(Some(item("guard", "0")))
-            .send()
-            .await
-            .unwrap();
+        put("guard", "0").await.unwrap();
         dynamodb
             .transact_write_items()
             .set_transact_items(Some(writes("guard")))
@@ -687,24 +679,14 @@ mod tests {
     /// hands them out in order again: moto alone hands out the second first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retried_fifo_group_is_handed_out_in_order_again() {
-        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
         let emulator = spawn_on_free_port().expect("moto starts");
         let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
         let queue = fifo_queue(&sqs, "order.fifo", &["m0", "m1", "m2"]).await;
         let batch = receive(&sqs, &queue, 2).await;
         assert_eq!(batch.len(), 2);
-        let retry = batch
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .visibility_timeout(1)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
+        // The poller's retry of the batch.
+        let retry = crate::poller::visibility_entries(&batch.iter().collect::<Vec<_>>(), 1);
+        assert_eq!(retry.len(), 2, "an entry per message");
         sqs.change_message_visibility_batch()
             .queue_url(&queue)
             .set_entries(Some(retry))

@@ -2,14 +2,15 @@
 //! polls a queue with a stand-in function (tests/fixtures/fake_function.py), then stops
 //! cleanly on SIGTERM, taking the emulator it started with it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_local");
+use common::{BIN, Dev, failure, free_port, get, local, queue_url, request, workspace};
+use shared::dlq::{Depth, depth};
 
 const TEMPLATE: &str = r#"
 Globals:
@@ -53,57 +54,12 @@ Resources:
             FunctionResponseTypes: [ReportBatchItemFailures]
 "#;
 
-/// A fresh directory with `template.yaml` and, unless `with_binary` is false, the fake
-/// function installed as `target/debug/fake-fn`.
-fn workspace(name: &str, template: &str, with_binary: bool) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("local-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("target/debug")).unwrap();
-    std::fs::write(dir.join("template.yaml"), template).unwrap();
-    if with_binary {
-        let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_function.py");
-        std::fs::copy(fake, dir.join("target/debug/fake-fn")).unwrap();
-    }
-    dir
-}
-
-fn local(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", dir.join("target"))
-        .env_remove("PORT");
-    cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn failure(out: Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "exit status; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
 #[test]
 fn malformed_template_is_a_clear_error() {
     let dir = workspace("malformed", "Resources: [unclosed", false);
-    let err = failure(local(&dir, &["dev", "--no-build"]).output().unwrap());
+    let err = failure(&dir, &["dev", "--no-build"]);
     assert!(err.contains("template.yaml: not valid YAML"), "{err}");
-    let err = failure(
-        local(&dir, &["dev", "--template", "missing.yaml"])
-            .output()
-            .unwrap(),
-    );
+    let err = failure(&dir, &["dev", "--template", "missing.yaml"]);
     assert!(err.contains("cannot read template missing.yaml"), "{err}");
 }
 
@@ -111,11 +67,7 @@ fn malformed_template_is_a_clear_error() {
 fn missing_binary_is_a_clear_error() {
     let dir = workspace("missing", TEMPLATE, false);
     let port = free_port().to_string();
-    let err = failure(
-        local(&dir, &["dev", "--no-build", "--port", &port])
-            .output()
-            .unwrap(),
-    );
+    let err = failure(&dir, &["dev", "--no-build", "--port", &port]);
     assert!(err.contains("function binary"), "{err}");
     assert!(
         err.contains("target/debug/fake-fn not found (function Fn)"),
@@ -128,11 +80,7 @@ fn port_in_use_is_a_clear_error() {
     let dir = workspace("port", TEMPLATE, true);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let err = failure(
-        local(&dir, &["dev", "--no-build", "--port", &port])
-            .output()
-            .unwrap(),
-    );
+    let err = failure(&dir, &["dev", "--no-build", "--port", &port]);
     assert!(
         err.contains(&format!("port {port} is already in use")),
         "{err}"
@@ -209,142 +157,16 @@ fn token_prints_a_jwt_the_templates_authorizer_accepts() {
     assert_eq!(usage.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&usage.stderr).contains("add --role trader"));
     let plain = workspace("token-none", TEMPLATE, false);
-    let err = failure(
-        local(&plain, &["token", "--role", "agent"])
-            .output()
-            .unwrap(),
-    );
+    let err = failure(&plain, &["token", "--role", "agent"]);
     assert!(err.contains("declares no JWT authorizer"), "{err}");
-}
-
-/// `GET` over a raw socket: status line and body.
-fn get(port: u16, path: &str) -> (u16, String) {
-    request(port, "GET", path, None)
-}
-
-/// One HTTP/1.1 request over a raw socket: status and body.
-fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let host = format!("Host: 127.0.0.1:{port}\r\n");
-    raw_request(port, method, path, body, &host)
-}
-
-/// [`request`] with `head` as its header lines (each ending in CRLF), `Host` included.
-fn raw_request(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    head: &str,
-) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let (headers, body) = match body {
-        Some(b) => (
-            format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            ),
-            b,
-        ),
-        None => (String::new(), ""),
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\n{head}Connection: close\r\n{headers}\r\n{body}"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            let found = line.contains(needle);
-            seen.push(line);
-            if found {
-                return seen;
-            }
-        }
-        panic!("{needle:?} not printed within {timeout:?}; got {seen:#?}");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> (usize, usize) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap();
-    let attrs = out.attributes().unwrap();
-    let n = |k: A| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (
-        n(A::ApproximateNumberOfMessages),
-        n(A::ApproximateNumberOfMessagesNotVisible),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
-    let dir = workspace("dev", TEMPLATE, true);
-    let port = free_port();
-    let emulator_port = free_port();
-    let endpoint = format!("http://127.0.0.1:{emulator_port}");
-    let mut child = local(
-        &dir,
-        &[
-            "dev",
-            "--no-build",
-            "--port",
-            &port.to_string(),
-            "--stack",
-            "t",
-        ],
-    )
-    .env("AWS_ENDPOINT_URL", &endpoint)
-    .env("LOCAL_RETRY_DELAY_SECONDS", "0")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("| {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let running = Running { child, lines };
-    let startup = running.wait_for("ready", Duration::from_secs(90));
-    let table = startup.join("\n");
+    let retry_now = [("LOCAL_RETRY_DELAY_SECONDS", "0")];
+    let mut dev = Dev::fake("dev", TEMPLATE, "t", &[], &retry_now);
+    let port = dev.port;
+    let table = dev.lines().join("\n");
     assert!(table.contains("/echo/{id}"), "{table}");
     assert!(table.contains("Jobs (t-Jobs) -> Fn"), "{table}");
     assert!(table.contains("DLQ JobsDLQ (t-JobsDLQ)"), "{table}");
@@ -359,13 +181,18 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
     assert_eq!(echo["event"]["routeKey"], "GET /echo/{id}");
     // The gateway sets Host and X-Forwarded-* itself, whatever the client sent, as API
     // Gateway does: a function never sees a client's values there.
-    let spoofed = "Host: bad host\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: a b\r\nX-Forwarded-Port: x\r\n";
-    let (status, body) =
-        tokio::task::spawn_blocking(move || raw_request(port, "GET", "/echo/h", None, spoofed))
-            .await
-            .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let headers = &serde_json::from_str::<serde_json::Value>(&body).unwrap()["event"]["headers"];
+    let spoofed = [
+        ("Host", "bad host"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "a b"),
+        ("X-Forwarded-Port", "x"),
+    ];
+    let answer = tokio::task::spawn_blocking(move || request(port, "GET", "/echo/h", &spoofed, ""))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let headers =
+        &serde_json::from_str::<serde_json::Value>(&answer.body).unwrap()["event"]["headers"];
     assert_eq!(headers["host"], format!("127.0.0.1:{port}"), "{headers}");
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{headers}");
     assert_eq!(headers["x-forwarded-proto"], "http", "{headers}");
@@ -388,20 +215,11 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
         .await
         .unwrap();
     assert_eq!((status, body.as_str()), (404, r#"{"message":"Not Found"}"#));
-    running.wait_for("REPORT RequestId:", Duration::from_secs(5));
+    dev.wait_for_within(&["REPORT RequestId:"], Duration::from_secs(5));
 
     // One good message is consumed; a poison one is retried, then redriven to the DLQ.
-    let sdk = local::emulator::sdk_config(&endpoint).await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let jobs = sqs
-        .get_queue_url()
-        .queue_name("t-Jobs")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_string();
+    let sqs = dev.sqs().await;
+    let jobs = queue_url(&sqs, "t-Jobs").await;
     sqs.send_message()
         .queue_url(&jobs)
         .message_body("good")
@@ -414,20 +232,12 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
         .send()
         .await
         .unwrap();
-    let dlq = sqs
-        .get_queue_url()
-        .queue_name("t-JobsDLQ")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_string();
+    let dlq = queue_url(&sqs, "t-JobsDLQ").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let jobs_depth = queue_depth(&sqs, &jobs).await;
-        let dlq_depth = queue_depth(&sqs, &dlq).await;
-        if jobs_depth == (0, 0) && dlq_depth.0 == 1 {
+        let jobs_depth = depth(&sqs, &jobs).await.unwrap();
+        let dlq_depth = depth(&sqs, &dlq).await.unwrap();
+        if jobs_depth == Depth::default() && dlq_depth.visible == 1 {
             break;
         }
         assert!(
@@ -440,22 +250,10 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
     assert_eq!(in_dlq.messages()[0].body(), Some("poison"));
 
     // SIGTERM: a clean exit, and the emulator this run started is gone.
-    let mut running = running;
-    let pid = running.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = running.child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    assert!(
-        TcpStream::connect(("127.0.0.1", emulator_port)).is_err(),
-        "emulator still up"
-    );
-    let _ = std::fs::remove_dir_all(dir);
+    dev.terminate();
+    let emulator = dev.endpoint.trim_start_matches("http://");
+    assert!(TcpStream::connect(emulator).is_err(), "emulator still up");
+    let _ = std::fs::remove_dir_all(&dev.dir);
 }
 
 const SCHEDULED: &str = r#"
@@ -490,39 +288,9 @@ Resources:
 /// never fires; the runner still stops cleanly.
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_fires_scheduled_events_with_their_payloads() {
-    let dir = workspace("schedule", SCHEDULED, true);
-    let mut child = local(
-        &dir,
-        &[
-            "dev",
-            "--no-build",
-            "--port",
-            &free_port().to_string(),
-            "--stack",
-            "t",
-        ],
-    )
-    .env(
-        "AWS_ENDPOINT_URL",
-        format!("http://127.0.0.1:{}", free_port()),
-    )
-    .env("LOCAL_SCHEDULE_SPEEDUP", "60")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("| {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let mut running = Running { child, lines };
-    let table = running
-        .wait_for("ready", Duration::from_secs(90))
-        .join("\n");
+    let speedup = [("LOCAL_SCHEDULE_SPEEDUP", "60")];
+    let mut dev = Dev::fake("schedule", SCHEDULED, "t", &[], &speedup);
+    let table = dev.lines().join("\n");
     assert!(
         table.contains("Schedules (LOCAL_SCHEDULE_SPEEDUP=60"),
         "{table}"
@@ -533,14 +301,8 @@ async fn dev_fires_scheduled_events_with_their_payloads() {
     assert!(table.contains("t-FnOff, disabled"), "{table}");
 
     // Everything printed for a few seconds: a few minutes of schedule time.
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Ok(line) = running
-        .lines
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-    {
-        seen.push(line);
-    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = dev.lines();
     let events: Vec<serde_json::Value> = seen
         .iter()
         .filter_map(|l| l.strip_prefix("[Fn] event "))
@@ -601,17 +363,8 @@ async fn dev_fires_scheduled_events_with_their_payloads() {
     );
 
     // SIGTERM while schedules are running: a clean exit.
-    let pid = running.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = running.child.wait().unwrap();
-    assert!(status.success(), "{status}");
-    let _ = std::fs::remove_dir_all(dir);
+    dev.terminate();
+    let _ = std::fs::remove_dir_all(&dev.dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -660,127 +413,15 @@ Resources:
 "#;
 
 /// The `local dev` process shared by the scenario tests. It is never dropped (a static): it
-/// runs with `LOCAL_EXIT_ON_STDIN_EOF=1` and a piped stdin, so it shuts down, emulator
-/// included, when this test process exits and the pipe closes.
-struct Shared {
-    port: u16,
-    /// Everything it printed (stdout and stderr), line by line.
-    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _stdin: std::process::ChildStdin,
-    /// Never waited for: the process outlives every test and exits with this one.
-    child: Child,
+/// shuts down, emulator included, when this test process exits and its stdin pipe closes.
+fn shared() -> &'static Dev {
+    static SHARED: std::sync::OnceLock<Dev> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| Dev::fake("scenarios", SCENARIOS, "s", &[], &[]))
 }
 
-fn shared() -> &'static Shared {
-    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
-    SHARED.get_or_init(|| start_dev(&workspace("scenarios", SCENARIOS, true), "s", &[]))
-}
-
-/// `local dev --no-build` of the workspace `dir` on a free port, with its own emulator, and
-/// `extra` arguments; returns once it printed `ready`.
-fn start_dev(dir: &Path, stack: &str, extra: &[&str]) -> Shared {
-    {
-        let port = free_port();
-        let port_arg = port.to_string();
-        let mut args = vec!["dev", "--no-build", "--port", &port_arg, "--stack", stack];
-        args.extend_from_slice(extra);
-        let mut child = local(dir, &args)
-            .env(
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", free_port()),
-            )
-            .env("LOCAL_EXIT_ON_STDIN_EOF", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let forward = |stream: Box<dyn Read + Send>| {
-            let output = std::sync::Arc::clone(&output);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    output.lock().unwrap().push(line);
-                }
-            });
-        };
-        forward(Box::new(child.stdout.take().unwrap()));
-        forward(Box::new(child.stderr.take().unwrap()));
-        let mut shared = Shared {
-            port,
-            output,
-            _stdin: child.stdin.take().unwrap(),
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !shared.printed(|l| l == "ready") {
-            if let Ok(Some(status)) = shared.child.try_wait() {
-                panic!("local dev exited ({status}): {:#?}", shared.lines());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready: {:#?}",
-                shared.lines()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        shared
-    }
-}
-
-impl Shared {
-    fn lines(&self) -> Vec<String> {
-        self.output.lock().unwrap().clone()
-    }
-
-    fn printed(&self, pred: impl Fn(&str) -> bool) -> bool {
-        self.output.lock().unwrap().iter().any(|l| pred(l))
-    }
-
-    /// Waits until a printed line contains every one of `parts` (output is asynchronous).
-    fn wait_for(&self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(l) = self
-                .output
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {parts:?} in {:#?}",
-                self.lines()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn count(&self, parts: &[&str]) -> usize {
-        self.output
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| parts.iter().all(|p| l.contains(p)))
-            .count()
-    }
-
-    /// Waits until `n` printed lines contain every one of `parts` (output is asynchronous:
-    /// a REPORT line may follow the answer it reports on).
-    fn wait_for_count(&self, parts: &[&str], n: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.count(parts) < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.count(parts)
-    }
-
-    fn post(&self, path: &str, body: &str) -> (u16, String) {
-        request(self.port, "POST", path, Some(body))
-    }
+/// What API Gateway answers when a function fails: `502` and its message.
+fn bad_gateway() -> (u16, String) {
+    (502, r#"{"message":"Internal Server Error"}"#.to_string())
 }
 
 fn pid_of(body: &str) -> u64 {
@@ -836,37 +477,37 @@ fn a_function_over_its_timeout_is_killed_and_the_next_request_gets_a_fresh_insta
 #[test]
 fn a_function_that_fails_to_start_shows_its_error_and_the_runner_stays_up() {
     let rt = shared();
-    let bad_gateway = (502, r#"{"message":"Internal Server Error"}"#.to_string());
 
     // It reports its error through /runtime/init/error, then exits.
-    assert_eq!(get(rt.port, "/init-error"), bad_gateway);
-    rt.wait_for(&[
-        "[InitError]",
-        "init failed: Runtime.InitError: cannot read config: TABLE_NAME is not set",
+    assert_eq!(rt.get("/init-error"), bad_gateway());
+    rt.wait_for_each(&[
+        &[
+            "[InitError]",
+            "init failed: Runtime.InitError: cannot read config: TABLE_NAME is not set",
+        ],
+        &["[InitError] INIT_REPORT", "Status: error"],
     ]);
-    rt.wait_for(&["[InitError] INIT_REPORT", "Status: error"]);
 
     // It exits before asking for an invocation; what it printed is shown.
-    assert_eq!(get(rt.port, "/exit-at-init"), bad_gateway);
-    rt.wait_for(&["[ExitAtInit] exiting during init"]);
-    rt.wait_for(&[
-        "[ExitAtInit]",
-        "Runtime exited before init completed: exit status: 7",
+    assert_eq!(rt.get("/exit-at-init"), bad_gateway());
+    rt.wait_for_each(&[
+        &["[ExitAtInit] exiting during init"],
+        &[
+            "[ExitAtInit]",
+            "Runtime exited before init completed: exit status: 7",
+        ],
     ]);
 
     // The runner is still up: another function answers, and the broken one is tried afresh.
     let (status, body) = rt.post("/echo", "{}");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(get(rt.port, "/init-error"), bad_gateway);
+    assert_eq!(rt.get("/init-error"), bad_gateway());
     // The runner prints the second INIT_REPORT as the 502 goes out: wait for the line.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rt.count(&["[InitError] INIT_REPORT", "Status: error"]) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "second INIT_REPORT never printed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rt.wait_for_more(
+        &["[InitError] INIT_REPORT", "Status: error"],
+        1,
+        Duration::from_secs(10),
+    );
 }
 
 #[test]
@@ -926,8 +567,7 @@ Resources:
 /// `Error Type: Runtime.OutOfMemory` on the REPORT line); the next request gets a fresh instance.
 #[test]
 fn dev_runs_functions_at_their_lambda_limits_over_tls() {
-    let dir = workspace("limits", LIMITED, true);
-    let dev = start_dev(&dir, "l", &["--lambda-limits", "--tls"]);
+    let dev = Dev::fake("limits", LIMITED, "l", &["--lambda-limits", "--tls"], &[]);
     dev.wait_for(&[
         "Limits",
         "CPU MemorySize/1769 of one per 20 ms once init ends",
@@ -1002,16 +642,14 @@ fn dev_runs_functions_at_their_lambda_limits_over_tls() {
     assert_eq!(quota, format!("{} 20000", 20_000 * 128 / 1769));
     assert_eq!(limit, (128u64 << 20).to_string());
 
-    let (status, body) = dev.post("/mem", r#"{"allocate_mb": 256}"#);
-    assert_eq!(
-        (status, body.as_str()),
-        (502, r#"{"message":"Internal Server Error"}"#)
-    );
-    dev.wait_for(&["[Mem] ", "Error: Runtime exited with error: signal: killed"]);
-    dev.wait_for(&["[Mem] Runtime.ExitError"]);
-    dev.wait_for(&[
-        "[Mem] REPORT",
-        "Status: error\tError Type: Runtime.OutOfMemory",
+    assert_eq!(dev.post("/mem", r#"{"allocate_mb": 256}"#), bad_gateway());
+    dev.wait_for_each(&[
+        &["[Mem] ", "Error: Runtime exited with error: signal: killed"],
+        &["[Mem] Runtime.ExitError"],
+        &[
+            "[Mem] REPORT",
+            "Status: error\tError Type: Runtime.OutOfMemory",
+        ],
     ]);
     let (status, body) = dev.post("/mem", "{}");
     assert_eq!(status, 200, "{body}");

@@ -7,17 +7,17 @@
 //! executables); without them the test fails saying so. It writes a screenshot of the page
 //! to `target/dashboard.png`, and with `UPDATE_SCREENSHOT=1` also to `docs/dashboard.png`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Dev, failure, free_port, local, queue_url, request, workspace};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_local");
 const CORRELATION: &str = "corr-7f3a9c";
 
 const TEMPLATE: &str = r#"
@@ -92,145 +92,6 @@ Resources:
           Type: HttpApi
           Properties: {ApiId: !Ref Api, Method: GET, Path: /health, Auth: {Authorizer: NONE}}
 "#;
-
-/// A fresh directory with `template` and the fake function installed as
-/// `target/debug/fake-fn`.
-fn workspace(name: &str, template: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("local-dashboard-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("target/debug")).unwrap();
-    std::fs::write(dir.join("template.yaml"), template).unwrap();
-    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_function.py");
-    std::fs::copy(fake, dir.join("target/debug/fake-fn")).unwrap();
-    dir
-}
-
-fn local(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", dir.join("target"))
-        .env_remove("PORT")
-        .env_remove("LOCAL_AUTH_DIR")
-        .env_remove("LOCAL_CHAOS");
-    cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 request over a raw socket: status, headers and body.
-fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(head.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Answer {
-        status: text[9..12].parse().unwrap(),
-        head: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Status line and headers, lower-cased.
-    head: String,
-    body: String,
-}
-
-/// `local dev`, stopped (emulator included) when its stdin closes on drop.
-struct Runner {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    output: Arc<Mutex<Vec<String>>>,
-}
-
-impl Runner {
-    fn start(dir: &Path, port: u16) -> Runner {
-        let mut child = local(
-            dir,
-            &[
-                "dev",
-                "--no-build",
-                "--port",
-                &port.to_string(),
-                "--stack",
-                "d",
-            ],
-        )
-        .env(
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
-        .env("LOCAL_EXIT_ON_STDIN_EOF", "1")
-        .env("LOCAL_RETRY_DELAY_SECONDS", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = Arc::clone(&output);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    println!("| {line}");
-                    output.lock().unwrap().push(line);
-                }
-            });
-        }
-        let mut runner = Runner {
-            stdin: child.stdin.take(),
-            child,
-            output,
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !runner.output.lock().unwrap().iter().any(|l| l == "ready") {
-            if let Ok(Some(status)) = runner.child.try_wait() {
-                panic!(
-                    "local dev exited ({status}): {:#?}",
-                    runner.output.lock().unwrap()
-                );
-            }
-            assert!(Instant::now() < deadline, "local dev not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        runner
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// chromedriver on a free port, killed on drop.
 struct Driver {
@@ -372,6 +233,38 @@ fn invocations_of(function: &str) -> String {
     )
 }
 
+/// Waits up to `timeout` until the invocation rows of `function`'s card ([`invocations_of`],
+/// as `rows`) satisfy the JavaScript condition `when`; returns the rows.
+async fn wait_for_invocations(
+    client: &Client,
+    what: &str,
+    timeout: Duration,
+    function: &str,
+    when: &str,
+) -> Value {
+    let rows = invocations_of(function);
+    let script = format!("const rows = (() => {{ {rows} }})(); return {when} ? rows : null;");
+    wait_for(client, what, timeout, &script).await
+}
+
+/// Waits up to `timeout` until `function`'s card shows one invocation, a success; asserts
+/// that it shows `trigger` and [`CORRELATION`], and returns it.
+async fn wait_for_one_success(
+    client: &Client,
+    what: &str,
+    timeout: Duration,
+    function: &str,
+    trigger: &str,
+) -> Value {
+    let when = "rows.length === 1 && rows[0].outcome === 'success'";
+    let row = wait_for_invocations(client, what, timeout, function, when).await[0].clone();
+    assert_eq!(row["trigger"], trigger, "{row}");
+    assert_eq!(row["correlation"], CORRELATION, "{row}");
+    row
+}
+
+/// The cells of `queue`'s row in the queues table: `visible`, `inFlight`, and `redrive` (the
+/// redrive button's `text` and `enabled`, or `null` without one); `null` without a row.
 fn queue_cells(queue: &str) -> String {
     format!(
         r#"const row = document.querySelector('#queues tr[data-queue="{queue}"]');
@@ -385,32 +278,42 @@ fn queue_cells(queue: &str) -> String {
     )
 }
 
-async fn sqs_client(runner: &Runner) -> aws_sdk_sqs::Client {
-    let line = runner
-        .output
-        .lock()
-        .unwrap()
-        .iter()
+/// An SQS client of the emulator the start-up table names.
+/// Waits up to `timeout` until `queue`'s row ([`queue_cells`], as `q`) is shown and satisfies
+/// the JavaScript condition `when`; returns its cells.
+async fn wait_for_queue(
+    client: &Client,
+    what: &str,
+    timeout: Duration,
+    queue: &str,
+    when: &str,
+) -> Value {
+    let cells = queue_cells(queue);
+    let script = format!("const q = (() => {{ {cells} }})(); return q && {when} ? q : null;");
+    wait_for(client, what, timeout, &script).await
+}
+
+async fn sqs_client(dev: &Dev) -> aws_sdk_sqs::Client {
+    let line = dev
+        .lines()
+        .into_iter()
         .find(|l| l.starts_with("Emulator  "))
-        .cloned()
         .expect("the emulator line of the start-up table");
     let endpoint = line["Emulator  ".len()..]
         .split_whitespace()
         .next()
-        .unwrap()
-        .to_string();
-    aws_sdk_sqs::Client::new(&local::emulator::sdk_config(&endpoint).await)
+        .unwrap();
+    common::sqs_client(endpoint).await
 }
 
-async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
-    sqs.get_queue_url()
-        .queue_name(name)
+/// Sends `queue` an [`event_body`].
+async fn send_event(sqs: &aws_sdk_sqs::Client, queue: &str, detail_type: &str, sleep: f64) {
+    sqs.send_message()
+        .queue_url(queue)
+        .message_body(event_body(detail_type, sleep))
         .send()
         .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_string()
+        .unwrap();
 }
 
 /// An EventBridge event as a rule delivers it to a queue; `sleep` makes the fake worker take
@@ -435,15 +338,10 @@ fn a_template_route_under_the_dashboard_prefix_is_refused() {
     let dir = workspace(
         "reserved",
         &TEMPLATE.replace("Path: /health", "Path: /_local/health"),
+        true,
     );
-    let out = local(
-        &dir,
-        &["dev", "--no-build", "--port", &free_port().to_string()],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let port = free_port().to_string();
+    let err = failure(&dir, &["dev", "--no-build", "--port", &port]);
     assert!(
         err.contains("route GET /_local/health (function HealthFunction) starts with /_local")
             && err.contains("reserved for the local dashboard"),
@@ -455,10 +353,11 @@ fn a_template_route_under_the_dashboard_prefix_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_the_stack_live_in_a_real_browser() {
     let (chromium, chromedriver) = browser_tools();
-    let dir = workspace("live", TEMPLATE);
-    let port = free_port();
-    let runner = Runner::start(&dir, port);
-    let startup = runner.output.lock().unwrap().join("\n");
+    let retry_now = [("LOCAL_RETRY_DELAY_SECONDS", "0")];
+    let runner = Dev::fake("live", TEMPLATE, "d", &[], &retry_now);
+    let dir = runner.dir.clone();
+    let port = runner.port;
+    let startup = runner.lines().join("\n");
     assert!(
         startup.contains(&format!("Dashboard http://127.0.0.1:{port}/_local/")),
         "{startup}"
@@ -549,11 +448,12 @@ async fn the_dashboard_shows_the_stack_live_in_a_real_browser() {
             ["GET", "/health", "public", "HealthFunction"],
         ])
     );
-    let idle = wait_for(
+    let idle = wait_for_queue(
         &client,
         "the queues table",
         Duration::from_secs(10),
-        &queue_cells("AgentsQueue"),
+        "AgentsQueue",
+        "true",
     )
     .await;
     assert_eq!(
@@ -575,15 +475,14 @@ async fn the_dashboard_shows_the_stack_live_in_a_real_browser() {
     .unwrap();
     assert_eq!(answer.status, 200, "{answer:?}");
     let _ = http("GET", "/health", vec![]).await.unwrap();
-    let api = wait_for(
+    let api = wait_for_one_success(
         &client,
         "the API function's invocation",
         Duration::from_secs(10),
-        &format!("const rows = (() => {{ {} }})(); return rows.length === 1 && rows[0].outcome === 'success' ? rows[0] : null;", invocations_of("AgentsApiFunction")),
+        "AgentsApiFunction",
+        "PUT /agents/{agentId}",
     )
     .await;
-    assert_eq!(api["trigger"], "PUT /agents/{agentId}");
-    assert_eq!(api["correlation"], CORRELATION);
     let figure = |v: &Value, unit: &str| {
         v.as_str()
             .is_some_and(|s| s.ends_with(unit) && s.len() > unit.len())
@@ -625,55 +524,44 @@ async fn the_dashboard_shows_the_stack_live_in_a_real_browser() {
     // invocation appears (trigger: the queue) and the queue is empty again.
     let sqs = sqs_client(&runner).await;
     let agents_queue = queue_url(&sqs, "d-AgentsQueue").await;
-    sqs.send_message()
-        .queue_url(&agents_queue)
-        .message_body(event_body("AgentRegistered", 3.0))
-        .send()
-        .await
-        .unwrap();
-    wait_for(
+    send_event(&sqs, &agents_queue, "AgentRegistered", 3.0).await;
+    wait_for_queue(
         &client,
         "the message in flight",
         Duration::from_secs(10),
-        &format!(
-            "const q = (() => {{ {} }})(); return q && q.inFlight === '1' ? q : null;",
-            queue_cells("AgentsQueue")
-        ),
+        "AgentsQueue",
+        "q.inFlight === '1'",
     )
     .await;
-    let worker = wait_for(
+    let worker = wait_for_one_success(
         &client,
         "the worker's invocation",
         Duration::from_secs(15),
-        &format!("const rows = (() => {{ {} }})(); return rows.length === 1 && rows[0].outcome === 'success' ? rows[0] : null;", invocations_of("AgentsWorkerFunction")),
+        "AgentsWorkerFunction",
+        "queue AgentsQueue (1 msg)",
     )
     .await;
-    assert_eq!(worker["trigger"], "queue AgentsQueue (1 msg)");
-    assert_eq!(worker["correlation"], CORRELATION);
     assert!(figure(&worker["duration"], " s"), "slept 3 s: {worker}");
     assert!(figure(&worker["memory"], " / 128 MB"), "{worker}");
-    wait_for(
+    wait_for_queue(
         &client,
         "the queue drained",
         Duration::from_secs(10),
-        &format!("const q = (() => {{ {} }})(); return q.visible === '0' && q.inFlight === '0' ? q : null;", queue_cells("AgentsQueue")),
+        "AgentsQueue",
+        "q.visible === '0' && q.inFlight === '0'",
     )
     .await;
 
     // (4) A dead message: the DLQ's depth shows it; its redrive button moves it back to the
     // source queue (depth 0), where the worker handles it.
     let dlq = queue_url(&sqs, "d-AgentsDLQ").await;
-    sqs.send_message()
-        .queue_url(&dlq)
-        .message_body(event_body("AgentStateChanged", 0.2))
-        .send()
-        .await
-        .unwrap();
-    let dead = wait_for(
+    send_event(&sqs, &dlq, "AgentStateChanged", 0.2).await;
+    let dead = wait_for_queue(
         &client,
         "the DLQ's depth",
         Duration::from_secs(10),
-        &format!("const q = (() => {{ {} }})(); return q && q.visible === '1' && q.redrive.enabled ? q : null;", queue_cells("AgentsDLQ")),
+        "AgentsDLQ",
+        "q.visible === '1' && q.redrive.enabled",
     )
     .await;
     assert_eq!(dead["redrive"]["text"], "Redrive → AgentsQueue");
@@ -682,11 +570,12 @@ async fn the_dashboard_shows_the_stack_live_in_a_real_browser() {
         r#"#queues tr[data-queue="AgentsDLQ"] button.redrive"#,
     )
     .await;
-    wait_for(
+    wait_for_queue(
         &client,
         "the DLQ empty after the redrive",
         Duration::from_secs(10),
-        &format!("const q = (() => {{ {} }})(); return q.visible === '0' && !q.redrive.enabled ? q : null;", queue_cells("AgentsDLQ")),
+        "AgentsDLQ",
+        "q.visible === '0' && !q.redrive.enabled",
     )
     .await;
     let note = wait_for(
@@ -697,11 +586,12 @@ async fn the_dashboard_shows_the_stack_live_in_a_real_browser() {
     )
     .await;
     assert_eq!(note, "AgentsDLQ: moved 1 message back to AgentsQueue");
-    wait_for(
+    wait_for_invocations(
         &client,
         "the redriven message's invocation",
         Duration::from_secs(15),
-        &format!("const rows = (() => {{ {} }})(); return rows.length === 2 && rows.every(r => r.outcome === 'success') ? rows : null;", invocations_of("AgentsWorkerFunction")),
+        "AgentsWorkerFunction",
+        "rows.length === 2 && rows.every(r => r.outcome === 'success')",
     )
     .await;
 

@@ -35,8 +35,7 @@ fn routes_under_the_dashboard_prefix_are_refused() {
 async fn every_dlq_of_the_real_template_redrives_where_the_ops_api_does() {
     let emu = emulator::spawn_on_free_port().expect("emulator");
     let sdk = emulator::sdk_config(&emu.endpoint).await;
-    let template =
-        Template::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+    let template = crate::template::tests::real_template();
     let stack = provision(&template, &sdk, &ProvisionOptions::default())
         .await
         .expect("provision");

@@ -9,15 +9,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::routes::{RouteMatch, percent_decode};
+use crate::auth::Incoming;
 
 /// The parts of an HTTP request the event is built from.
 pub struct Request<'a> {
-    pub method: &'a str,
-    /// Path as received (still percent-encoded).
-    pub raw_path: &'a str,
-    pub raw_query: &'a str,
-    pub headers: &'a HeaderMap,
-    pub body: &'a [u8],
+    /// Method, path and query as received (still percent-encoded), body, and the headers the
+    /// function is to see.
+    pub http: Incoming<'a>,
     pub source_ip: String,
     pub request_id: &'a str,
     pub account_id: &'a str,
@@ -30,9 +28,10 @@ pub struct Request<'a> {
 /// ones comma-joined; `Cookie` headers move to `cookies`; bodies of non-text content types
 /// are base64-encoded. Absent parts (no query, no path parameters, no body) are omitted.
 pub fn build(req: &Request<'_>, route: &RouteMatch<'_>) -> Value {
+    let http = &req.http;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     let mut cookies = Vec::new();
-    for (name, value) in req.headers {
+    for (name, value) in http.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         if name == "cookie" {
             cookies.extend(
@@ -66,8 +65,8 @@ pub fn build(req: &Request<'_>, route: &RouteMatch<'_>) -> Value {
     let mut event = json!({
         "version": "2.0",
         "routeKey": route_key,
-        "rawPath": req.raw_path,
-        "rawQueryString": req.raw_query,
+        "rawPath": http.path,
+        "rawQueryString": http.query,
         "headers": headers,
         "requestContext": {
             "accountId": req.account_id,
@@ -75,11 +74,11 @@ pub fn build(req: &Request<'_>, route: &RouteMatch<'_>) -> Value {
             "domainName": domain,
             "domainPrefix": domain.split('.').next().unwrap_or_default(),
             "http": {
-                "method": req.method,
-                "path": req.raw_path,
+                "method": http.method,
+                "path": http.path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": req.source_ip,
-                "userAgent": req.headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default(),
+                "userAgent": http.headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default(),
             },
             "requestId": req.request_id,
             "routeKey": route_key,
@@ -95,22 +94,22 @@ pub fn build(req: &Request<'_>, route: &RouteMatch<'_>) -> Value {
     if !cookies.is_empty() {
         event["cookies"] = json!(cookies);
     }
-    let query = query_parameters(req.raw_query);
+    let query = query_parameters(http.query);
     if !query.is_empty() {
         event["queryStringParameters"] = json!(query);
     }
     if !route.params.is_empty() {
         event["pathParameters"] = json!(route.params);
     }
-    if !req.body.is_empty() {
-        let content_type = req
+    if !http.body.is_empty() {
+        let content_type = http
             .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok());
-        match std::str::from_utf8(req.body) {
+        match std::str::from_utf8(http.body) {
             Ok(text) if content_type.is_none_or(is_text) => event["body"] = json!(text),
             _ => {
-                event["body"] = json!(BASE64.encode(req.body));
+                event["body"] = json!(BASE64.encode(http.body));
                 event["isBase64Encoded"] = json!(true);
             }
         }
@@ -281,11 +280,13 @@ mod tests {
             );
         }
         let req = Request {
-            method,
-            raw_path: path,
-            raw_query: query,
-            headers: &map,
-            body,
+            http: Incoming {
+                method,
+                path,
+                query,
+                headers: &map,
+                body,
+            },
             source_ip: "127.0.0.1".into(),
             request_id: "req-1",
             account_id: "123456789012",

@@ -146,11 +146,10 @@ async fn answer(
     };
     let headers = forwarded(&parts.headers, local, peer);
     let request = event::Request {
-        method: parts.method.as_str(),
-        raw_path: parts.uri.path(),
-        raw_query: parts.uri.query().unwrap_or_default(),
-        headers: &headers,
-        body: &body,
+        http: Incoming {
+            headers: &headers,
+            ..incoming
+        },
         source_ip: peer.ip().to_string(),
         request_id,
         account_id: &gw.account_id,

@@ -187,6 +187,15 @@ mod tests {
             .map(|m| (m.route.key(), m.route.function.clone(), m.params))
     }
 
+    /// What [`found`] gives for the route `key` of `function` with the path parameters `pairs`.
+    fn route(
+        key: &str,
+        function: &str,
+        pairs: &[(&str, &str)],
+    ) -> Option<(String, String, BTreeMap<String, String>)> {
+        Some((key.into(), function.into(), params(pairs)))
+    }
+
     fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -198,11 +207,7 @@ mod tests {
     fn matches_literals_and_params() {
         assert_eq!(
             found("GET", "/agents/a%201/state"),
-            Some((
-                "GET /agents/{agentId}/state".into(),
-                "A".into(),
-                params(&[("agentId", "a 1")])
-            ))
+            route("GET /agents/{agentId}/state", "A", &[("agentId", "a 1")])
         );
         assert_eq!(found("GET", "/agents").unwrap().0, "GET /agents");
         assert_eq!(found("GET", "/").unwrap().0, "GET /");
@@ -230,11 +235,7 @@ mod tests {
     fn greedy_paths_take_the_rest_and_exact_methods_win() {
         assert_eq!(
             found("GET", "/files/a/b/c.txt"),
-            Some((
-                "GET /files/{proxy+}".into(),
-                "B".into(),
-                params(&[("proxy", "a/b/c.txt")])
-            ))
+            route("GET /files/{proxy+}", "B", &[("proxy", "a/b/c.txt")])
         );
         assert_eq!(found("PUT", "/files/x").unwrap().0, "ANY /files/{proxy+}");
         assert_eq!(

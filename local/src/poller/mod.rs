@@ -243,60 +243,78 @@ async fn process(source: &Source, mut messages: Vec<Message>) {
     }
 }
 
+/// SQS's most entries in one batch call.
+const BATCH_LIMIT: usize = 10;
+
 async fn delete(source: &Source, messages: &[&Message]) {
-    for chunk in messages.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .set_receipt_handle(m.receipt_handle().map(str::to_string))
-                    .build()
-                    .ok()
-            })
-            .collect::<Vec<_>>();
-        let result = source
-            .sqs
-            .delete_message_batch()
-            .queue_url(&source.binding.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await;
-        report_batch_failure(
-            source,
-            "DeleteMessageBatch",
-            result.map(|o| o.failed().len()),
-        );
-    }
+    in_batches(source, "DeleteMessageBatch", messages, |chunk| async move {
+        let entries = batch_entries(chunk, |id, handle| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(id)
+                .set_receipt_handle(handle)
+                .build()
+        });
+        let call = source.sqs.delete_message_batch().set_entries(Some(entries));
+        let out = call.queue_url(&source.binding.queue_url).send().await;
+        out.map(|o| o.failed().len())
+    })
+    .await;
 }
 
 async fn make_visible(source: &Source, messages: &[&Message], delay: i32) {
-    for chunk in messages.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .set_receipt_handle(m.receipt_handle().map(str::to_string))
-                    .visibility_timeout(delay)
-                    .build()
-                    .ok()
-            })
-            .collect::<Vec<_>>();
-        let result = source
-            .sqs
-            .change_message_visibility_batch()
-            .queue_url(&source.binding.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await;
-        report_batch_failure(
-            source,
-            "ChangeMessageVisibilityBatch",
-            result.map(|o| o.failed().len()),
-        );
+    in_batches(
+        source,
+        "ChangeMessageVisibilityBatch",
+        messages,
+        |chunk| async move {
+            let call = source.sqs.change_message_visibility_batch();
+            let call = call.set_entries(Some(visibility_entries(chunk, delay)));
+            let out = call.queue_url(&source.binding.queue_url).send().await;
+            out.map(|o| o.failed().len())
+        },
+    )
+    .await;
+}
+
+/// `ChangeMessageVisibilityBatch` entries making `messages` (at most [`BATCH_LIMIT`]) visible
+/// again after `delay` seconds.
+pub(crate) fn visibility_entries(
+    messages: &[&Message],
+    delay: i32,
+) -> Vec<ChangeMessageVisibilityBatchRequestEntry> {
+    batch_entries(messages, |id, handle| {
+        ChangeMessageVisibilityBatchRequestEntry::builder()
+            .id(id)
+            .set_receipt_handle(handle)
+            .visibility_timeout(delay)
+            .build()
+    })
+}
+
+/// The entries of one batch call over `messages`: `entry` of each message's index (its id in
+/// the batch) and receipt handle; an entry the SDK refuses to build is left out.
+fn batch_entries<T, E>(
+    messages: &[&Message],
+    entry: impl Fn(String, Option<String>) -> Result<T, E>,
+) -> Vec<T> {
+    messages
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| entry(i.to_string(), m.receipt_handle().map(str::to_string)).ok())
+        .collect()
+}
+
+/// Runs the batch call `op` (named `name` in what is reported) over `messages`, a chunk of at
+/// most [`BATCH_LIMIT`] at a time; `op` gives the number of entries that failed, reported with
+/// any error of the call itself.
+async fn in_batches<'a, F, Fut, E>(source: &Source, name: &str, messages: &'a [&'a Message], op: F)
+where
+    F: Fn(&'a [&'a Message]) -> Fut,
+    Fut: Future<Output = Result<usize, E>>,
+    E: std::error::Error,
+{
+    for chunk in messages.chunks(BATCH_LIMIT) {
+        report_batch_failure(source, name, op(chunk).await);
     }
 }
 

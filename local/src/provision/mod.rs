@@ -254,8 +254,7 @@ mod tests {
     async fn provisions_the_real_template_twice() {
         let emu = emulator::spawn_on_free_port().expect("emulator");
         let sdk = emulator::sdk_config(&emu.endpoint).await;
-        let template =
-            Template::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+        let template = crate::template::tests::real_template();
         let opts = ProvisionOptions::default();
         let first = provision(&template, &sdk, &opts).await.expect("provision");
         // A second run over the same emulator reuses everything.

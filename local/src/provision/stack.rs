@@ -435,11 +435,10 @@ fn sub_variables(text: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::Template;
     use serde_json::json;
 
     fn stack() -> Stack {
-        let t = Template::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+        let t = crate::template::tests::real_template();
         let mut s = Stack::new(&t, "cqrs-local", "eu-west-1", "http://127.0.0.1:3000/");
         s.queues.insert(
             "AgentsDLQ".into(),

@@ -56,10 +56,9 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/2018-06-01/runtime/invocation/next", get(next))
         .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(response),
+            "/2018-06-01/runtime/invocation/{id}/{outcome}",
+            post(outcome),
         )
-        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
         .route("/2018-06-01/runtime/init/error", post(init_error))
         .with_state(state)
 }
@@ -87,30 +86,28 @@ async fn next(State(state): State<Arc<ApiState>>) -> Response {
     (StatusCode::OK, headers, inv.body).into_response()
 }
 
-async fn response(
+/// `POST invocation/{id}/response` or `invocation/{id}/error`: how the invocation ended; any
+/// other `{outcome}` is not found.
+async fn outcome(
     State(state): State<Arc<ApiState>>,
-    Path(request_id): Path<String>,
+    Path((request_id, outcome)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let _ = state.events.send(Event::Response { request_id, body });
-    accepted()
-}
-
-async fn error(
-    State(state): State<Arc<ApiState>>,
-    Path(request_id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let _ = state.events.send(Event::Error { request_id, body });
-    accepted()
+    let event = match outcome.as_str() {
+        "response" => Event::Response { request_id, body },
+        "error" => Event::Error { request_id, body },
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    report(&state, event)
 }
 
 async fn init_error(State(state): State<Arc<ApiState>>, body: Bytes) -> Response {
-    let _ = state.events.send(Event::InitError(body));
-    accepted()
+    report(&state, Event::InitError(body))
 }
 
-fn accepted() -> Response {
+/// Hands `event` to the invoker and accepts the report, as the Runtime API does (`202`).
+fn report(state: &ApiState, event: Event) -> Response {
+    let _ = state.events.send(event);
     (
         StatusCode::ACCEPTED,
         [("content-type", "application/json")],

@@ -653,20 +653,7 @@ mod tests {
     use super::*;
 
     fn spec(id: &str, timeout_secs: u64) -> FunctionSpec {
-        FunctionSpec {
-            logical_id: id.into(),
-            name: format!("cqrs-local-{id}"),
-            arn: format!("arn:aws:lambda:us-east-1:123456789012:function:cqrs-local-{id}"),
-            binary: concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/fake_function.py"
-            )
-            .into(),
-            handler: "bootstrap".into(),
-            timeout: Duration::from_secs(timeout_secs),
-            memory_mb: 256,
-            env: BTreeMap::new(),
-        }
+        super::super::tests::fake_spec(id, timeout_secs, 256, BTreeMap::new())
     }
 
     fn http_event(correlation: Option<&str>, request_id: &str) -> Value {

@@ -361,14 +361,7 @@ impl InstanceLimits {
     /// How many CFS periods the instance was throttled in so far (`nr_throttled` of the CPU
     /// cgroup's `cpu.stat`); 0 when unreadable.
     pub fn throttled_periods(&self) -> u64 {
-        std::fs::read_to_string(self.dirs[0].join("cpu.stat"))
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("nr_throttled "))
-                    .and_then(|n| n.trim().parse().ok())
-            })
-            .unwrap_or(0)
+        counter(&self.dirs[0].join("cpu.stat"), "nr_throttled")
     }
 
     /// The memory limit in force, in bytes, read back from the cgroup.
@@ -389,14 +382,7 @@ impl InstanceLimits {
     /// (`oom_kill` of `memory.oom_control`, v1, or of `memory.events`, v2); 0 when unreadable.
     pub fn oom_kills(&self) -> u64 {
         let file = self.memory_file("memory.oom_control", "memory.events");
-        std::fs::read_to_string(self.memory_dir().join(file))
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill "))
-                    .and_then(|n| n.trim().parse().ok())
-            })
-            .unwrap_or(0)
+        counter(&self.memory_dir().join(file), "oom_kill")
     }
 
     /// The cgroup's peak memory use, in MB (rounded up), when the kernel reports it.
@@ -554,6 +540,16 @@ fn create(dir: &Path) -> Result<(), LimitsError> {
 
 fn write(path: &Path, value: &str) -> Result<(), LimitsError> {
     std::fs::write(path, value).map_err(|e| not_writable(path, e))
+}
+
+/// The value of `key` in the cgroup file of `key value` lines at `path` (`cpu.stat`,
+/// `memory.events`, …); 0 when the file or the key cannot be read.
+fn counter(path: &Path, key: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn read(path: &Path) -> io::Result<String> {

@@ -4,17 +4,18 @@ use serde_json::{Value, json};
 
 use super::*;
 
-fn spec(timeout_secs: u64, extra_env: &[(&str, &str)]) -> FunctionSpec {
-    let mut env: BTreeMap<String, String> = [("TABLE_NAME".to_string(), "t".to_string())].into();
-    env.extend(
-        extra_env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+/// The stand-in function tests/fixtures/fake_function.py as the function `id` (named
+/// `cqrs-local-{id}`) with `timeout_secs`, `memory_mb` and `env`.
+pub(super) fn fake_spec(
+    id: &str,
+    timeout_secs: u64,
+    memory_mb: u64,
+    env: BTreeMap<String, String>,
+) -> FunctionSpec {
     FunctionSpec {
-        logical_id: "Fake".into(),
-        name: "cqrs-local-Fake".into(),
-        arn: "arn:aws:lambda:us-east-1:123456789012:function:cqrs-local-Fake".into(),
+        logical_id: id.into(),
+        name: format!("cqrs-local-{id}"),
+        arn: format!("arn:aws:lambda:us-east-1:123456789012:function:cqrs-local-{id}"),
         binary: concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/fake_function.py"
@@ -22,9 +23,20 @@ fn spec(timeout_secs: u64, extra_env: &[(&str, &str)]) -> FunctionSpec {
         .into(),
         handler: "bootstrap".into(),
         timeout: Duration::from_secs(timeout_secs),
-        memory_mb: 128,
+        memory_mb,
         env,
     }
+}
+
+/// `Fake`: [`fake_spec`] with 128 MB, `TABLE_NAME=t` and `extra_env`.
+fn spec(timeout_secs: u64, extra_env: &[(&str, &str)]) -> FunctionSpec {
+    let mut env: BTreeMap<String, String> = [("TABLE_NAME".to_string(), "t".to_string())].into();
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    fake_spec("Fake", timeout_secs, 128, env)
 }
 
 fn runtime(spec: FunctionSpec, max_instances: usize) -> Runtime {

@@ -14,135 +14,102 @@ fn next(expression: &str, after: &str) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
+/// The instant most cases start from.
+const MARCH: &str = "2024-03-01T00:00:00Z";
+
+/// Asserts [`next`] of each `(expression, after, expected)`.
+fn assert_next(cases: &[(&str, &str, &str)]) {
+    for &(expression, after, expected) in cases {
+        assert_eq!(
+            next(expression, after).as_deref(),
+            Some(expected),
+            "{expression} after {after}"
+        );
+    }
+}
+
 #[test]
 fn rates_fire_a_whole_number_of_periods_after_the_start() {
     let origin = at("2024-03-01T10:00:00.500Z");
     let five = Expression::parse("rate(5 minutes)").unwrap();
-    let step = |after: DateTime<Utc>| five.next_after(origin, after).unwrap();
-    assert_eq!(
-        step(origin),
-        at("2024-03-01T10:05:00.500Z"),
-        "one period in"
-    );
-    assert_eq!(
-        step(at("2024-03-01T10:05:00.500Z")),
-        at("2024-03-01T10:10:00.500Z")
-    );
-    assert_eq!(
-        step(at("2024-03-01T10:07:00Z")),
-        at("2024-03-01T10:10:00.500Z")
-    );
-    assert_eq!(
-        step(at("2024-03-01T10:10:00.499Z")),
-        at("2024-03-01T10:10:00.500Z")
-    );
-    assert_eq!(
-        step(at("2024-03-01T09:00:00Z")),
-        at("2024-03-01T10:05:00.500Z")
-    );
-    assert_eq!(
-        Expression::parse("rate(1 day)").unwrap(),
-        Expression::Rate(TimeDelta::days(1))
-    );
-    assert_eq!(
-        Expression::parse(" rate(2 hours) ").unwrap(),
-        Expression::Rate(TimeDelta::hours(2))
-    );
-    assert_eq!(
-        Expression::parse("rate(1 minute)").unwrap(),
-        Expression::Rate(TimeDelta::minutes(1))
-    );
+    // (after, next), the first one period in.
+    let steps = [
+        ("2024-03-01T10:00:00.500Z", "2024-03-01T10:05:00.500Z"),
+        ("2024-03-01T10:05:00.500Z", "2024-03-01T10:10:00.500Z"),
+        ("2024-03-01T10:07:00Z", "2024-03-01T10:10:00.500Z"),
+        ("2024-03-01T10:10:00.499Z", "2024-03-01T10:10:00.500Z"),
+        ("2024-03-01T09:00:00Z", "2024-03-01T10:05:00.500Z"),
+    ];
+    for (after, expected) in steps {
+        assert_eq!(
+            five.next_after(origin, at(after)).unwrap(),
+            at(expected),
+            "after {after}"
+        );
+    }
+    for (text, period) in [
+        ("rate(1 day)", TimeDelta::days(1)),
+        (" rate(2 hours) ", TimeDelta::hours(2)),
+        ("rate(1 minute)", TimeDelta::minutes(1)),
+    ] {
+        assert_eq!(Expression::parse(text).unwrap(), Expression::Rate(period));
+    }
 }
 
 #[test]
 fn cron_fields_follow_aws_rules() {
-    // Every day at noon UTC; strictly after the given instant.
     let noon = "cron(0 12 * * ? *)";
-    assert_eq!(
-        next(noon, "2024-03-01T11:59:30Z").unwrap(),
-        "2024-03-01T12:00:00Z"
-    );
-    assert_eq!(
-        next(noon, "2024-03-01T12:00:00Z").unwrap(),
-        "2024-03-02T12:00:00Z"
-    );
-    // Weekday names and ranges: 2024-03-01 is a Friday, so the next weekday is Monday.
-    let weekdays = "cron(15 10 ? * MON-FRI *)";
-    assert_eq!(
-        next(weekdays, "2024-03-01T11:00:00Z").unwrap(),
-        "2024-03-04T10:15:00Z"
-    );
-    // Day-of-week numbers count 1-7 from Sunday.
-    assert_eq!(
-        next("cron(0 9 ? * 1 *)", "2024-03-01T00:00:00Z").unwrap(),
-        "2024-03-03T09:00:00Z"
-    );
-    assert_eq!(
-        next("cron(0 9 ? * 7 *)", "2024-03-01T00:00:00Z").unwrap(),
-        "2024-03-02T09:00:00Z"
-    );
-    // Lists, ranges and steps: quarter hours from 08:00 to 09:45 on Mondays and Wednesdays.
     let lists = "cron(0/15 8-9 ? * 2,4 *)";
-    assert_eq!(
-        next(lists, "2024-03-04T09:30:00Z").unwrap(),
-        "2024-03-04T09:45:00Z"
-    );
-    assert_eq!(
-        next(lists, "2024-03-04T09:50:00Z").unwrap(),
-        "2024-03-06T08:00:00Z"
-    );
-    // Month names, with a day of month.
-    assert_eq!(
-        next("cron(30 6 1 JAN,JUL ? *)", "2024-03-01T00:00:00Z").unwrap(),
-        "2024-07-01T06:30:00Z"
-    );
+    assert_next(&[
+        // Every day at noon UTC; strictly after the given instant.
+        (noon, "2024-03-01T11:59:30Z", "2024-03-01T12:00:00Z"),
+        (noon, "2024-03-01T12:00:00Z", "2024-03-02T12:00:00Z"),
+        // Weekday names and ranges: 2024-03-01 is a Friday, so the next weekday is Monday.
+        (
+            "cron(15 10 ? * MON-FRI *)",
+            "2024-03-01T11:00:00Z",
+            "2024-03-04T10:15:00Z",
+        ),
+        // Day-of-week numbers count 1-7 from Sunday.
+        ("cron(0 9 ? * 1 *)", MARCH, "2024-03-03T09:00:00Z"),
+        ("cron(0 9 ? * 7 *)", MARCH, "2024-03-02T09:00:00Z"),
+        // Lists, ranges and steps: quarter hours from 08:00 to 09:45 on Mondays and Wednesdays.
+        (lists, "2024-03-04T09:30:00Z", "2024-03-04T09:45:00Z"),
+        (lists, "2024-03-04T09:50:00Z", "2024-03-06T08:00:00Z"),
+        // Month names, with a day of month.
+        ("cron(30 6 1 JAN,JUL ? *)", MARCH, "2024-07-01T06:30:00Z"),
+    ]);
 }
 
 #[test]
 fn cron_l_w_and_hash() {
-    // L in day-of-month: the last day of the month (2024 is a leap year).
     let last = "cron(0 0 L * ? *)";
-    assert_eq!(
-        next(last, "2024-02-10T00:00:00Z").unwrap(),
-        "2024-02-29T00:00:00Z"
-    );
-    assert_eq!(
-        next(last, "2024-02-29T00:00:00Z").unwrap(),
-        "2024-03-31T00:00:00Z"
-    );
-    // L alone in day-of-week: the week's last day, Saturday.
-    assert_eq!(
-        next("cron(0 0 ? * L *)", "2024-03-01T00:00:00Z").unwrap(),
-        "2024-03-02T00:00:00Z"
-    );
-    // 6L: the month's last Friday.
-    assert_eq!(
-        next("cron(0 18 ? * 6L *)", "2024-03-01T00:00:00Z").unwrap(),
-        "2024-03-29T18:00:00Z"
-    );
-    // 3#2: the month's second Tuesday.
-    assert_eq!(
-        next("cron(0 10 ? * 3#2 *)", "2024-03-01T00:00:00Z").unwrap(),
-        "2024-03-12T10:00:00Z"
-    );
-    // 15W: the weekday nearest the 15th; 2024-06-15 is a Saturday, so Friday the 14th.
-    assert_eq!(
-        next("cron(0 9 15W * ? *)", "2024-06-01T00:00:00Z").unwrap(),
-        "2024-06-14T09:00:00Z"
-    );
+    assert_next(&[
+        // L in day-of-month: the last day of the month (2024 is a leap year).
+        (last, "2024-02-10T00:00:00Z", "2024-02-29T00:00:00Z"),
+        (last, "2024-02-29T00:00:00Z", "2024-03-31T00:00:00Z"),
+        // L alone in day-of-week: the week's last day, Saturday.
+        ("cron(0 0 ? * L *)", MARCH, "2024-03-02T00:00:00Z"),
+        // 6L: the month's last Friday.
+        ("cron(0 18 ? * 6L *)", MARCH, "2024-03-29T18:00:00Z"),
+        // 3#2: the month's second Tuesday.
+        ("cron(0 10 ? * 3#2 *)", MARCH, "2024-03-12T10:00:00Z"),
+        // 15W: the weekday nearest the 15th; 2024-06-15 is a Saturday, so Friday the 14th.
+        (
+            "cron(0 9 15W * ? *)",
+            "2024-06-01T00:00:00Z",
+            "2024-06-14T09:00:00Z",
+        ),
+    ]);
 }
 
 #[test]
 fn cron_year_field_bounds_the_schedule() {
     let years = "cron(0 0 1 1 ? 2026-2027)";
-    assert_eq!(
-        next(years, "2024-03-01T00:00:00Z").unwrap(),
-        "2026-01-01T00:00:00Z"
-    );
-    assert_eq!(
-        next(years, "2026-01-01T00:00:00Z").unwrap(),
-        "2027-01-01T00:00:00Z"
-    );
+    assert_next(&[
+        (years, MARCH, "2026-01-01T00:00:00Z"),
+        (years, "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z"),
+    ]);
     assert_eq!(
         next(years, "2027-01-01T00:00:00Z"),
         None,

@@ -126,6 +126,13 @@ fn check(req: &Request<Vec<u8>>) -> Result<Value, SignatureRefusal> {
     check_at(&verifier(None), req, NOW)
 }
 
+/// Asserts that the request each signer signs is refused as given.
+fn assert_refused<const N: usize>(cases: [(Signer, SignatureRefusal); N]) {
+    for (signer, refusal) in cases {
+        assert_eq!(check(&match_request(signer)), Err(refusal));
+    }
+}
+
 fn match_request(signer: Signer) -> Request<Vec<u8>> {
     signed(
         signer,
@@ -355,26 +362,26 @@ fn the_path_is_double_encoded_and_the_body_always_covered() {
 
 #[test]
 fn the_credential_is_scoped_to_the_runners_region_and_execute_api() {
-    let region = match_request(Signer {
-        region: "us-east-1",
-        ..Signer::default()
-    });
-    assert_eq!(
-        check(&region),
-        Err(SignatureRefusal::Scope(
-            "Credential should be scoped to a valid region, not 'us-east-1'.".into()
-        ))
-    );
-    let service = match_request(Signer {
-        service: "lambda",
-        ..Signer::default()
-    });
-    assert_eq!(
-        check(&service),
-        Err(SignatureRefusal::Scope(
-            "Credential should be scoped to correct service: 'execute-api'.".into()
-        ))
-    );
+    assert_refused([
+        (
+            Signer {
+                region: "us-east-1",
+                ..Signer::default()
+            },
+            SignatureRefusal::Scope(
+                "Credential should be scoped to a valid region, not 'us-east-1'.".into(),
+            ),
+        ),
+        (
+            Signer {
+                service: "lambda",
+                ..Signer::default()
+            },
+            SignatureRefusal::Scope(
+                "Credential should be scoped to correct service: 'execute-api'.".into(),
+            ),
+        ),
+    ]);
     // A credential dated another day than X-Amz-Date.
     let mut req = match_request(Signer::default());
     let date = req.headers()["x-amz-date"].to_str().unwrap().to_string();
@@ -408,26 +415,26 @@ fn the_credential_is_scoped_to_the_runners_region_and_execute_api() {
 #[test]
 fn a_signature_older_or_newer_than_15_minutes_has_expired() {
     // NOW is 2023-11-14T22:13:20Z.
-    let old = match_request(Signer {
-        at: NOW - MAX_SKEW_SECS - 1,
-        ..Signer::default()
-    });
-    assert_eq!(
-        check(&old),
-        Err(SignatureRefusal::Expired(
-            "Signature expired: 20231114T215819Z is now earlier than 20231114T215820Z (20231114T221320Z - 15 min.)".into()
-        ))
-    );
-    let future = match_request(Signer {
-        at: NOW + MAX_SKEW_SECS + 1,
-        ..Signer::default()
-    });
-    assert_eq!(
-        check(&future),
-        Err(SignatureRefusal::Expired(
-            "Signature not yet current: 20231114T222821Z is still later than 20231114T222820Z (20231114T221320Z + 15 min.)".into()
-        ))
-    );
+    assert_refused([
+        (
+            Signer {
+                at: NOW - MAX_SKEW_SECS - 1,
+                ..Signer::default()
+            },
+            SignatureRefusal::Expired(
+                "Signature expired: 20231114T215819Z is now earlier than 20231114T215820Z (20231114T221320Z - 15 min.)".into(),
+            ),
+        ),
+        (
+            Signer {
+                at: NOW + MAX_SKEW_SECS + 1,
+                ..Signer::default()
+            },
+            SignatureRefusal::Expired(
+                "Signature not yet current: 20231114T222821Z is still later than 20231114T222820Z (20231114T221320Z + 15 min.)".into(),
+            ),
+        ),
+    ]);
     for at in [NOW - MAX_SKEW_SECS, NOW + MAX_SKEW_SECS] {
         let edge = match_request(Signer {
             at,
