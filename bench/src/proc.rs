@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn a_tree_counts_its_children() {
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo tree-mark"])
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo tree-mark",
+            ])
             .spawn()
             .unwrap();
         let me = std::process::id();
