@@ -45,19 +45,9 @@ pub fn cpu_time(pid: u32) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
-/// Peak resident set size (`VmHWM`) of process `pid`, in KiB; `None` once the process is gone
-/// or when its status has no such line.
-pub fn max_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
+/// Peak resident set size (`VmHWM`) of process `pid`, in KiB: the runner's own reading
+/// (`local::runtime::peak_rss_kib`), so the benchmarks and `REPORT` lines agree.
+pub use local::runtime::peak_rss_kib as max_rss_kib;
 
 /// CPU time consumed so far by process `root` and every process below it (the processes
 /// alive now: a child that already exited is not counted), and the part of it spent by those

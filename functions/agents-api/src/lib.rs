@@ -30,7 +30,7 @@ use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
     command::{
-        self, Accepted, Checked, CommandTransport, Compensated, Guarded, NothingProvisional,
+        self, Accepted, Checked, CommandTransport, Compensated, Guarded, Ids, NothingProvisional,
         Provisional, Provisioned,
     },
     domain::{
@@ -118,39 +118,7 @@ where
     B: EventBus,
     I: Idempotency,
 {
-    shared::http::serve(req, |req| route(app, req)).await
-}
-
-async fn route<S, C, B, I>(app: &App<S, C, B, I>, req: Request) -> Result<Response<Body>, Error>
-where
-    S: AgentStore,
-    C: CommandTransport,
-    B: EventBus,
-    I: Idempotency,
-{
-    let route = Route::of(&req);
-    match route.key() {
-        "GET /agents" => list(app, &req).await,
-        "POST /agents/match" => match_agent(app, &req).await,
-        "PUT /agents/{agentId}" => register(app, &req, route.param("agentId")?).await,
-        "POST /agents/{agentId}/state" => change_state(app, &req, route.param("agentId")?).await,
-        "GET /agents/{agentId}/state" => get_state(app, route.lookup("agentId", "agent")?).await,
-        "GET /agents/{agentId}/commands/{commandId}" => {
-            let agent = route.lookup("agentId", "agent")?;
-            get_command(app, agent, route.lookup("commandId", "command")?).await
-        }
-        _ => Err(route.unknown()),
-    }
-}
-
-async fn get_state<S: AgentStore, C, B, I>(
-    app: &App<S, C, B, I>,
-    id: AgentId,
-) -> Result<Response<Body>, Error> {
-    match app.store.get(&id).await? {
-        Some(agent) => Ok(json(200, &agent)),
-        None => Err(Error::NotFound(format!("no agent {id}"))),
-    }
+    shared::http::serve(req, |req| app.route(req)).await
 }
 
 /// What became of an agent command, once the worker processed it.
@@ -164,51 +132,6 @@ struct CommandView {
     version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
-}
-
-/// `200` with the outcome of an agent command: APPLIED (with the version it left the agent at)
-/// or REJECTED (with the reason). `404` until the worker has processed it (within moments of its
-/// `202`), and for ids of no command of this agent.
-async fn get_command<S: AgentStore, C, B, I>(
-    app: &App<S, C, B, I>,
-    agent_id: AgentId,
-    command_id: Uuid,
-) -> Result<Response<Body>, Error> {
-    let outcome = app
-        .store
-        .processed(command_id)
-        .await?
-        .and_then(|r| r.outcome)
-        .filter(|o| o.aggregate_id == agent_id.as_str())
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "no processed command {command_id} of agent {agent_id}"
-            ))
-        })?;
-    Ok(json(
-        200,
-        &CommandView {
-            command_id,
-            agent_id,
-            status: outcome.status,
-            version: outcome.version,
-            reason: outcome.reason,
-        },
-    ))
-}
-
-async fn list<S: AgentStore, C, B, I>(
-    app: &App<S, C, B, I>,
-    req: &Request,
-) -> Result<Response<Body>, Error> {
-    let filter = AgentFilter {
-        state: query(req, "state")?,
-        skill: query(req, "skill")?,
-    };
-    let limit = limit(req)?;
-    let cursor = query::<String>(req, "cursor")?;
-    let page = app.store.list(&filter, limit, cursor.as_deref()).await?;
-    Ok(json(200, &page))
 }
 
 /// Checks a command's precondition against the agent as it is now (version 0: not
@@ -296,154 +219,213 @@ impl<S: AgentStore> Provisional for ProvisionalAgent<'_, S> {
     }
 }
 
-async fn register<S, C, B, I>(
-    app: &App<S, C, B, I>,
-    req: &Request,
-    agent_id: AgentId,
-) -> Result<Response<Body>, Error>
-where
-    S: AgentStore,
-    C: CommandTransport,
-    I: Idempotency,
-{
-    let (request, body): (Value, RegisterBody) = parse_command(req)?;
-    let version = body.version.map(|v| v.0);
-    command::idempotency_key(req)?;
-    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
-        let cmd = RegisterAgent {
-            agent_id: agent_id.clone(),
-            name: body.name,
-            skills: body.skills,
-            capacity: body.capacity,
-            expected_version: version,
-        };
-        let provisional = Guarded {
-            precondition: AtVersion {
-                store: &app.store,
-                agent_id: agent_id.clone(),
-                expected: version,
-                command: ids.command,
+/// The routes, one handler method each, and the hand-off the command routes share.
+impl<S: AgentStore, C: CommandTransport, B: EventBus, I: Idempotency> App<S, C, B, I> {
+    async fn route(&self, req: Request) -> Result<Response<Body>, Error> {
+        let route = Route::of(&req);
+        match route.key() {
+            "GET /agents" => self.list(&req).await,
+            "POST /agents/match" => self.match_agent(&req).await,
+            "PUT /agents/{agentId}" => self.register(&req, route.param("agentId")?).await,
+            "POST /agents/{agentId}/state" => {
+                self.change_state(&req, route.param("agentId")?).await
+            }
+            "GET /agents/{agentId}/state" => {
+                self.get_state(route.lookup("agentId", "agent")?).await
+            }
+            "GET /agents/{agentId}/commands/{commandId}" => {
+                let agent = route.lookup("agentId", "agent")?;
+                self.get_command(agent, route.lookup("commandId", "command")?)
+                    .await
+            }
+            _ => Err(route.unknown()),
+        }
+    }
+
+    async fn get_state(&self, id: AgentId) -> Result<Response<Body>, Error> {
+        match self.store.get(&id).await? {
+            Some(agent) => Ok(json(200, &agent)),
+            None => Err(Error::NotFound(format!("no agent {id}"))),
+        }
+    }
+
+    /// `200` with the outcome of an agent command: APPLIED (with the version it left the agent
+    /// at) or REJECTED (with the reason). `404` until the worker has processed it (within
+    /// moments of its `202`), and for ids of no command of this agent.
+    async fn get_command(
+        &self,
+        agent_id: AgentId,
+        command_id: Uuid,
+    ) -> Result<Response<Body>, Error> {
+        let outcome = self
+            .store
+            .processed(command_id)
+            .await?
+            .and_then(|r| r.outcome)
+            .filter(|o| o.aggregate_id == agent_id.as_str())
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no processed command {command_id} of agent {agent_id}"
+                ))
+            })?;
+        Ok(json(
+            200,
+            &CommandView {
+                command_id,
+                agent_id,
+                status: outcome.status,
+                version: outcome.version,
+                reason: outcome.reason,
             },
-            record: ProvisionalAgent {
-                store: &app.store,
+        ))
+    }
+
+    async fn list(&self, req: &Request) -> Result<Response<Body>, Error> {
+        let filter = AgentFilter {
+            state: query(req, "state")?,
+            skill: query(req, "skill")?,
+        };
+        let limit = limit(req)?;
+        let cursor = query::<String>(req, "cursor")?;
+        let page = self.store.list(&filter, limit, cursor.as_deref()).await?;
+        Ok(json(200, &page))
+    }
+
+    /// Hands an agent command off (`202`, `Location` the agent's state): `build` gives, from
+    /// the command's ids, its payload and the record it writes at once, written only while the
+    /// command's `version` precondition ([`AtVersion`]) holds.
+    async fn accept<R: Provisional>(
+        &self,
+        req: &Request,
+        request: &Value,
+        agent_id: &AgentId,
+        version: Option<u64>,
+        build: impl FnOnce(Ids) -> (Payload, R),
+    ) -> Result<Response<Body>, Error> {
+        command::accept(&self.idempotency, &self.commands, req, request, |ids| {
+            let (payload, record) = build(ids);
+            Accepted {
+                location: format!("/agents/{agent_id}/state"),
+                body: json!({ "commandId": ids.command, "agentId": agent_id }),
+                command: ids.envelope(correlation_id(req), payload),
+                provisional: Guarded {
+                    precondition: AtVersion {
+                        store: &self.store,
+                        agent_id: agent_id.clone(),
+                        expected: version,
+                        command: ids.command,
+                    },
+                    record,
+                },
+            }
+        })
+        .await
+    }
+
+    async fn register(&self, req: &Request, agent_id: AgentId) -> Result<Response<Body>, Error> {
+        let (request, body): (Value, RegisterBody) = parse_command(req)?;
+        let version = body.version.map(|v| v.0);
+        command::idempotency_key(req)?;
+        self.accept(req, &request, &agent_id, version, |ids| {
+            let cmd = RegisterAgent {
+                agent_id: agent_id.clone(),
+                name: body.name,
+                skills: body.skills,
+                capacity: body.capacity,
+                expected_version: version,
+            };
+            let record = ProvisionalAgent {
+                store: &self.store,
                 agent: Agent::provisional(&cmd, ids.at),
                 command: ids.command,
-            },
-        };
-        Accepted {
-            location: format!("/agents/{agent_id}/state"),
-            body: json!({ "commandId": ids.command, "agentId": agent_id }),
-            command: ids.envelope(correlation_id(req), Payload::RegisterAgent(cmd)),
-            provisional,
-        }
-    })
-    .await
-}
-
-/// Accepted for an agent whose registration was accepted (it exists, provisionally at least);
-/// applied after everything accepted before it for that agent.
-async fn change_state<S, C, B, I>(
-    app: &App<S, C, B, I>,
-    req: &Request,
-    agent_id: AgentId,
-) -> Result<Response<Body>, Error>
-where
-    S: AgentStore,
-    C: CommandTransport,
-    I: Idempotency,
-{
-    let (request, body): (Value, StateBody) = parse_command(req)?;
-    let version = body.version.map(|v| v.0);
-    // Every input error before the (costlier) existence check.
-    command::idempotency_key(req)?;
-    if app.store.get(&agent_id).await?.is_none() {
-        return Err(Error::NotFound(format!("no agent {agent_id}")));
-    }
-    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
-        let cmd = ChangeAgentState {
-            agent_id: agent_id.clone(),
-            state: body.state,
-            expected_version: version,
-        };
-        Accepted {
-            location: format!("/agents/{agent_id}/state"),
-            body: json!({ "commandId": ids.command, "agentId": agent_id }),
-            command: ids.envelope(correlation_id(req), Payload::ChangeAgentState(cmd)),
-            provisional: Guarded {
-                precondition: AtVersion {
-                    store: &app.store,
-                    agent_id: agent_id.clone(),
-                    expected: version,
-                    command: ids.command,
-                },
-                record: NothingProvisional,
-            },
-        }
-    })
-    .await
-}
-
-/// Reserves an agent for a conversation. The same conversation always gets the same agent: the
-/// reservation is keyed by conversation and created in the same transaction that takes the
-/// slot, so concurrent requests cannot both succeed and no agent exceeds its capacity.
-async fn match_agent<S: AgentStore, C, B: EventBus, I>(
-    app: &App<S, C, B, I>,
-    req: &Request,
-) -> Result<Response<Body>, Error> {
-    let body: MatchBody = parse_json(req)?;
-    let correlation = correlation_id(req);
-    for _ in 0..MATCH_ROUNDS {
-        if let Some(existing) = app.store.reservation(&body.conversation_id).await? {
-            return matched(app, existing).await;
-        }
-        let candidates = rank_candidates(
-            app.store.available().await?,
-            &body.skills,
-            &body.conversation_id,
-        );
-        if candidates.is_empty() {
-            return Err(Error::Conflict(
-                "no AVAILABLE agent has the skills and a free slot".into(),
-            ));
-        }
-        for agent in candidates {
-            let reservation = Reservation {
-                conversation_id: body.conversation_id.clone(),
-                agent_id: agent.agent_id,
-                matched_at: Utc::now(),
-                event_id: Uuid::new_v4(),
-                correlation_id: correlation.clone(),
-                released_at: None,
             };
-            match app.store.reserve(&reservation).await? {
-                Reserve::Reserved => return matched(app, reservation).await,
-                Reserve::AlreadyReserved => break,
-                Reserve::AgentUnavailable => continue,
+            (Payload::RegisterAgent(cmd), record)
+        })
+        .await
+    }
+
+    /// Accepted for an agent whose registration was accepted (it exists, provisionally at
+    /// least); applied after everything accepted before it for that agent.
+    async fn change_state(
+        &self,
+        req: &Request,
+        agent_id: AgentId,
+    ) -> Result<Response<Body>, Error> {
+        let (request, body): (Value, StateBody) = parse_command(req)?;
+        let version = body.version.map(|v| v.0);
+        // Every input error before the (costlier) existence check.
+        command::idempotency_key(req)?;
+        if self.store.get(&agent_id).await?.is_none() {
+            return Err(Error::NotFound(format!("no agent {agent_id}")));
+        }
+        self.accept(req, &request, &agent_id, version, |_| {
+            let cmd = ChangeAgentState {
+                agent_id: agent_id.clone(),
+                state: body.state,
+                expected_version: version,
+            };
+            (Payload::ChangeAgentState(cmd), NothingProvisional)
+        })
+        .await
+    }
+
+    /// Reserves an agent for a conversation. The same conversation always gets the same agent:
+    /// the reservation is keyed by conversation and created in the same transaction that takes
+    /// the slot, so concurrent requests cannot both succeed and no agent exceeds its capacity.
+    async fn match_agent(&self, req: &Request) -> Result<Response<Body>, Error> {
+        let body: MatchBody = parse_json(req)?;
+        let correlation = correlation_id(req);
+        for _ in 0..MATCH_ROUNDS {
+            if let Some(existing) = self.store.reservation(&body.conversation_id).await? {
+                return self.matched(existing).await;
+            }
+            let candidates = rank_candidates(
+                self.store.available().await?,
+                &body.skills,
+                &body.conversation_id,
+            );
+            if candidates.is_empty() {
+                return Err(Error::Conflict(
+                    "no AVAILABLE agent has the skills and a free slot".into(),
+                ));
+            }
+            for agent in candidates {
+                let reservation = Reservation {
+                    conversation_id: body.conversation_id.clone(),
+                    agent_id: agent.agent_id,
+                    matched_at: Utc::now(),
+                    event_id: Uuid::new_v4(),
+                    correlation_id: correlation.clone(),
+                    released_at: None,
+                };
+                match self.store.reserve(&reservation).await? {
+                    Reserve::Reserved => return self.matched(reservation).await,
+                    Reserve::AlreadyReserved => break,
+                    Reserve::AgentUnavailable => continue,
+                }
             }
         }
+        Err(Error::Conflict(
+            "every matching agent was taken by concurrent requests; retry".into(),
+        ))
     }
-    Err(Error::Conflict(
-        "every matching agent was taken by concurrent requests; retry".into(),
-    ))
-}
 
-/// Publishes `AgentMatched` (again, with the same event id, on a repeated match: a publish that
-/// failed the first time is completed by the caller's retry) and answers with the match.
-async fn matched<S, C, B: EventBus, I>(
-    app: &App<S, C, B, I>,
-    r: Reservation,
-) -> Result<Response<Body>, Error> {
-    let result = AgentMatched {
-        agent_id: r.agent_id,
-        conversation_id: r.conversation_id,
-        matched_at: r.matched_at,
-    };
-    let event = Envelope {
-        id: r.event_id,
-        correlation_id: r.correlation_id,
-        occurred_at: r.matched_at,
-        payload: Payload::AgentMatched(result.clone()),
-    };
-    app.bus.publish(std::slice::from_ref(&event)).await?;
-    Ok(json(200, &result))
+    /// Publishes `AgentMatched` (again, with the same event id, on a repeated match: a publish
+    /// that failed the first time is completed by the caller's retry) and answers with the
+    /// match.
+    async fn matched(&self, r: Reservation) -> Result<Response<Body>, Error> {
+        let result = AgentMatched {
+            agent_id: r.agent_id,
+            conversation_id: r.conversation_id,
+            matched_at: r.matched_at,
+        };
+        let event = Envelope {
+            id: r.event_id,
+            correlation_id: r.correlation_id,
+            occurred_at: r.matched_at,
+            payload: Payload::AgentMatched(result.clone()),
+        };
+        self.bus.publish(std::slice::from_ref(&event)).await?;
+        Ok(json(200, &result))
+    }
 }

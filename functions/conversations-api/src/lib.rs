@@ -89,73 +89,7 @@ pub async fn handle<S: ConversationStore, B: CommandTransport, I: Idempotency>(
     app: &App<S, B, I>,
     req: Request,
 ) -> Response<Body> {
-    shared::http::serve(req, |req| route(app, req)).await
-}
-
-async fn route<S: ConversationStore, B: CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
-    req: Request,
-) -> Result<Response<Body>, Error> {
-    let route = Route::of(&req);
-    let id = "conversationId";
-    match route.key() {
-        "POST /conversations" => start(app, &req).await,
-        "GET /conversations/{conversationId}" => get(app, route.lookup(id, "conversation")?).await,
-        "POST /conversations/{conversationId}/close" => close(app, &req, route.param(id)?).await,
-        "POST /conversations/{conversationId}/messages" => send(app, &req, route.param(id)?).await,
-        "GET /conversations/{conversationId}/messages" => {
-            list(app, &req, route.lookup(id, "conversation")?).await
-        }
-        "GET /conversations/{conversationId}/messages/{messageId}" => {
-            let message = route.lookup("messageId", "message")?;
-            get_message(app, route.lookup(id, "conversation")?, message).await
-        }
-        "POST /conversations/{conversationId}/messages/{messageId}/receipts" => {
-            let message = route.param("messageId")?;
-            receipt(app, &req, route.param(id)?, message).await
-        }
-        _ => Err(route.unknown()),
-    }
-}
-
-async fn conversation<S: ConversationStore>(
-    store: &S,
-    id: &ConversationId,
-) -> Result<Conversation, Error> {
-    store
-        .get(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no conversation {id}")))
-}
-
-async fn get<S: ConversationStore, B, I>(
-    app: &App<S, B, I>,
-    id: ConversationId,
-) -> Result<Response<Body>, Error> {
-    Ok(json(200, &conversation(&app.store, &id).await?))
-}
-
-async fn list<S: ConversationStore, B, I>(
-    app: &App<S, B, I>,
-    req: &Request,
-    id: ConversationId,
-) -> Result<Response<Body>, Error> {
-    let limit = limit(req)?;
-    let cursor = query::<String>(req, "cursor")?;
-    conversation(&app.store, &id).await?;
-    let page = app.store.messages(&id, limit, cursor.as_deref()).await?;
-    Ok(json(200, &page))
-}
-
-async fn get_message<S: ConversationStore, B, I>(
-    app: &App<S, B, I>,
-    id: ConversationId,
-    message: MessageId,
-) -> Result<Response<Body>, Error> {
-    match app.store.message(&id, &message).await? {
-        Some(m) => Ok(json(200, &m)),
-        None => Err(Error::NotFound(format!("no message {message} in {id}"))),
-    }
+    shared::http::serve(req, |req| app.route(req)).await
 }
 
 /// The PENDING conversation or ACCEPTED message written before its command is published.
@@ -266,132 +200,185 @@ impl<S: ConversationStore> Precondition for NotRejected<'_, S> {
     }
 }
 
-async fn start<S: ConversationStore, B: CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
-    req: &Request,
-) -> Result<Response<Body>, Error> {
-    let (request, body): (Value, StartBody) = parse_command(req)?;
-    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
-        let cmd = StartConversation {
-            conversation_id: ids.created_id(),
-            customer_id: body.customer_id,
-            channel: body.channel,
-            skills: body.skills,
-            created_at: ids.at,
-        };
-        let id = cmd.conversation_id.clone();
-        let provisional = ProvisionalItem::Conversation(&app.store, Conversation::start(&cmd));
-        Accepted {
-            location: format!("/conversations/{id}"),
-            body: json!({
-                "conversationId": id, "commandId": ids.command,
-                "status": ConversationStatus::Pending,
-            }),
-            command: ids.envelope(correlation_id(req), Payload::StartConversation(cmd)),
-            provisional,
+/// The routes, one handler method each.
+impl<S: ConversationStore, B: CommandTransport, I: Idempotency> App<S, B, I> {
+    async fn route(&self, req: Request) -> Result<Response<Body>, Error> {
+        let route = Route::of(&req);
+        let id = "conversationId";
+        match route.key() {
+            "POST /conversations" => self.start(&req).await,
+            "GET /conversations/{conversationId}" => {
+                self.get(route.lookup(id, "conversation")?).await
+            }
+            "POST /conversations/{conversationId}/close" => {
+                self.close(&req, route.param(id)?).await
+            }
+            "POST /conversations/{conversationId}/messages" => {
+                self.send(&req, route.param(id)?).await
+            }
+            "GET /conversations/{conversationId}/messages" => {
+                self.list(&req, route.lookup(id, "conversation")?).await
+            }
+            "GET /conversations/{conversationId}/messages/{messageId}" => {
+                let message = route.lookup("messageId", "message")?;
+                self.get_message(route.lookup(id, "conversation")?, message)
+                    .await
+            }
+            "POST /conversations/{conversationId}/messages/{messageId}/receipts" => {
+                let message = route.param("messageId")?;
+                self.receipt(&req, route.param(id)?, message).await
+            }
+            _ => Err(route.unknown()),
         }
-    })
-    .await
-}
-
-async fn send<S: ConversationStore, B: CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
-    req: &Request,
-    id: ConversationId,
-) -> Result<Response<Body>, Error> {
-    let (request, body): (Value, MessageBody) = parse_command(req)?;
-    command::idempotency_key(req)?;
-    conversation(&app.store, &id).await?;
-    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
-        let cmd = SendMessage {
-            conversation_id: id.clone(),
-            // UUIDv7: time-ordered, so the table lists a conversation's messages in
-            // acceptance order.
-            message_id: ids.created_id(),
-            sender: body.sender,
-            text: body.text,
-            accepted_at: ids.at,
-        };
-        let message_id = cmd.message_id.clone();
-        let provisional = Guarded {
-            precondition: Open {
-                store: &app.store,
-                conversation_id: id.clone(),
-                message_id: message_id.clone(),
-            },
-            record: ProvisionalItem::ChatMessage(&app.store, ChatMessage::accept(&cmd)),
-        };
-        Accepted {
-            location: format!("/conversations/{id}/messages/{message_id}"),
-            body: json!({
-                "conversationId": id, "messageId": message_id, "commandId": ids.command,
-                "status": MessageStatus::Accepted,
-            }),
-            command: ids.envelope(correlation_id(req), Payload::SendMessage(cmd)),
-            provisional,
-        }
-    })
-    .await
-}
-
-async fn receipt<S: ConversationStore, B: CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
-    req: &Request,
-    id: ConversationId,
-    message_id: MessageId,
-) -> Result<Response<Body>, Error> {
-    let (request, body): (Value, ReceiptBody) = parse_command(req)?;
-    command::idempotency_key(req)?;
-    if app.store.message(&id, &message_id).await?.is_none() {
-        return Err(Error::NotFound(format!("no message {message_id} in {id}")));
     }
-    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
-        let cmd = RecordReceipt {
-            conversation_id: id.clone(),
-            message_id: message_id.clone(),
-            status: body.status,
-        };
-        Accepted {
-            location: format!("/conversations/{id}/messages/{message_id}"),
-            body: json!({ "conversationId": id, "messageId": message_id, "commandId": ids.command }),
-            command: ids.envelope(correlation_id(req), Payload::RecordReceipt(cmd)),
-            provisional: Guarded {
-                precondition: NotRejected {
-                    store: &app.store,
+
+    /// The conversation, or `404`.
+    async fn conversation(&self, id: &ConversationId) -> Result<Conversation, Error> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no conversation {id}")))
+    }
+
+    async fn get(&self, id: ConversationId) -> Result<Response<Body>, Error> {
+        Ok(json(200, &self.conversation(&id).await?))
+    }
+
+    async fn list(&self, req: &Request, id: ConversationId) -> Result<Response<Body>, Error> {
+        let limit = limit(req)?;
+        let cursor = query::<String>(req, "cursor")?;
+        self.conversation(&id).await?;
+        let page = self.store.messages(&id, limit, cursor.as_deref()).await?;
+        Ok(json(200, &page))
+    }
+
+    async fn get_message(
+        &self,
+        id: ConversationId,
+        message: MessageId,
+    ) -> Result<Response<Body>, Error> {
+        match self.store.message(&id, &message).await? {
+            Some(m) => Ok(json(200, &m)),
+            None => Err(Error::NotFound(format!("no message {message} in {id}"))),
+        }
+    }
+
+    async fn start(&self, req: &Request) -> Result<Response<Body>, Error> {
+        let (request, body): (Value, StartBody) = parse_command(req)?;
+        command::accept(&self.idempotency, &self.commands, req, &request, |ids| {
+            let cmd = StartConversation {
+                conversation_id: ids.created_id(),
+                customer_id: body.customer_id,
+                channel: body.channel,
+                skills: body.skills,
+                created_at: ids.at,
+            };
+            let id = cmd.conversation_id.clone();
+            let provisional = ProvisionalItem::Conversation(&self.store, Conversation::start(&cmd));
+            Accepted {
+                location: format!("/conversations/{id}"),
+                body: json!({
+                    "conversationId": id, "commandId": ids.command,
+                    "status": ConversationStatus::Pending,
+                }),
+                command: ids.envelope(correlation_id(req), Payload::StartConversation(cmd)),
+                provisional,
+            }
+        })
+        .await
+    }
+
+    async fn send(&self, req: &Request, id: ConversationId) -> Result<Response<Body>, Error> {
+        let (request, body): (Value, MessageBody) = parse_command(req)?;
+        command::idempotency_key(req)?;
+        self.conversation(&id).await?;
+        command::accept(&self.idempotency, &self.commands, req, &request, |ids| {
+            let cmd = SendMessage {
+                conversation_id: id.clone(),
+                // UUIDv7: time-ordered, so the table lists a conversation's messages in
+                // acceptance order.
+                message_id: ids.created_id(),
+                sender: body.sender,
+                text: body.text,
+                accepted_at: ids.at,
+            };
+            let message_id = cmd.message_id.clone();
+            let provisional = Guarded {
+                precondition: Open {
+                    store: &self.store,
                     conversation_id: id.clone(),
                     message_id: message_id.clone(),
-                    command: ids.command,
                 },
-                record: NothingProvisional,
-            },
-        }
-    })
-    .await
-}
+                record: ProvisionalItem::ChatMessage(&self.store, ChatMessage::accept(&cmd)),
+            };
+            Accepted {
+                location: format!("/conversations/{id}/messages/{message_id}"),
+                body: json!({
+                    "conversationId": id, "messageId": message_id, "commandId": ids.command,
+                    "status": MessageStatus::Accepted,
+                }),
+                command: ids.envelope(correlation_id(req), Payload::SendMessage(cmd)),
+                provisional,
+            }
+        })
+        .await
+    }
 
-/// Closing an already closed conversation is accepted too (and changes nothing).
-async fn close<S: ConversationStore, B: CommandTransport, I: Idempotency>(
-    app: &App<S, B, I>,
-    req: &Request,
-    id: ConversationId,
-) -> Result<Response<Body>, Error> {
-    let request = if req.body().as_ref().iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        parse_command::<CloseBody>(req)?.0
-    };
-    command::idempotency_key(req)?;
-    conversation(&app.store, &id).await?;
-    command::accept(&app.idempotency, &app.commands, req, &request, |ids| {
-        let cmd = CloseConversation {
-            conversation_id: id.clone(),
-        };
-        Accepted {
-            location: format!("/conversations/{id}"),
-            body: json!({ "conversationId": id, "commandId": ids.command }),
-            command: ids.envelope(correlation_id(req), Payload::CloseConversation(cmd)),
-            provisional: NothingProvisional,
+    async fn receipt(
+        &self,
+        req: &Request,
+        id: ConversationId,
+        message_id: MessageId,
+    ) -> Result<Response<Body>, Error> {
+        let (request, body): (Value, ReceiptBody) = parse_command(req)?;
+        command::idempotency_key(req)?;
+        if self.store.message(&id, &message_id).await?.is_none() {
+            return Err(Error::NotFound(format!("no message {message_id} in {id}")));
         }
-    })
-    .await
+        command::accept(&self.idempotency, &self.commands, req, &request, |ids| {
+            let cmd = RecordReceipt {
+                conversation_id: id.clone(),
+                message_id: message_id.clone(),
+                status: body.status,
+            };
+            Accepted {
+                location: format!("/conversations/{id}/messages/{message_id}"),
+                body: json!({ "conversationId": id, "messageId": message_id, "commandId": ids.command }),
+                command: ids.envelope(correlation_id(req), Payload::RecordReceipt(cmd)),
+                provisional: Guarded {
+                    precondition: NotRejected {
+                        store: &self.store,
+                        conversation_id: id.clone(),
+                        message_id: message_id.clone(),
+                        command: ids.command,
+                    },
+                    record: NothingProvisional,
+                },
+            }
+        })
+        .await
+    }
+
+    /// Closing an already closed conversation is accepted too (and changes nothing).
+    async fn close(&self, req: &Request, id: ConversationId) -> Result<Response<Body>, Error> {
+        let request = if req.body().as_ref().iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            parse_command::<CloseBody>(req)?.0
+        };
+        command::idempotency_key(req)?;
+        self.conversation(&id).await?;
+        command::accept(&self.idempotency, &self.commands, req, &request, |ids| {
+            let cmd = CloseConversation {
+                conversation_id: id.clone(),
+            };
+            Accepted {
+                location: format!("/conversations/{id}"),
+                body: json!({ "conversationId": id, "commandId": ids.command }),
+                command: ids.envelope(correlation_id(req), Payload::CloseConversation(cmd)),
+                provisional: NothingProvisional,
+            }
+        })
+        .await
+    }
 }

@@ -6,6 +6,7 @@
 use chrono::Utc;
 use shared::{
     Error,
+    bus::EventBus,
     domain::{
         agents::AgentMatched,
         conversations::{
@@ -14,186 +15,165 @@ use shared::{
         },
     },
     envelope::{Envelope, Payload},
-    store::{conversations::ConversationStore, inbox::InboxEntry, read_decide_write},
+    store::{conversations::ConversationStore, read_decide_write},
     worker::Applied,
 };
 
 use crate::agents_client::MatchOutcome;
-use crate::{App, inbox_only, release};
+use crate::{App, Change, Item, release};
 
-/// Creates the conversation (unless the API's PENDING record is there) and matches it.
-pub(crate) async fn start<S: ConversationStore, B>(
-    app: &App<S, B>,
-    env: &Envelope,
-    cmd: &StartConversation,
-) -> Result<Applied, Error> {
-    let started = Envelope::caused_by(env, Payload::ConversationStarted(cmd.into()));
-    let mut matched: Option<AgentMatched> = None;
-    read_decide_write("the conversation", async || {
-        let stored = app.store.get(&cmd.conversation_id).await?;
-        let expected = stored.as_ref().map(|c| c.version);
-        let current = stored.unwrap_or_else(|| Conversation::start(cmd));
-        if !current.is_waiting() {
-            // Assigned by an `AgentMatched` meanwhile, or closed. A match this call made for a
-            // conversation that closed meanwhile must be released.
-            let mut events = vec![started.clone()];
-            if let Some(Assignment::Release(closed)) = matched.as_ref().map(|m| current.assign(m)) {
-                events.push(release(env, closed));
-            }
-            return inbox_only(&app.store, env, events).await.map(Some);
-        }
-        let answer = app
-            .agents
-            .match_agent(
-                &current.conversation_id,
-                &current.skills,
-                &env.correlation_id,
-            )
-            .await;
-        let next = match answer {
-            Ok(MatchOutcome::Matched(m)) => {
-                let next = match current.assign(&m) {
-                    Assignment::Assign(next) => next,
-                    _ => unreachable!("a waiting conversation takes a match"),
-                };
-                matched = Some(m);
-                next
-            }
-            Ok(MatchOutcome::NoAgent) => match current.queue() {
-                Some(next) => next,
-                None => {
-                    let events = vec![started.clone()];
-                    return inbox_only(&app.store, env, events).await.map(Some);
+impl<S: ConversationStore, B: EventBus> App<S, B> {
+    /// Creates the conversation (unless the API's PENDING record is there) and matches it.
+    pub(crate) async fn start(
+        &self,
+        env: &Envelope,
+        cmd: &StartConversation,
+    ) -> Result<Applied, Error> {
+        let started = Envelope::caused_by(env, Payload::ConversationStarted(cmd.into()));
+        let mut matched: Option<AgentMatched> = None;
+        read_decide_write("the conversation", async || {
+            let stored = self.store.get(&cmd.conversation_id).await?;
+            let expected = stored.as_ref().map(|c| c.version);
+            let current = stored.unwrap_or_else(|| Conversation::start(cmd));
+            if !current.is_waiting() {
+                // Assigned by an `AgentMatched` meanwhile, or closed. A match this call made for
+                // a conversation that closed meanwhile must be released.
+                let mut events = vec![started.clone()];
+                if let Some(Assignment::Release(closed)) =
+                    matched.as_ref().map(|m| current.assign(m))
+                {
+                    events.push(release(env, closed));
                 }
-            },
-            Err(e @ Error::Unavailable(_)) => {
-                // Visible as QUEUED (and matchable by agent events) while SQS redelivers this.
-                if let Some(queued) = current.queue() {
-                    app.store.save(expected, &queued, None).await?;
-                }
-                return Err(e);
+                return self.decided(env, events).await;
             }
-            Err(e) => return Err(e),
-        };
-        let events = vec![started.clone()];
-        let record = InboxEntry::new(env.id, events.clone());
-        let write = app.store.save(expected, &next, Some(&record)).await?;
-        Ok(write.applied(events))
-    })
-    .await
-}
-
-/// Delivers a message to its conversation, or rejects it when the conversation is closed or
-/// unknown (recorded, not retried: retrying cannot change the answer).
-pub(crate) async fn send<S: ConversationStore, B>(
-    app: &App<S, B>,
-    env: &Envelope,
-    cmd: &SendMessage,
-) -> Result<Applied, Error> {
-    read_decide_write("the message", async || {
-        let stored = app
-            .store
-            .message(&cmd.conversation_id, &cmd.message_id)
-            .await?;
-        let expected = stored.as_ref().map(|m| m.version);
-        let current = stored.unwrap_or_else(|| ChatMessage::accept(cmd));
-        let conversation = app.store.get(&cmd.conversation_id).await?;
-        let now = Utc::now();
-        let (next, events) = match conversation {
-            Some(c) if c.status != ConversationStatus::Closed => {
-                let sent = vec![Envelope::caused_by(
-                    env,
-                    Payload::MessageSent(MessageSent {
-                        conversation_id: cmd.conversation_id.clone(),
-                        message_id: cmd.message_id.clone(),
-                        sender: cmd.sender,
-                        agent_id: c.agent_id.clone(),
-                        sent_at: now,
-                    }),
-                )];
-                match current.sent(now) {
-                    Some(next) => (next, sent),
-                    // A receipt overtook this command: the message was delivered already.
-                    None if current.status != MessageStatus::Rejected => {
-                        return inbox_only(&app.store, env, sent).await.map(Some);
+            let answer = self
+                .agents
+                .match_agent(
+                    &current.conversation_id,
+                    &current.skills,
+                    &env.correlation_id,
+                )
+                .await;
+            let next = match answer {
+                Ok(MatchOutcome::Matched(m)) => {
+                    let next = match current.assign(&m) {
+                        Assignment::Assign(next) => next,
+                        _ => unreachable!("a waiting conversation takes a match"),
+                    };
+                    matched = Some(m);
+                    next
+                }
+                Ok(MatchOutcome::NoAgent) => match current.queue() {
+                    Some(next) => next,
+                    None => return self.decided(env, vec![started.clone()]).await,
+                },
+                Err(e @ Error::Unavailable(_)) => {
+                    // Visible as QUEUED (and matchable by agent events) while SQS redelivers
+                    // this.
+                    if let Some(queued) = current.queue() {
+                        self.store.save(expected, &queued, None).await?;
                     }
-                    None => return inbox_only(&app.store, env, Vec::new()).await.map(Some),
+                    return Err(e);
                 }
-            }
-            other => {
-                let reason = if other.is_some() {
-                    "the conversation is closed"
-                } else {
-                    "no such conversation"
-                };
-                tracing::info!(conversation_id = %cmd.conversation_id, message_id = %cmd.message_id, reason, "message rejected");
-                match current.reject(reason, now) {
-                    Some(next) => (next, Vec::new()),
-                    None => return inbox_only(&app.store, env, Vec::new()).await.map(Some),
+                Err(e) => return Err(e),
+            };
+            let next = Item::Conversation(&next);
+            self.save(env, expected, next, vec![started.clone()]).await
+        })
+        .await
+    }
+
+    /// Delivers a message to its conversation, or rejects it when the conversation is closed
+    /// or unknown (recorded, not retried: retrying cannot change the answer).
+    pub(crate) async fn send(&self, env: &Envelope, cmd: &SendMessage) -> Result<Applied, Error> {
+        read_decide_write("the message", async || {
+            let stored = self
+                .store
+                .message(&cmd.conversation_id, &cmd.message_id)
+                .await?;
+            let expected = stored.as_ref().map(|m| m.version);
+            let current = stored.unwrap_or_else(|| ChatMessage::accept(cmd));
+            let conversation = self.store.get(&cmd.conversation_id).await?;
+            let now = Utc::now();
+            let (next, events) = match conversation {
+                Some(c) if c.status != ConversationStatus::Closed => {
+                    let sent = vec![Envelope::caused_by(
+                        env,
+                        Payload::MessageSent(MessageSent {
+                            conversation_id: cmd.conversation_id.clone(),
+                            message_id: cmd.message_id.clone(),
+                            sender: cmd.sender,
+                            agent_id: c.agent_id.clone(),
+                            sent_at: now,
+                        }),
+                    )];
+                    match current.sent(now) {
+                        Some(next) => (next, sent),
+                        // A receipt overtook this command: the message was delivered already.
+                        None if current.status != MessageStatus::Rejected => {
+                            return self.decided(env, sent).await;
+                        }
+                        None => return self.decided(env, Vec::new()).await,
+                    }
                 }
+                other => {
+                    let reason = if other.is_some() {
+                        "the conversation is closed"
+                    } else {
+                        "no such conversation"
+                    };
+                    tracing::info!(conversation_id = %cmd.conversation_id, message_id = %cmd.message_id, reason, "message rejected");
+                    match current.reject(reason, now) {
+                        Some(next) => (next, Vec::new()),
+                        None => return self.decided(env, Vec::new()).await,
+                    }
+                }
+            };
+            self.save(env, expected, Item::Message(&next), events).await
+        })
+        .await
+    }
+
+    /// Moves a message's status forward; a receipt that would move it back changes nothing.
+    pub(crate) async fn receipt(
+        &self,
+        env: &Envelope,
+        cmd: &RecordReceipt,
+    ) -> Result<Applied, Error> {
+        read_decide_write("the message", async || {
+            let Some(current) = self
+                .store
+                .message(&cmd.conversation_id, &cmd.message_id)
+                .await?
+            else {
+                return self.decided(env, Vec::new()).await;
+            };
+            let Some(next) = current.receipt(cmd.status, Utc::now()) else {
+                return self.decided(env, Vec::new()).await;
+            };
+            let next = Item::Message(&next);
+            self.save(env, Some(current.version), next, Vec::new())
+                .await
+        })
+        .await
+    }
+
+    /// Closes the conversation and publishes `ConversationClosed` (once: closing twice changes
+    /// nothing the second time).
+    pub(crate) async fn close(
+        &self,
+        env: &Envelope,
+        cmd: &CloseConversation,
+    ) -> Result<Applied, Error> {
+        self.change_conversation(env, &cmd.conversation_id, |current| {
+            match current.close(Utc::now()) {
+                Some((next, closed)) => {
+                    let closed = Envelope::caused_by(env, Payload::ConversationClosed(closed));
+                    Change::To(next, vec![closed])
+                }
+                None => Change::Unchanged(Vec::new()),
             }
-        };
-        let record = InboxEntry::new(env.id, events.clone());
-        let write = app
-            .store
-            .save_message(expected, &next, Some(&record))
-            .await?;
-        Ok(write.applied(events))
-    })
-    .await
-}
-
-/// Moves a message's status forward; a receipt that would move it back changes nothing.
-pub(crate) async fn receipt<S: ConversationStore, B>(
-    app: &App<S, B>,
-    env: &Envelope,
-    cmd: &RecordReceipt,
-) -> Result<Applied, Error> {
-    read_decide_write("the message", async || {
-        let Some(current) = app
-            .store
-            .message(&cmd.conversation_id, &cmd.message_id)
-            .await?
-        else {
-            return inbox_only(&app.store, env, Vec::new()).await.map(Some);
-        };
-        let Some(next) = current.receipt(cmd.status, Utc::now()) else {
-            return inbox_only(&app.store, env, Vec::new()).await.map(Some);
-        };
-        let record = InboxEntry::new(env.id, Vec::new());
-        let write = app
-            .store
-            .save_message(Some(current.version), &next, Some(&record))
-            .await?;
-        Ok(write.applied(Vec::new()))
-    })
-    .await
-}
-
-/// Closes the conversation and publishes `ConversationClosed` (once: closing twice changes
-/// nothing the second time).
-pub(crate) async fn close<S: ConversationStore, B>(
-    app: &App<S, B>,
-    env: &Envelope,
-    cmd: &CloseConversation,
-) -> Result<Applied, Error> {
-    read_decide_write("the conversation", async || {
-        let Some(current) = app.store.get(&cmd.conversation_id).await? else {
-            return inbox_only(&app.store, env, Vec::new()).await.map(Some);
-        };
-        let Some((next, closed)) = current.close(Utc::now()) else {
-            return inbox_only(&app.store, env, Vec::new()).await.map(Some);
-        };
-        let events = vec![Envelope::caused_by(
-            env,
-            Payload::ConversationClosed(closed),
-        )];
-        let record = InboxEntry::new(env.id, events.clone());
-        let write = app
-            .store
-            .save(Some(current.version), &next, Some(&record))
-            .await?;
-        Ok(write.applied(events))
-    })
-    .await
+        })
+        .await
+    }
 }

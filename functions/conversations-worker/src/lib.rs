@@ -28,18 +28,20 @@ use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
-    domain::conversations::ConversationClosed,
+    domain::{
+        conversations::{ChatMessage, Conversation, ConversationClosed},
+        ids::ConversationId,
+    },
     envelope::{Envelope, Payload},
     store::{
         conversations::{ConversationStore, DynamoConversationStore},
         inbox::InboxEntry,
+        read_decide_write,
     },
     worker::{Applied, exactly_once, process_batch},
 };
 
 use agents_client::{AgentsClient, Policy, Signer};
-use commands::{close, receipt, send, start};
-use reactions::{agent_changed, matched, slot_freed};
 
 /// The command and event types (`detail-type`s) this worker applies; any other is refused as
 /// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
@@ -84,7 +86,7 @@ pub async fn handle<S: ConversationStore, B: EventBus>(
     app: &App<S, B>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
-    process_batch(event, order_key, |env| apply(app, env)).await
+    process_batch(event, order_key, |env| app.apply(env)).await
 }
 
 /// Everything about one conversation is applied in batch order (its start before its messages,
@@ -103,43 +105,124 @@ fn order_key(env: &Envelope) -> String {
     }
 }
 
-async fn apply<S: ConversationStore, B: EventBus>(
-    app: &App<S, B>,
-    env: Envelope,
-) -> Result<(), Error> {
-    let (store, bus, env) = (&app.store, &app.bus, &env);
-    match &env.payload {
-        Payload::StartConversation(c) => exactly_once(store, bus, env, || start(app, env, c)).await,
-        Payload::SendMessage(c) => exactly_once(store, bus, env, || send(app, env, c)).await,
-        Payload::RecordReceipt(c) => exactly_once(store, bus, env, || receipt(app, env, c)).await,
-        Payload::CloseConversation(c) => exactly_once(store, bus, env, || close(app, env, c)).await,
-        Payload::AgentMatched(e) => exactly_once(store, bus, env, || matched(app, env, e)).await,
-        Payload::AgentStateChanged(e) => {
-            exactly_once(store, bus, env, || agent_changed(app, env, e)).await
+/// Applying a message, and the writes that the commands' and the reactions' decisions share
+/// (docs/ARCHITECTURE.md, §Commands and events): each records the message's inbox entry, with
+/// the events it publishes, in the same conditional write as its effect.
+impl<S: ConversationStore, B: EventBus> App<S, B> {
+    async fn apply(&self, env: Envelope) -> Result<(), Error> {
+        let (store, bus, env) = (&self.store, &self.bus, &env);
+        match &env.payload {
+            Payload::StartConversation(c) => {
+                exactly_once(store, bus, env, || self.start(env, c)).await
+            }
+            Payload::SendMessage(c) => exactly_once(store, bus, env, || self.send(env, c)).await,
+            Payload::RecordReceipt(c) => {
+                exactly_once(store, bus, env, || self.receipt(env, c)).await
+            }
+            Payload::CloseConversation(c) => {
+                exactly_once(store, bus, env, || self.close(env, c)).await
+            }
+            Payload::AgentMatched(e) => {
+                exactly_once(store, bus, env, || self.matched(env, e)).await
+            }
+            Payload::AgentStateChanged(e) => {
+                exactly_once(store, bus, env, || self.agent_changed(env, e)).await
+            }
+            Payload::ConversationClosed(e) => {
+                exactly_once(store, bus, env, || self.slot_freed(env, e)).await
+            }
+            other => Err(Error::invalid(
+                "detail-type",
+                format!(
+                    "the conversations worker does not handle {}",
+                    other.detail_type()
+                ),
+            )),
         }
-        Payload::ConversationClosed(e) => {
-            exactly_once(store, bus, env, || slot_freed(app, env, e)).await
-        }
-        other => Err(Error::invalid(
-            "detail-type",
-            format!(
-                "the conversations worker does not handle {}",
-                other.detail_type()
-            ),
-        )),
+    }
+
+    /// Records a message whose effect is only `events` (possibly none).
+    pub(crate) async fn inbox_only(
+        &self,
+        env: &Envelope,
+        events: Vec<Envelope>,
+    ) -> Result<Applied, Error> {
+        let write = self
+            .store
+            .mark_processed(&InboxEntry::new(env.id, events.clone()))
+            .await?;
+        Ok(write.applied(events).unwrap_or(Applied::Duplicate))
+    }
+
+    /// [`App::inbox_only`] as the answer of a [`read_decide_write`] round:
+    /// final, never read again.
+    pub(crate) async fn decided(
+        &self,
+        env: &Envelope,
+        events: Vec<Envelope>,
+    ) -> Result<Option<Applied>, Error> {
+        self.inbox_only(env, events).await.map(Some)
+    }
+
+    /// Writes `next` over the version `expected` (`None`: there is none yet) with the
+    /// message's inbox entry, which publishes `events`. `None` when a concurrent write came
+    /// first: read again and decide again.
+    pub(crate) async fn save(
+        &self,
+        env: &Envelope,
+        expected: Option<u64>,
+        next: Item<'_>,
+        events: Vec<Envelope>,
+    ) -> Result<Option<Applied>, Error> {
+        let record = Some(InboxEntry::new(env.id, events.clone()));
+        let write = match next {
+            Item::Conversation(c) => self.store.save(expected, c, record.as_ref()).await?,
+            Item::Message(m) => {
+                self.store
+                    .save_message(expected, m, record.as_ref())
+                    .await?
+            }
+        };
+        Ok(write.applied(events))
+    }
+
+    /// Changes an existing conversation as `decide` says, with the message's inbox entry (read,
+    /// decided and written again when a concurrent write came first). An unknown conversation
+    /// changes nothing.
+    pub(crate) async fn change_conversation(
+        &self,
+        env: &Envelope,
+        id: &ConversationId,
+        decide: impl Fn(&Conversation) -> Change,
+    ) -> Result<Applied, Error> {
+        read_decide_write("the conversation", async || {
+            let Some(current) = self.store.get(id).await? else {
+                return self.decided(env, Vec::new()).await;
+            };
+            match decide(&current) {
+                Change::To(next, events) => {
+                    let next = Item::Conversation(&next);
+                    self.save(env, Some(current.version), next, events).await
+                }
+                Change::Unchanged(events) => self.decided(env, events).await,
+            }
+        })
+        .await
     }
 }
 
-/// Records a message whose effect is only `events` (possibly none).
-pub(crate) async fn inbox_only<S: ConversationStore>(
-    store: &S,
-    env: &Envelope,
-    events: Vec<Envelope>,
-) -> Result<Applied, Error> {
-    let write = store
-        .mark_processed(&InboxEntry::new(env.id, events.clone()))
-        .await?;
-    Ok(write.applied(events).unwrap_or(Applied::Duplicate))
+/// What a decision writes.
+pub(crate) enum Item<'a> {
+    Conversation(&'a Conversation),
+    Message(&'a ChatMessage),
+}
+
+/// A decision on an existing conversation, with the events it publishes.
+pub(crate) enum Change {
+    /// The conversation changes to this.
+    To(Conversation, Vec<Envelope>),
+    /// The conversation stays as it is.
+    Unchanged(Vec<Envelope>),
 }
 
 pub(crate) fn release(env: &Envelope, closed: ConversationClosed) -> Envelope {

@@ -111,12 +111,17 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A closed breaker that opens after `failure_threshold` failures, for a cool-down of 1 s.
+    fn breaker(failure_threshold: u32) -> Breaker {
+        Breaker::new(BreakerConfig {
+            failure_threshold,
+            cool_down: 1_000 * MS,
+        })
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_short_circuits() {
-        let br = Breaker::new(BreakerConfig {
-            failure_threshold: 3,
-            cool_down: 1_000 * MS,
-        });
+        let br = breaker(3);
         let t0 = Instant::now();
         br.failed(t0);
         br.failed(t0);
@@ -135,10 +140,7 @@ mod tests {
 
     #[test]
     fn half_opens_after_cool_down_with_one_probe_then_closes_or_reopens() {
-        let br = Breaker::new(BreakerConfig {
-            failure_threshold: 1,
-            cool_down: 1_000 * MS,
-        });
+        let br = breaker(1);
         let t0 = Instant::now();
         br.failed(t0);
         let t1 = t0 + 1_000 * MS;
@@ -157,10 +159,7 @@ mod tests {
 
     #[test]
     fn a_lost_probe_does_not_wedge_the_breaker() {
-        let br = Breaker::new(BreakerConfig {
-            failure_threshold: 1,
-            cool_down: 1_000 * MS,
-        });
+        let br = breaker(1);
         let t0 = Instant::now();
         br.failed(t0);
         assert_eq!(br.acquire(t0 + 1_000 * MS), Ok(()));

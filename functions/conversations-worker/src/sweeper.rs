@@ -8,11 +8,11 @@
 //! conversations that have waited longer than [`Settings::stale_after`] (the event path matches
 //! within seconds, so the sweeper only picks up what it missed), oldest first, at most
 //! [`Settings::max_per_run`], and re-matches each, one after the other so that the oldest is
-//! served first, through the worker's own path (`reactions::rematch`). That path re-reads the
-//! conversation (one the worker matched meanwhile is skipped) and asks the agents API, which
-//! reserves once per conversation: a conversation matched twice, by the worker and the sweeper
-//! or by two runs, ends with exactly one agent, and no agent takes more than its capacity
-//! (docs/ARCHITECTURE.md, §Commands and events).
+//! served first, through the worker's own path (`App::rematch`, in `reactions`). That path
+//! re-reads the conversation (one the worker matched meanwhile is skipped) and asks the agents
+//! API, which reserves once per conversation: a conversation matched twice, by the worker and
+//! the sweeper or by two runs, ends with exactly one agent, and no agent takes more than its
+//! capacity (docs/ARCHITECTURE.md, §Commands and events).
 //!
 //! A failure on one conversation (the agents API unavailable, a store error) is counted and the
 //! run goes on with the next; that conversation stays QUEUED for the next run. A match is
@@ -36,7 +36,7 @@ use shared::{
 };
 
 use crate::App;
-use crate::reactions::{Rematch, rematch};
+use crate::reactions::Rematch;
 
 /// Kept free after the last match call for its write and the release events' publication.
 const MARGIN: Duration = Duration::from_millis(500);
@@ -132,7 +132,7 @@ pub async fn handle<S: ConversationStore, B: EventBus>(
             report.deferred = report.stale - i;
             break;
         }
-        match rematch(app, &correlation_id, conversation).await {
+        match app.rematch(&correlation_id, conversation).await {
             Ok(Rematch::Matched { release }) => {
                 tracing::info!(%correlation_id, conversation_id = %conversation, "sweep: matched");
                 report.matched += 1;

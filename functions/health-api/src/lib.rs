@@ -93,91 +93,67 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         if route.key() != "GET /health" {
             return Err(route.unknown());
         }
-        let report = probe_all(app).await;
+        let report = app.probe_all().await;
         let status = if report.failing.is_empty() { 200 } else { 503 };
         Ok(json(status, &report))
     })
     .await
 }
 
-async fn probe_all(app: &App) -> Report {
-    let tables = app.config.tables.iter().map(|t| {
-        probe(app, t, "table", async move {
-            app.dynamodb
-                .get_item()
-                .table_name(t)
-                .key(
-                    "pk",
-                    aws_sdk_dynamodb::types::AttributeValue::S("HEALTH".into()),
-                )
-                .key(
-                    "sk",
-                    aws_sdk_dynamodb::types::AttributeValue::S("HEALTH".into()),
-                )
-                .send()
-                .await
-                .map(drop)
-                .map_err(drop)
-        })
-    });
-    let queues = app.config.queues.iter().map(|q| {
-        probe(app, q, "queue", async move {
-            app.sqs
-                .get_queue_attributes()
-                .queue_url(q)
-                .attribute_names(
-                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
-                )
-                .send()
-                .await
-                .map(drop)
-                .map_err(drop)
-        })
-    });
-    let bus = &app.config.event_bus_name;
-    let bus_check = probe(app, bus, "eventBus", async move {
-        app.events
-            .describe_event_bus()
-            .name(bus)
-            .send()
-            .await
-            .map(drop)
-            .map_err(drop)
-    });
-    let (mut checks, queue_checks, bus_check) =
-        futures::join!(join_all(tables), join_all(queues), bus_check);
-    checks.extend(queue_checks);
-    checks.push(bus_check);
-    let failing: Vec<String> = checks
-        .iter()
-        .filter(|c| c.status != "up")
-        .map(|c| c.name.clone())
-        .collect();
-    Report {
-        status: if failing.is_empty() { "up" } else { "down" },
-        failing,
-        checks,
+impl App {
+    async fn probe_all(&self) -> Report {
+        // The key of no item: the GetItem reads nothing.
+        let absent = aws_sdk_dynamodb::types::AttributeValue::S("HEALTH".into());
+        let tables = self.config.tables.iter().map(|t| {
+            let get = self.dynamodb.get_item().table_name(t);
+            let call = get.key("pk", absent.clone()).key("sk", absent.clone());
+            self.probe(t, "table", call.send())
+        });
+        let depth = aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages;
+        let queues = self.config.queues.iter().map(|q| {
+            let call = self.sqs.get_queue_attributes().queue_url(q);
+            self.probe(q, "queue", call.attribute_names(depth.clone()).send())
+        });
+        let bus = &self.config.event_bus_name;
+        let call = self.events.describe_event_bus().name(bus);
+        let bus_check = self.probe(bus, "eventBus", call.send());
+        let (mut checks, queue_checks, bus_check) =
+            futures::join!(join_all(tables), join_all(queues), bus_check);
+        checks.extend(queue_checks);
+        checks.push(bus_check);
+        let failing: Vec<String> = checks
+            .iter()
+            .filter(|c| c.status != "up")
+            .map(|c| c.name.clone())
+            .collect();
+        Report {
+            status: if failing.is_empty() { "up" } else { "down" },
+            failing,
+            checks,
+        }
     }
-}
 
-async fn probe(
-    app: &App,
-    name: &str,
-    kind: &'static str,
-    call: impl Future<Output = Result<(), ()>>,
-) -> Check {
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(app.config.probe_timeout, call).await;
-    let (status, error) = match outcome {
-        Ok(Ok(())) => ("up", None),
-        Ok(Err(())) => ("down", Some("request failed")),
-        Err(_) => ("down", Some("timed out")),
-    };
-    Check {
-        name: name.to_owned(),
-        kind,
-        status,
-        latency_ms: (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
-        error,
+    /// Awaits one probe's `call` (the request, sent when first polled) for at most the probe
+    /// timeout: up when it answers without an error, whatever the answer.
+    async fn probe<T, E>(
+        &self,
+        name: &str,
+        kind: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Check {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.config.probe_timeout, call).await;
+        let (status, error) = match outcome {
+            Ok(Ok(_)) => ("up", None),
+            Ok(Err(_)) => ("down", Some("request failed")),
+            Err(_) => ("down", Some("timed out")),
+        };
+        Check {
+            name: name.to_owned(),
+            kind,
+            status,
+            latency_ms: (started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+            error,
+        }
     }
 }

@@ -75,77 +75,71 @@ pub async fn handle<S: TradeStore, Q: CommandTransport, I: Idempotency>(
     app: &App<S, Q, I>,
     req: Request,
 ) -> Response<Body> {
-    shared::http::serve(req, |req| route(app, req)).await
+    shared::http::serve(req, |req| app.route(req)).await
 }
 
-async fn route<S: TradeStore, Q: CommandTransport, I: Idempotency>(
-    app: &App<S, Q, I>,
-    req: Request,
-) -> Result<Response<Body>, Error> {
-    let route = Route::of(&req);
-    match route.key() {
-        "POST /trades" => submit(app, &req).await,
-        "GET /trades/{tradeId}" => {
-            get_trade(app, &Caller::of(&req)?, route.lookup("tradeId", "trade")?).await
+/// The routes, one handler method each.
+impl<S: TradeStore, Q: CommandTransport, I: Idempotency> App<S, Q, I> {
+    async fn route(&self, req: Request) -> Result<Response<Body>, Error> {
+        let route = Route::of(&req);
+        match route.key() {
+            "POST /trades" => self.submit(&req).await,
+            "GET /trades/{tradeId}" => {
+                self.get_trade(&Caller::of(&req)?, route.lookup("tradeId", "trade")?)
+                    .await
+            }
+            _ => Err(route.unknown()),
         }
-        _ => Err(route.unknown()),
     }
-}
 
-/// Another account's trade answers `404` like a missing one: trade ids must not reveal
-/// whether someone else traded.
-async fn get_trade<S: TradeStore, Q, I>(
-    app: &App<S, Q, I>,
-    caller: &Caller,
-    trade_id: Uuid,
-) -> Result<Response<Body>, Error> {
-    let not_found = || Error::NotFound(format!("no trade {trade_id}"));
-    match app.store.get(trade_id).await? {
-        Some(trade) if caller.owns(&trade.account_id) => Ok(json(200, &trade)),
-        _ => Err(not_found()),
-    }
-}
-
-/// Accepts an order: the trade is PENDING at once, its command goes to the trades FIFO queue
-/// (ordered per account). Only the caller's own accounts can trade (`403` otherwise). With an
-/// `Idempotency-Key`, the trade and command ids derive from the key and the order, so a retry
-/// after an ambiguous failure (the queue took the command but the answer was lost) names the
-/// same trade and can never execute a second one.
-async fn submit<S: TradeStore, Q: CommandTransport, I: Idempotency>(
-    app: &App<S, Q, I>,
-    req: &Request,
-) -> Result<Response<Body>, Error> {
-    let caller = Caller::of(req)?;
-    let body: TradeBody = parse_exact(req)?;
-    caller.require_account(&body.account_id)?;
-    let (quantity, price) = (body.quantity.0, body.price.0);
-    command::idempotency_key(req)?;
-    // Two requests are "the same" when they describe the same order: `10` and `"10.0"` are.
-    let order = json!({
-        "accountId": body.account_id, "symbol": body.symbol, "side": body.side,
-        "quantity": quantity, "price": price,
-    });
-    command::accept(&app.idempotency, &app.queue, req, &order, |ids| {
-        let cmd = SubmitTrade {
-            trade_id: ids.created,
-            account_id: body.account_id,
-            symbol: body.symbol,
-            side: body.side,
-            quantity,
-            price,
-            submitted_at: ids.at,
-        };
-        let trade_id = cmd.trade_id;
-        let provisional = ProvisionalTrade {
-            store: &app.store,
-            trade: Trade::pending(&cmd),
-        };
-        Accepted {
-            location: format!("/trades/{trade_id}"),
-            body: json!({ "tradeId": trade_id, "status": TradeStatus::Pending }),
-            command: ids.envelope(correlation_id(req), Payload::SubmitTrade(cmd)),
-            provisional,
+    /// Another account's trade answers `404` like a missing one: trade ids must not reveal
+    /// whether someone else traded.
+    async fn get_trade(&self, caller: &Caller, trade_id: Uuid) -> Result<Response<Body>, Error> {
+        let not_found = || Error::NotFound(format!("no trade {trade_id}"));
+        match self.store.get(trade_id).await? {
+            Some(trade) if caller.owns(&trade.account_id) => Ok(json(200, &trade)),
+            _ => Err(not_found()),
         }
-    })
-    .await
+    }
+
+    /// Accepts an order: the trade is PENDING at once, its command goes to the trades FIFO
+    /// queue (ordered per account). Only the caller's own accounts can trade (`403` otherwise).
+    /// With an `Idempotency-Key`, the trade and command ids derive from the key and the order,
+    /// so a retry after an ambiguous failure (the queue took the command but the answer was
+    /// lost) names the same trade and can never execute a second one.
+    async fn submit(&self, req: &Request) -> Result<Response<Body>, Error> {
+        let caller = Caller::of(req)?;
+        let body: TradeBody = parse_exact(req)?;
+        caller.require_account(&body.account_id)?;
+        let (quantity, price) = (body.quantity.0, body.price.0);
+        command::idempotency_key(req)?;
+        // Two requests are "the same" when they describe the same order: `10` and `"10.0"` are.
+        let order = json!({
+            "accountId": body.account_id, "symbol": body.symbol, "side": body.side,
+            "quantity": quantity, "price": price,
+        });
+        command::accept(&self.idempotency, &self.queue, req, &order, |ids| {
+            let cmd = SubmitTrade {
+                trade_id: ids.created,
+                account_id: body.account_id,
+                symbol: body.symbol,
+                side: body.side,
+                quantity,
+                price,
+                submitted_at: ids.at,
+            };
+            let trade_id = cmd.trade_id;
+            let provisional = ProvisionalTrade {
+                store: &self.store,
+                trade: Trade::pending(&cmd),
+            };
+            Accepted {
+                location: format!("/trades/{trade_id}"),
+                body: json!({ "tradeId": trade_id, "status": TradeStatus::Pending }),
+                command: ids.envelope(correlation_id(req), Payload::SubmitTrade(cmd)),
+                provisional,
+            }
+        })
+        .await
+    }
 }

@@ -52,7 +52,7 @@ pub async fn handle<S: TradeStore, B: EventBus>(
     app: &App<S, B>,
     event: SqsEvent,
 ) -> SqsBatchResponse {
-    process_batch(event, order_key, |env| apply(app, env)).await
+    process_batch(event, order_key, |env| app.apply(env)).await
 }
 
 /// Trades of one account in batch (= submission) order; accounts concurrently.
@@ -63,45 +63,43 @@ fn order_key(env: &Envelope) -> String {
     }
 }
 
-async fn apply<S: TradeStore, B: EventBus>(app: &App<S, B>, env: Envelope) -> Result<(), Error> {
-    match &env.payload {
-        Payload::SubmitTrade(cmd) => {
-            exactly_once(&app.store, &app.bus, &env, || execute(app, &env, cmd)).await
-        }
-        other => Err(Error::invalid(
-            "detail-type",
-            format!("the trades worker does not handle {}", other.detail_type()),
-        )),
-    }
-}
-
-async fn execute<S: TradeStore, B>(
-    app: &App<S, B>,
-    env: &Envelope,
-    cmd: &SubmitTrade,
-) -> Result<Applied, Error> {
-    read_decide_write("the account's book", async || {
-        let book = app.store.book(&cmd.account_id, &cmd.symbol).await?;
-        let decision = decide(cmd, book.holding, book.executed);
-        let (trade, outcome) = decision.outcome(cmd, Utc::now());
-        let holding = match &decision {
-            Decision::Execute { holding, .. } => Some(*holding),
-            Decision::Reject { .. } => None,
-        };
-        let message = match outcome {
-            Outcome::Executed(e) => Payload::TradeExecuted(e),
-            Outcome::Rejected(e) => {
-                tracing::info!(trade_id = %cmd.trade_id, reason = %e.reason, "trade rejected");
-                Payload::TradeRejected(e)
+impl<S: TradeStore, B: EventBus> App<S, B> {
+    async fn apply(&self, env: Envelope) -> Result<(), Error> {
+        match &env.payload {
+            Payload::SubmitTrade(cmd) => {
+                exactly_once(&self.store, &self.bus, &env, || self.execute(&env, cmd)).await
             }
-        };
-        let events = vec![Envelope::caused_by(env, message)];
-        let record = InboxEntry::new(env.id, events.clone());
-        let write = app
-            .store
-            .decide(book.executed, &trade, holding, &record)
-            .await?;
-        Ok(write.applied(events))
-    })
-    .await
+            other => Err(Error::invalid(
+                "detail-type",
+                format!("the trades worker does not handle {}", other.detail_type()),
+            )),
+        }
+    }
+
+    async fn execute(&self, env: &Envelope, cmd: &SubmitTrade) -> Result<Applied, Error> {
+        read_decide_write("the account's book", async || {
+            let book = self.store.book(&cmd.account_id, &cmd.symbol).await?;
+            let decision = decide(cmd, book.holding, book.executed);
+            let (trade, outcome) = decision.outcome(cmd, Utc::now());
+            let holding = match &decision {
+                Decision::Execute { holding, .. } => Some(*holding),
+                Decision::Reject { .. } => None,
+            };
+            let message = match outcome {
+                Outcome::Executed(e) => Payload::TradeExecuted(e),
+                Outcome::Rejected(e) => {
+                    tracing::info!(trade_id = %cmd.trade_id, reason = %e.reason, "trade rejected");
+                    Payload::TradeRejected(e)
+                }
+            };
+            let events = vec![Envelope::caused_by(env, message)];
+            let record = InboxEntry::new(env.id, events.clone());
+            let write = self
+                .store
+                .decide(book.executed, &trade, holding, &record)
+                .await?;
+            Ok(write.applied(events))
+        })
+        .await
+    }
 }

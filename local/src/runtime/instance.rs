@@ -190,16 +190,7 @@ impl Instance {
     }
 
     fn vm_hwm_mb(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb.div_ceil(1024))
+        Some(super::peak_rss_kib(self.pid?)?.div_ceil(1024))
     }
 
     /// Time since spawn, for the init duration of a cold start.

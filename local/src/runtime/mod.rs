@@ -746,5 +746,20 @@ impl Runtime {
     }
 }
 
+/// Peak resident set size (`VmHWM` of `/proc/<pid>/status`) of process `pid`, in KiB; `None`
+/// once the process is gone or when its status has no such line. What a `REPORT` line's
+/// `Max Memory Used` and the benchmarks' peak RSS are read from.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests;
