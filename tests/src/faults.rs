@@ -162,17 +162,18 @@ impl Faults {
         } else {
             r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#
         };
-        let mut response =
-            Response::new(StatusCode::try_from(400).expect("400"), SdkBody::from(body));
-        response
-            .headers_mut()
-            .insert("content-type", "application/x-amz-json-1.0");
-        response
+        Self::dynamodb_error(body)
     }
 
     /// The throttling error DynamoDB sends when a table or account is over its throughput.
     fn throttling_response() -> Response<SdkBody> {
         let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
+        Self::dynamodb_error(body)
+    }
+
+    /// A DynamoDB client error: `400` with `body` (its JSON `__type` names the error) as
+    /// `application/x-amz-json-1.0`.
+    fn dynamodb_error(body: &'static str) -> Response<SdkBody> {
         let mut response =
             Response::new(StatusCode::try_from(400).expect("400"), SdkBody::from(body));
         response

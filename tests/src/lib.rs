@@ -102,6 +102,33 @@ impl Env {
         self.stack.queue_url(logical).expect("queue").to_owned()
     }
 
+    /// The URL of the dead-letter queue of queue `logical` (its `RedrivePolicy`'s target).
+    pub fn dlq_url(&self, logical: &str) -> String {
+        let dlq = self.stack.dlq(logical).expect("the queue has a DLQ");
+        self.queue_url(dlq)
+    }
+
+    /// Runs `drain` (a worker's pass over queue `logical`) until the queue's dead-letter queue
+    /// holds a message: SQS moves a message there on the receive after its `maxReceiveCount`.
+    /// Fails the test if that takes longer than `within`; returns the dead-letter queue's URL.
+    pub async fn drain_until_dead_lettered(
+        &self,
+        logical: &str,
+        within: Duration,
+        mut drain: impl AsyncFnMut(),
+    ) -> String {
+        let dlq = self.dlq_url(logical);
+        let deadline = std::time::Instant::now() + within;
+        while self.depth(&dlq).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing of {logical} reached the DLQ within {within:?}"
+            );
+            drain().await;
+        }
+        dlq
+    }
+
     /// The environment `template.yaml` gives function `logical` (with `Globals`), every
     /// intrinsic resolved against this test's stack as `make dev` resolves it. Tests build each
     /// function from it (`Config::from_vars`), so a variable the template forgets or misnames
@@ -492,10 +519,14 @@ impl Proxy {
     }
 }
 
-/// Small edits of a fixture event: a new body, one more header.
+/// Small edits of a fixture event: a new body, one more header, a query string.
 pub trait Tap {
     fn tap_body(self, body: &str) -> Self;
     fn tap_header(self, name: &str, value: &str) -> Self;
+    /// Sets the query string from `query` (an object of string values) in both forms API
+    /// Gateway passes it: `rawQueryString` (`k=v&...`, as given, not encoded) and
+    /// `queryStringParameters`.
+    fn tap_query(self, query: Value) -> Self;
 }
 
 impl Tap for Value {
@@ -505,6 +536,17 @@ impl Tap for Value {
     }
     fn tap_header(mut self, name: &str, value: &str) -> Self {
         self["headers"][name] = value.into();
+        self
+    }
+    fn tap_query(mut self, query: Value) -> Self {
+        let raw: Vec<String> = query
+            .as_object()
+            .expect("a query is an object")
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().expect("a query value is a string")))
+            .collect();
+        self["rawQueryString"] = raw.join("&").into();
+        self["queryStringParameters"] = query;
         self
     }
 }

@@ -14,7 +14,7 @@ use conversations_worker::resilience::BreakerState;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
-use system_tests::{Env, api, body_json, fixture, request, sqs_bodies, sqs_event};
+use system_tests::{Env, Tap, api, body_json, fixture, request, sqs_bodies, sqs_event};
 
 type ConvApi = conversations_api::AwsApp;
 type ConvWorker = conversations_worker::AwsApp;
@@ -284,15 +284,25 @@ impl System {
         id
     }
 
-    async fn conversation(&self, id: &str) -> Value {
-        let ev = api(
-            "conversations-api/get-conversation.json",
-            &format!("/conversations/{id}"),
-            None,
-        );
-        let (status, body, _) = call(&self.api, ev).await;
+    /// `GET path` as the fixture `fixture_path` sends it; it must answer `200`: its body.
+    async fn get_ok(&self, fixture_path: &str, path: &str) -> Value {
+        let (status, body, _) = call(&self.api, api(fixture_path, path, None)).await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// [`System::start`], then a pass of the worker over the start command, which must not
+    /// fail: the conversation as the worker leaves it (queued or assigned).
+    async fn start_settled(&self, skills: &[&str]) -> String {
+        let id = self.start(skills).await;
+        assert!(self.drain().await.is_empty());
+        id
+    }
+
+    async fn conversation(&self, id: &str) -> Value {
+        let path = format!("/conversations/{id}");
+        self.get_ok("conversations-api/get-conversation.json", &path)
+            .await
     }
 
     async fn send(&self, id: &str, sender: &str, text: &str) -> String {
@@ -307,14 +317,9 @@ impl System {
     }
 
     async fn message(&self, id: &str, m: &str) -> Value {
-        let ev = api(
-            "conversations-api/get-message.json",
-            &format!("/conversations/{id}/messages/{m}"),
-            None,
-        );
-        let (status, body, _) = call(&self.api, ev).await;
-        assert_eq!(status, 200, "{body}");
-        body
+        let path = format!("/conversations/{id}/messages/{m}");
+        self.get_ok("conversations-api/get-message.json", &path)
+            .await
     }
 
     async fn receipt(&self, id: &str, m: &str, status: &str) {
@@ -363,20 +368,12 @@ fn close_event(id: &str) -> Value {
 
 /// `GET /conversations/{id}/messages` with these query parameters (strings).
 fn list_event(id: &str, query: &Value) -> Value {
-    let mut ev = api(
+    api(
         "conversations-api/list-messages.json",
         &format!("/conversations/{id}/messages"),
         None,
-    );
-    let raw: Vec<String> = query
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
-        .collect();
-    ev["rawQueryString"] = raw.join("&").into();
-    ev["queryStringParameters"] = query.clone();
-    ev
+    )
+    .tap_query(query.clone())
 }
 
 /// Distinct events of one kind: a retried match republishes its `AgentMatched` with the same
@@ -500,16 +497,15 @@ async fn the_match_retries_with_growing_delays_the_breaker_opens_half_opens_and_
     assert!(s.drain().await.is_empty(), "AgentMatched agrees");
     assert_eq!(s.agent_load("ann").await, 1, "never double-booked");
     assert_eq!(s.env.depth(&s.env.queue_url("ConversationsQueue")).await, 0);
-    let dlq = s.env.stack.dlq("ConversationsQueue").unwrap().to_owned();
-    assert_eq!(s.env.depth(s.env.stack.queue_url(&dlq).unwrap()).await, 0);
+    let dlq = s.env.dlq_url("ConversationsQueue");
+    assert_eq!(s.env.depth(&dlq).await, 0);
 }
 
 #[tokio::test]
 async fn receipts_out_of_order_and_duplicated_never_move_a_message_back() {
     let s = system().await;
     s.agent("ann", &[], 5, true).await;
-    let id = s.start(&[]).await;
-    assert!(s.drain().await.is_empty());
+    let id = s.start_settled(&[]).await;
     let m = s.send(&id, "customer", "Hello").await;
     assert_eq!(s.message(&id, &m).await["status"], "ACCEPTED");
     assert!(s.drain().await.is_empty());
@@ -550,8 +546,7 @@ async fn receipts_out_of_order_and_duplicated_never_move_a_message_back() {
 async fn concurrent_messages_to_one_conversation_are_all_kept_in_order() {
     let s = system().await;
     s.agent("ann", &[], 5, true).await;
-    let id = s.start(&[]).await;
-    assert!(s.drain().await.is_empty());
+    let id = s.start_settled(&[]).await;
 
     let sends = (0..12).map(|i| {
         let (s, id) = (&s, &id);
@@ -599,8 +594,7 @@ async fn concurrent_messages_to_one_conversation_are_all_kept_in_order() {
 async fn a_queued_conversation_is_matched_when_an_agent_becomes_available() {
     let s = system().await;
     s.agent("bob", &["spanish"], 1, false).await;
-    let id = s.start(&["spanish"]).await;
-    assert!(s.drain().await.is_empty());
+    let id = s.start_settled(&["spanish"]).await;
     assert_eq!(
         s.conversation(&id).await["status"],
         "QUEUED",
@@ -657,8 +651,7 @@ async fn two_conversations_compete_for_one_slot_and_the_freed_slot_goes_to_the_w
 async fn closing_twice_is_harmless_and_messages_to_closed_conversations_are_refused() {
     let s = system().await;
     s.agent("ann", &[], 1, true).await;
-    let id = s.start(&[]).await;
-    assert!(s.drain().await.is_empty());
+    let id = s.start_settled(&[]).await;
     s.env.published().await;
 
     // A message accepted just before the close, but applied after it: rejected, not retried.
@@ -748,13 +741,13 @@ async fn duplicates_change_nothing_and_a_poison_message_fails_alone_into_the_dlq
     s.env.delete(&url, &good).await;
     s.env.retry_now(&url, &poison).await;
 
-    let dlq = s.env.stack.dlq("ConversationsQueue").unwrap().to_owned();
-    let dlq = s.env.stack.queue_url(&dlq).unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s.env.depth(&dlq).await == 0 {
-        assert!(Instant::now() < deadline, "poison never reached the DLQ");
-        s.drain().await;
-    }
+    let within = Duration::from_secs(30);
+    let dlq = s
+        .env
+        .drain_until_dead_lettered("ConversationsQueue", within, async || {
+            s.drain().await;
+        })
+        .await;
     let dead = s.env.receive(&dlq, 30).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].body().unwrap().contains("\"conversationId\": 7"));
@@ -998,6 +991,36 @@ async fn faulty_api(env: &Env) -> (ConvApi, Arc<system_tests::faults::Faults>) {
     (api, faults)
 }
 
+impl System {
+    /// Sends `ev` with `Idempotency-Key: key` through an API of its own whose next `PutEvents`
+    /// answers are lost (the events went out, the answer never came back), so that the API
+    /// answers `503`. Returns the keyed request: the client's retry.
+    async fn lose_the_answer(&self, ev: Value, key: &str) -> Value {
+        let (faulty, faults) = faulty_api(&self.env).await;
+        let ev = ev.tap_header("idempotency-key", key);
+        faults.lose_answers("PutEvents", 3);
+        let (status, body, _) = call(&faulty, ev.clone()).await;
+        assert_eq!(status, 503, "the API saw its send time out: {body}");
+        ev
+    }
+
+    /// Conversation `id` lists one message, the one `accepted` names, SENT; and `retry`, sent
+    /// again, replays `accepted`.
+    async fn assert_sent_once(&self, id: &str, accepted: &Value, retry: Value) {
+        let (status, page, _) = call(&self.api, list_event(id, &json!({"limit": "50"}))).await;
+        assert_eq!(status, 200, "{page}");
+        let listed = page["items"].as_array().unwrap();
+        assert_eq!(listed.len(), 1, "one message: {page}");
+        assert_eq!(listed[0]["messageId"], accepted["messageId"]);
+        assert_eq!(listed[0]["status"], "SENT", "sent once: {page}");
+        assert_eq!(
+            &call(&self.api, retry).await.1,
+            accepted,
+            "replayed from then on"
+        );
+    }
+}
+
 /// `POST /conversations` with `Idempotency-Key: key`, from the supervisor `sub`.
 fn keyed_start(key: &str, sub: &str) -> Value {
     let mut ev = system_tests::as_caller(start_event(&["billing"]), sub, "supervisors", "");
@@ -1207,24 +1230,15 @@ async fn a_retry_after_a_lost_hand_off_answer_names_the_same_message_sent_once()
     assert!(s.drain().await.is_empty());
     let id = started["conversationId"].as_str().unwrap();
 
-    let (faulty, faults) = faulty_api(&s.env).await;
-    let mut ev = message_event(id, "customer", "hello once");
-    ev["headers"]["idempotency-key"] = "lost-1".into();
-    faults.lose_answers("PutEvents", 3);
-    let (status, body, _) = call(&faulty, ev.clone()).await;
-    assert_eq!(status, 503, "the API saw its send time out: {body}");
+    let ev = s
+        .lose_the_answer(message_event(id, "customer", "hello once"), "lost-1")
+        .await;
     let (status, accepted, _) = call(&s.api, ev.clone()).await;
     assert_eq!(status, 202, "{accepted}");
     for _ in 0..2 {
         assert!(s.drain().await.is_empty());
     }
-    let (status, page, _) = call(&s.api, list_event(id, &json!({"limit": "50"}))).await;
-    assert_eq!(status, 200, "{page}");
-    let listed = page["items"].as_array().unwrap();
-    assert_eq!(listed.len(), 1, "one message: {page}");
-    assert_eq!(listed[0]["messageId"], accepted["messageId"]);
-    assert_eq!(listed[0]["status"], "SENT");
-    assert_eq!(call(&s.api, ev).await.1, accepted, "replayed from then on");
+    s.assert_sent_once(id, &accepted, ev).await;
 }
 
 /// The same kind of fault as above, with a refusal on current state in the way: a message
@@ -1234,15 +1248,12 @@ async fn a_retry_after_a_lost_hand_off_answer_names_the_same_message_sent_once()
 #[tokio::test]
 async fn a_retry_of_a_lost_answer_message_is_accepted_after_the_conversation_closed() {
     let s = system().await;
-    let id = s.start(&[]).await;
-    assert!(s.drain().await.is_empty());
+    let id = s.start_settled(&[]).await;
 
-    let (faulty, faults) = faulty_api(&s.env).await;
-    let mut ev = message_event(&id, "customer", "before the close");
-    ev["headers"]["idempotency-key"] = "lost-before-close".into();
-    faults.lose_answers("PutEvents", 3);
-    let (status, body, _) = call(&faulty, ev.clone()).await;
-    assert_eq!(status, 503, "the API saw its send time out: {body}");
+    let before_the_close = message_event(&id, "customer", "before the close");
+    let ev = s
+        .lose_the_answer(before_the_close, "lost-before-close")
+        .await;
     s.close(&id).await;
     for _ in 0..2 {
         assert!(s.drain().await.is_empty());
@@ -1257,12 +1268,8 @@ async fn a_retry_of_a_lost_answer_message_is_accepted_after_the_conversation_clo
         "the retry is the lost attempt's message: {accepted}"
     );
     assert!(s.drain().await.is_empty());
-    let (_, page, _) = call(&s.api, list_event(&id, &json!({"limit": "50"}))).await;
-    let listed = page["items"].as_array().unwrap();
-    assert_eq!(listed.len(), 1, "one message: {page}");
-    assert_eq!(listed[0]["messageId"], accepted["messageId"]);
-    assert_eq!(listed[0]["status"], "SENT", "sent before the close, once");
-    assert_eq!(call(&s.api, ev).await.1, accepted, "replayed from then on");
+    // Sent before the close, once.
+    s.assert_sent_once(&id, &accepted, ev).await;
 }
 
 /// And for a receipt: accepted while its message was still ACCEPTED, its answer lost, applied
@@ -1272,16 +1279,12 @@ async fn a_retry_of_a_lost_answer_message_is_accepted_after_the_conversation_clo
 #[tokio::test]
 async fn a_retry_of_a_lost_answer_receipt_is_accepted_after_its_message_was_rejected() {
     let s = system().await;
-    let id = s.start(&[]).await;
-    assert!(s.drain().await.is_empty());
+    let id = s.start_settled(&[]).await;
     let late = s.send(&id, "customer", "wait!").await;
     s.close(&id).await;
-    let (faulty, faults) = faulty_api(&s.env).await;
-    let mut ev = receipt_event(&id, &late, "DELIVERED");
-    ev["headers"]["idempotency-key"] = "lost-receipt".into();
-    faults.lose_answers("PutEvents", 3);
-    let (status, body, _) = call(&faulty, ev.clone()).await;
-    assert_eq!(status, 503, "the API saw its send time out: {body}");
+    let ev = s
+        .lose_the_answer(receipt_event(&id, &late, "DELIVERED"), "lost-receipt")
+        .await;
 
     // The close first, then the message (rejected), then the receipt (changes nothing).
     let url = s.env.queue_url("ConversationsQueue");

@@ -331,14 +331,83 @@ async fn change_state(id: &str, state: &str) -> Answer {
     a
 }
 
+/// Sends `GET path` with `token` ([`send_as`]) until it answers `200` with a body `done`
+/// accepts; returns that body. Panics after `within` (`what` names the wait).
+async fn get_until_as(
+    token: Option<&str>,
+    what: &str,
+    within: Duration,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, within, async || {
+        let a = send_as(token, "GET", path, None, &[]).await;
+        (a.status == 200 && done(&a.body)).then_some(a.body)
+    })
+    .await
+}
+
+/// [`get_until_as`] with [`default_token`].
+async fn get_until(
+    what: &str,
+    within: Duration,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    get_until_as(Some(default_token()), what, within, path, done).await
+}
+
 /// Waits until `GET /agents/{id}/state` shows the agent in `state`; returns the agent.
 async fn wait_for_state(id: &str, state: &str, within: Duration) -> Value {
     let path = format!("/agents/{id}/state");
-    eventually(&format!("{id} {state}"), within, async || {
-        let a = send("GET", &path, None, &[]).await;
-        (a.status == 200 && a.body["state"] == state).then_some(a.body)
+    get_until(&format!("{id} {state}"), within, &path, |agent| {
+        agent["state"] == state
     })
     .await
+}
+
+/// A new agent (id `prefix-…`) with `skills` and capacity 1, registered (OFFLINE) and shown by
+/// the query once this returns.
+async fn registered_agent(prefix: &str, skills: &[&str]) -> String {
+    let agent = unique(prefix);
+    register(&agent, skills, 1).await;
+    wait_for_state(&agent, "OFFLINE", Duration::from_secs(30)).await;
+    agent
+}
+
+/// A new agent (id `prefix-…`) with `skill` and capacity 1, AVAILABLE once this returns.
+async fn available_agent(prefix: &str, skill: &str) -> String {
+    let agent = registered_agent(prefix, &[skill]).await;
+    change_state(&agent, "AVAILABLE").await;
+    wait_for_state(&agent, "AVAILABLE", Duration::from_secs(30)).await;
+    agent
+}
+
+/// Starts a conversation needing `skill` (`headers` added to the request) and waits until it is
+/// ASSIGNED; returns its path (`/conversations/{id}`, the answer's `location`) and the
+/// conversation.
+async fn start_assigned(skill: &str, headers: &[(&str, &str)]) -> (String, Value) {
+    let body = json!({"customerId": "cust-1", "channel": "chat", "skills": [skill]}).to_string();
+    let created = send("POST", "/conversations", Some(&body), headers).await;
+    assert_eq!(created.status, 202, "{:?}", created.body);
+    let id = created.body["conversationId"].as_str().unwrap();
+    let path = format!("/conversations/{id}");
+    assert_eq!(created.header("location"), path);
+    let within = Duration::from_secs(30);
+    let conv = get_until("conversation ASSIGNED", within, &path, |c| {
+        c["status"] == "ASSIGNED"
+    })
+    .await;
+    (path, conv)
+}
+
+/// Waits until a line of `local dev`'s output contains every one of `parts` (`what` names it).
+async fn wait_for_log(what: &str, parts: &[&str]) {
+    let rt = runner();
+    eventually(what, Duration::from_secs(30), async || {
+        (rt.count(parts) > 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -567,9 +636,7 @@ fn field(line: &str, name: &str) -> Option<f64> {
 async fn report_lines_carry_duration_memory_and_init_duration() {
     let rt = runner();
     // Make sure both functions have run at least once.
-    let id = unique("e2e-e");
-    register(&id, &[], 1).await;
-    wait_for_state(&id, "OFFLINE", Duration::from_secs(30)).await;
+    registered_agent("e2e-e", &[]).await;
 
     for function in ["AgentsApiFunction", "AgentsWorkerFunction"] {
         let prefix = format!("[{function}] REPORT RequestId: ");
@@ -610,27 +677,9 @@ async fn report_lines_carry_duration_memory_and_init_duration() {
 #[tokio::test]
 async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
     let skill = unique("sk");
-    let agent = unique("conv-agent");
-    register(&agent, &[&skill], 1).await;
-    wait_for_state(&agent, "OFFLINE", Duration::from_secs(30)).await;
-    change_state(&agent, "AVAILABLE").await;
-    wait_for_state(&agent, "AVAILABLE", Duration::from_secs(30)).await;
+    let agent = available_agent("conv-agent", &skill).await;
 
-    let body = json!({"customerId": "cust-1", "channel": "chat", "skills": [skill]}).to_string();
-    let created = send("POST", "/conversations", Some(&body), &[]).await;
-    assert_eq!(created.status, 202, "{:?}", created.body);
-    let id = created.body["conversationId"].as_str().unwrap().to_owned();
-    assert_eq!(created.header("location"), format!("/conversations/{id}"));
-    let path = format!("/conversations/{id}");
-    let conv = eventually(
-        "conversation ASSIGNED",
-        Duration::from_secs(30),
-        async || {
-            let a = send("GET", &path, None, &[]).await;
-            (a.status == 200 && a.body["status"] == "ASSIGNED").then_some(a.body)
-        },
-    )
-    .await;
+    let (path, conv) = start_assigned(&skill, &[]).await;
     assert_eq!(conv["agentId"], agent.as_str());
     assert!(conv["assignedAt"].is_string());
 
@@ -646,33 +695,24 @@ async fn a_conversation_goes_from_created_to_closed_and_frees_its_agent() {
         "{path}/messages/{}",
         sent.body["messageId"].as_str().unwrap()
     );
-    eventually("message SENT", Duration::from_secs(30), async || {
-        let a = send("GET", &message, None, &[]).await;
-        (a.status == 200 && a.body["status"] == "SENT").then_some(())
-    })
-    .await;
+    let within = Duration::from_secs(30);
+    get_until("message SENT", within, &message, |m| m["status"] == "SENT").await;
     for receipt in ["READ", "DELIVERED"] {
         let body = json!({ "status": receipt }).to_string();
         let a = send("POST", &format!("{message}/receipts"), Some(&body), &[]).await;
         assert_eq!(a.status, 202, "{receipt}: {:?}", a.body);
     }
-    eventually("message READ", Duration::from_secs(30), async || {
-        let a = send("GET", &message, None, &[]).await;
-        (a.status == 200 && a.body["status"] == "READ").then_some(())
-    })
-    .await;
+    get_until("message READ", within, &message, |m| m["status"] == "READ").await;
 
     let closed = send("POST", &format!("{path}/close"), Some("{}"), &[]).await;
     assert_eq!(closed.status, 202, "{:?}", closed.body);
-    eventually("conversation CLOSED", Duration::from_secs(30), async || {
-        let a = send("GET", &path, None, &[]).await;
-        (a.body["status"] == "CLOSED").then_some(())
+    get_until("conversation CLOSED", within, &path, |c| {
+        c["status"] == "CLOSED"
     })
     .await;
     let agent_path = format!("/agents/{agent}/state");
-    eventually("agent freed", Duration::from_secs(30), async || {
-        let a = send("GET", &agent_path, None, &[]).await;
-        (a.body["activeConversations"] == 0).then_some(())
+    get_until("agent freed", within, &agent_path, |a| {
+        a["activeConversations"] == 0
     })
     .await;
     // The READ stayed READ although DELIVERED was processed after it.
@@ -706,36 +746,30 @@ async fn trades_execute_in_order_into_positions_and_a_balanced_ledger() {
         assert_eq!(a.status, 202, "{:?}", a.body);
         ids.push(a.body["tradeId"].as_str().unwrap().to_owned());
     }
+    let within = Duration::from_secs(60);
     let mut statuses = Vec::new();
     for id in &ids {
         let path = format!("/trades/{id}");
-        let status = eventually("trade decided", Duration::from_secs(60), async || {
-            let a = send("GET", &path, None, &[]).await;
-            let s = a.body["status"].as_str().unwrap_or("").to_owned();
-            (s == "EXECUTED" || s == "REJECTED").then_some(s)
+        let trade = get_until_as(Some(&token), "trade decided", within, &path, |t| {
+            t["status"] == "EXECUTED" || t["status"] == "REJECTED"
         })
         .await;
-        statuses.push(status);
+        statuses.push(trade["status"].clone());
     }
     assert_eq!(statuses, ["EXECUTED", "EXECUTED", "REJECTED", "EXECUTED"]);
 
     let position = format!("/accounts/{account}/positions/ACME");
-    let p = eventually(
-        "position after the last sell",
-        Duration::from_secs(60),
-        async || {
-            let a = send("GET", &position, None, &[]).await;
-            (a.status == 200 && a.body["realizedPnl"] == "480").then_some(a.body)
-        },
-    )
+    let what = "position after the last sell";
+    let p = get_until_as(Some(&token), what, within, &position, |p| {
+        p["realizedPnl"] == "480"
+    })
     .await;
     assert_eq!(p["quantity"], "3");
     assert_eq!(p["averagePrice"], "110");
 
     let balance = format!("/accounts/{account}/balance");
-    let b = eventually("ledger balance", Duration::from_secs(60), async || {
-        let a = send("GET", &balance, None, &[]).await;
-        (a.status == 200 && a.body["balances"]["cash"] == "150").then_some(a.body)
+    let b = get_until_as(Some(&token), "ledger balance", within, &balance, |b| {
+        b["balances"]["cash"] == "150"
     })
     .await;
     assert_eq!(b["balances"]["securities:ACME"], "-150");
@@ -752,46 +786,17 @@ async fn trades_execute_in_order_into_positions_and_a_balanced_ledger() {
 async fn one_correlation_id_follows_a_conversation_through_every_function() {
     let rt = runner();
     let skill = unique("corr-sk");
-    let agent = unique("corr-agent");
-    register(&agent, &[&skill], 1).await;
-    wait_for_state(&agent, "OFFLINE", Duration::from_secs(30)).await;
-    change_state(&agent, "AVAILABLE").await;
-    wait_for_state(&agent, "AVAILABLE", Duration::from_secs(30)).await;
+    let agent = available_agent("corr-agent", &skill).await;
 
     let correlation = unique("corr");
-    let body = json!({"customerId": "cust-1", "channel": "chat", "skills": [skill]}).to_string();
-    let created = send(
-        "POST",
-        "/conversations",
-        Some(&body),
-        &[("x-correlation-id", &correlation)],
-    )
-    .await;
-    assert_eq!(created.status, 202, "{:?}", created.body);
-    let path = format!(
-        "/conversations/{}",
-        created.body["conversationId"].as_str().unwrap()
-    );
-    eventually(
-        "conversation ASSIGNED",
-        Duration::from_secs(30),
-        async || {
-            let a = send("GET", &path, None, &[]).await;
-            (a.body["status"] == "ASSIGNED").then_some(())
-        },
-    )
-    .await;
+    start_assigned(&skill, &[("x-correlation-id", &correlation)]).await;
     // The analytics worker counted the start and the match (events caused by this request).
     let stats = format!("/analytics/agents/{agent}");
-    let counted = eventually(
-        "analytics counted the match",
-        Duration::from_secs(30),
-        async || {
-            let a = send("GET", &stats, None, &[]).await;
-            // Timed: both its ConversationStarted and its AgentMatched were counted.
-            (a.status == 200 && a.body["assignmentsTimed"] == 1).then_some(a.body)
-        },
-    )
+    let what = "analytics counted the match";
+    let counted = get_until(what, Duration::from_secs(30), &stats, |a| {
+        // Timed: both its ConversationStarted and its AgentMatched were counted.
+        a["assignmentsTimed"] == 1
+    })
     .await;
     assert_eq!(counted["agentId"], agent.as_str());
     assert_eq!(counted["conversationsHandled"], 1);
@@ -811,12 +816,8 @@ async fn one_correlation_id_follows_a_conversation_through_every_function() {
         "AnalyticsWorkerFunction",
     ] {
         let prefix = format!("[{function}] ");
-        eventually(
-            &format!("{correlation} in the logs of {function}"),
-            Duration::from_secs(30),
-            async || (rt.count(&[&prefix, &correlation]) > 0).then_some(()),
-        )
-        .await;
+        let what = format!("{correlation} in the logs of {function}");
+        wait_for_log(&what, &[&prefix, &correlation]).await;
     }
     // Each such line is one JSON log record carrying the id as a field, not just in a message.
     for line in rt.matching(&[&correlation]) {
@@ -840,9 +841,7 @@ async fn one_correlation_id_follows_a_conversation_through_every_function() {
 async fn every_emf_line_is_valid_emf() {
     let rt = runner();
     // At least one API request and one worker batch.
-    let id = unique("e2e-emf");
-    register(&id, &[], 1).await;
-    wait_for_state(&id, "OFFLINE", Duration::from_secs(30)).await;
+    registered_agent("e2e-emf", &[]).await;
     assert_eq!(
         send("GET", "/analytics/summary", None, &[]).await.status,
         200
@@ -1043,12 +1042,8 @@ async fn the_gateway_checks_tokens_before_any_function_runs() {
     let operator = mint(&token_request(&[Role::Operator]));
     let dlq = send_as(Some(&operator), "GET", "/ops/dlq", None, &[]).await;
     assert_eq!(dlq.status, 200, "{:?}", dlq.body);
-    eventually(
-        "the allowed request in the agents API's log",
-        Duration::from_secs(30),
-        async || (rt.count(&["[AgentsApiFunction] ", &allowed]) > 0).then_some(()),
-    )
-    .await;
+    let what = "the allowed request in the agents API's log";
+    wait_for_log(what, &["[AgentsApiFunction] ", &allowed]).await;
 
     // POST /agents/match is AWS_IAM (service to service): a JWT, even a supervisor's, no
     // authorization at all, or a signature with another secret → 403 as API Gateway answers
@@ -1057,9 +1052,15 @@ async fn the_gateway_checks_tokens_before_any_function_runs() {
     let body =
         json!({"conversationId": unique("e2e-iam"), "skills": [unique("nobody")]}).to_string();
     let supervisor = mint(&token_request(&[Role::Supervisor]));
+    let functions = local::runtime::FunctionCredentials::from_env();
     let wrong_secret = local::runtime::FunctionCredentials {
         secret_access_key: "not-the-functions-secret".into(),
-        ..local::runtime::FunctionCredentials::from_env()
+        ..functions.clone()
+    };
+    // The match request, authenticated with `auth`, carrying `correlation`.
+    let post_match = async |auth, correlation: &str| {
+        let headers = [("x-correlation-id", correlation)];
+        send_with(auth, "POST", "/agents/match", Some(&body), &headers).await
     };
     for (what, auth, expected) in [
         (
@@ -1075,14 +1076,7 @@ async fn the_gateway_checks_tokens_before_any_function_runs() {
         ),
     ] {
         let correlation = unique("refused-iam");
-        let a = send_with(
-            auth,
-            "POST",
-            "/agents/match",
-            Some(&body),
-            &[("x-correlation-id", &correlation)],
-        )
-        .await;
+        let a = post_match(auth, &correlation).await;
         assert_eq!(a.status, 403, "{what}: {:?}", a.body);
         let message = a.body["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(expected), "{what}: {message}");
@@ -1091,21 +1085,11 @@ async fn the_gateway_checks_tokens_before_any_function_runs() {
         refused.push(correlation);
     }
     let signed = unique("signed");
-    let a = send_signed(
-        "POST",
-        "/agents/match",
-        Some(&body),
-        &[("x-correlation-id", &signed)],
-    )
-    .await;
+    let a = post_match(Auth::SigV4(&functions), &signed).await;
     assert_eq!(a.status, 409, "{:?}", a.body);
     assert_eq!(a.header("content-type"), "application/problem+json");
-    eventually(
-        "the signed match in the agents API's log",
-        Duration::from_secs(30),
-        async || (rt.count(&["[AgentsApiFunction] ", &signed]) > 0).then_some(()),
-    )
-    .await;
+    let what = "the signed match in the agents API's log";
+    wait_for_log(what, &["[AgentsApiFunction] ", &signed]).await;
 
     for correlation in &refused {
         let reached = rt.matching(&[correlation]);

@@ -1,7 +1,7 @@
 //! Trades, positions and ledger against a real moto server: handlers, queues (the trades FIFO
 //! queue, the positions and ledger queues fed by EventBridge rules) and their guarantees.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::{Value, json};
@@ -19,6 +19,13 @@ struct Apps {
     positions_worker: positions_worker::AwsApp,
     ledger: ledger_api::AwsApp,
     ledger_worker: ledger_worker::AwsApp,
+}
+
+/// A fresh stack and the functions of this service on it, the worker publishing to its bus.
+async fn system() -> (Env, Apps) {
+    let env = Env::new().await;
+    let a = apps(&env, &env.bus());
+    (env, a)
 }
 
 fn apps(env: &Env, bus: &str) -> Apps {
@@ -112,19 +119,6 @@ fn get(fixture_path: &str, path: &str) -> Value {
     ev
 }
 
-/// Sets the query string (API Gateway passes both forms).
-fn with_query(mut ev: Value, q: Value) -> Value {
-    let raw: Vec<String> = q
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
-        .collect();
-    ev["rawQueryString"] = raw.join("&").into();
-    ev["queryStringParameters"] = q;
-    ev
-}
-
 async fn get_trade(a: &Apps, id: &str) -> Value {
     let (s, body, _) = call(
         a,
@@ -162,7 +156,7 @@ async fn all_entries(a: &Apps, account: &str, limit: u32) -> Vec<Value> {
         if let Some(c) = &cursor {
             q["cursor"] = c.clone().into();
         }
-        let (s, body, _) = call(a, with_query(ev, q)).await;
+        let (s, body, _) = call(a, ev.tap_query(q)).await;
         assert_eq!(s, 200, "{body}");
         entries.extend(body["entries"].as_array().unwrap().iter().cloned());
         match body["nextCursor"].as_str() {
@@ -175,8 +169,7 @@ async fn all_entries(a: &Apps, account: &str, limit: u32) -> Vec<Value> {
 
 #[tokio::test]
 async fn buy_buy_oversell_sell_gives_the_hand_calculated_position_and_ledger() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     let rejected = env
         .observe(
             "rejected",
@@ -268,8 +261,7 @@ async fn buy_buy_oversell_sell_gives_the_hand_calculated_position_and_ledger() {
 /// the book cost it removes (multiplied before divided), never a rounded average's.
 #[tokio::test]
 async fn positions_realize_exact_pnl_from_the_book_cost_not_the_rounded_average() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     for (i, (side, q, p)) in [
         ("BUY", "10", "100.50"),
         ("BUY", "5", "110"),
@@ -305,19 +297,13 @@ async fn positions_realize_exact_pnl_from_the_book_cost_not_the_rounded_average(
 
 #[tokio::test]
 async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
-    let first = trade(
-        order("acc-1", "BUY", json!(10), json!("1.5")),
-        Some("key-1"),
-    );
-    let (s1, b1, h1) = call(&a, first).await;
+    let (env, a) = system().await;
+    // A buy with `Idempotency-Key: key-1`.
+    let keyed = |account, qty, price| trade(order(account, "BUY", qty, price), Some("key-1"));
+    let first = || keyed("acc-1", json!(10), json!("1.5"));
+    let (s1, b1, h1) = call(&a, first()).await;
     // The same order written differently is the same request.
-    let again = trade(
-        order("acc-1", "BUY", json!("10.0"), json!(1.50)),
-        Some("key-1"),
-    );
-    let (s2, b2, h2) = call(&a, again).await;
+    let (s2, b2, h2) = call(&a, keyed("acc-1", json!("10.0"), json!(1.50))).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(b1, b2);
     assert_eq!(h1["location"], h2["location"]);
@@ -327,40 +313,23 @@ async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
         "one command queued"
     );
 
-    let other = trade(
-        order("acc-1", "BUY", json!(11), json!("1.5")),
-        Some("key-1"),
-    );
-    let (s3, b3, h3) = call(&a, other).await;
+    let (s3, b3, h3) = call(&a, keyed("acc-1", json!(11), json!("1.5"))).await;
     assert_eq!(s3, 422, "{b3}");
     assert_eq!(b3["field"], "Idempotency-Key");
     assert_eq!(h3["content-type"], "application/problem+json");
 
     // A key belongs to its caller: another order of the same caller is refused, even for
     // another of its accounts, but another trader sharing the account has keys of its own.
-    let (s4, b4, _) = call(
-        &a,
-        trade(
-            order("acc-2", "BUY", json!(10), json!("1.5")),
-            Some("key-1"),
-        ),
-    )
-    .await;
+    let (s4, b4, _) = call(&a, keyed("acc-2", json!(10), json!("1.5"))).await;
     assert_eq!((s4, &b4["field"]), (422, &json!("Idempotency-Key")), "{b4}");
     let partner = |ev| system_tests::as_caller(ev, "partner", "traders", "acc-1");
-    let same_order = || {
-        trade(
-            order("acc-1", "BUY", json!(10), json!("1.5")),
-            Some("key-1"),
-        )
-    };
-    let (s6, b6, _) = send(&a, partner(same_order())).await;
+    let (s6, b6, _) = send(&a, partner(first())).await;
     assert_eq!(s6, 202, "{b6}");
     assert_ne!(
         b6["tradeId"], b1["tradeId"],
         "the partner's own trade, not the other's"
     );
-    let (_, b7, _) = send(&a, partner(same_order())).await;
+    let (_, b7, _) = send(&a, partner(first())).await;
     assert_eq!(b7, b6, "a caller's replay still replays");
     assert_eq!(
         env.depth(&env.queue_url("TradesQueue")).await,
@@ -372,14 +341,7 @@ async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
     let id = b1["tradeId"].as_str().unwrap();
     assert_eq!(get_trade(&a, id).await["status"], "EXECUTED");
     // Replayed after execution: still the same answer, nothing new queued.
-    let (s5, b5, _) = call(
-        &a,
-        trade(
-            order("acc-1", "BUY", json!(10), json!("1.5")),
-            Some("key-1"),
-        ),
-    )
-    .await;
+    let (s5, b5, _) = call(&a, first()).await;
     assert_eq!((s5, &b5), (202, &b1));
     assert_eq!(env.depth(&env.queue_url("TradesQueue")).await, 0);
     assert_eq!(
@@ -391,8 +353,7 @@ async fn idempotency_key_replays_the_same_202_and_refuses_another_order() {
 
 #[tokio::test]
 async fn trade_commands_apply_once_and_republish_after_a_failed_publish() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     // The fixture: BUY 10@100, BUY 5@130, SELL 20@150 (oversell), SELL 12@150, for acc-1.
     let batch: SqsEvent = serde_json::from_value(fixture("trades-worker/sqs-batch.json")).unwrap();
     // First attempt: decisions written, events not published (no such bus).
@@ -427,8 +388,7 @@ async fn trade_commands_apply_once_and_republish_after_a_failed_publish() {
 
 #[tokio::test]
 async fn the_fifo_queue_holds_an_accounts_next_trade_until_the_previous_one_is_done() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     let url = env.queue_url("TradesQueue");
     let buy = order("acc-1", "BUY", json!("5"), json!("10"));
     assert_eq!(call(&a, trade(buy, None)).await.0, 202);
@@ -458,8 +418,7 @@ async fn the_fifo_queue_holds_an_accounts_next_trade_until_the_previous_one_is_d
 /// its group (its account), in the same batch and after: none overtakes it.
 #[tokio::test]
 async fn a_poison_message_holds_back_the_later_trades_of_its_message_group() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     let url = env.queue_url("TradesQueue");
     // A valid SubmitTrade envelope for acc-q1, as the trades API sends it.
     let trade_id = uuid::Uuid::new_v4();
@@ -540,8 +499,7 @@ fn executed_body(id: u32, account: &str, side: &str, qty: &str, price: &str, seq
 
 #[tokio::test]
 async fn consumers_apply_early_late_and_duplicate_events_in_trade_order_once() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (_env, a) = system().await;
     let buy = executed_body(1, "acc-1", "BUY", "10", "100", 1);
     let buy2 = executed_body(2, "acc-1", "BUY", "5", "130", 2);
     let sell = executed_body(3, "acc-1", "SELL", "12", "150", 3);
@@ -612,8 +570,7 @@ impl Rng {
 async fn property_shuffled_and_duplicated_delivery_equals_in_order_application() {
     use rust_decimal::Decimal;
     use shared::domain::{positions::Position, trades::TradeExecuted};
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (_env, a) = system().await;
     let seed = 0x5EED;
     let mut rng = Rng(seed);
     // A random valid sequence (never selling more than is held), with its in-order result.
@@ -699,8 +656,7 @@ async fn property_shuffled_and_duplicated_delivery_equals_in_order_application()
 
 #[tokio::test]
 async fn a_poison_trade_event_reaches_the_dlq_alone() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     let url = env.queue_url("PositionsQueue");
     // A sale of something never bought can never apply; the other account's trade can.
     for body in [
@@ -723,22 +679,15 @@ async fn a_poison_trade_event_reaches_the_dlq_alone() {
     assert_eq!(failed.len(), 1, "only the poison message fails");
     assert_eq!(position(&a, "acc-good", "ACME").await["quantity"], "5");
 
+    let within = Duration::from_secs(30);
     let dlq = env
-        .stack
-        .queue_url(env.stack.dlq("PositionsQueue").expect("dlq"))
-        .unwrap()
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.depth(&dlq).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "poison message never reached the DLQ"
-        );
-        env.drain("PositionsQueue", |e| {
-            positions_worker::handle(&a.positions_worker, e)
+        .drain_until_dead_lettered("PositionsQueue", within, async || {
+            env.drain("PositionsQueue", |e| {
+                positions_worker::handle(&a.positions_worker, e)
+            })
+            .await;
         })
         .await;
-    }
     let dead = env.receive(&dlq, 30).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].body().unwrap().contains("acc-bad"));
@@ -747,8 +696,7 @@ async fn a_poison_trade_event_reaches_the_dlq_alone() {
 
 #[tokio::test]
 async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     let post = |body: &str| trade(json!({}), None).tap_body(body);
     let with = |field: &str, value: Value| {
         let mut o = order("acc-1", "BUY", json!("1"), json!("1"));
@@ -946,7 +894,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
             ("limit", "101"),
             ("cursor", "garbage!"),
         ] {
-            cases.push((with_query(get(route, path), json!({ k: v })), 422, Some(k)));
+            cases.push((get(route, path).tap_query(json!({ k: v })), 422, Some(k)));
         }
     }
     // A well-formed cursor of another account's partition names no page of this one.
@@ -956,7 +904,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
             .encode(r#"{"pk":"ACCOUNT#other","sk":"ENTRY#00000000000000000001#1"}"#)
     };
     let ev = get("ledger-api/get-ledger.json", "/accounts/acc-1/ledger");
-    cases.push((with_query(ev, json!({ "cursor": foreign })), 404, None));
+    cases.push((ev.tap_query(json!({ "cursor": foreign })), 404, None));
 
     for (ev, want, field) in cases {
         let desc = format!(
@@ -978,8 +926,7 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_trader_sees_and_trades_only_their_own_accounts() {
-    let env = Env::new().await;
-    let a = apps(&env, &env.bus());
+    let (env, a) = system().await;
     let (s, body, _) = call(&a, trade(order("acc-2", "BUY", json!(1), json!(10)), None)).await;
     assert_eq!(s, 202, "{body}");
     let theirs = body["tradeId"].as_str().unwrap().to_owned();

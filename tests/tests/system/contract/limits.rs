@@ -84,25 +84,24 @@ fn documented_limits_are_the_ones_the_code_enforces() {
     let long = |n: usize| "x".repeat(n);
     let mut all: Vec<String> = samples.iter().map(|s| s.to_string()).collect();
     all.extend([long(12), long(13), long(32), long(33), long(64), long(65)]);
+    /// Whether `T` parses `s`.
+    fn parses<T: std::str::FromStr>(s: &str) -> bool {
+        s.parse::<T>().is_ok()
+    }
+    // Each string schema of the spec and whether the domain type it documents parses a string.
+    let parsers = [
+        ("Id", parses::<AgentId> as fn(&str) -> bool),
+        ("Skill", parses::<Skill>),
+        ("Symbol", parses::<Symbol>),
+    ];
     for s in &all {
-        let id = schema(&spec, "Id");
-        assert_eq!(
-            accepts_string(&spec, id, s),
-            s.parse::<AgentId>().is_ok(),
-            "id {s:?}"
-        );
-        let skill = schema(&spec, "Skill");
-        assert_eq!(
-            accepts_string(&spec, skill, s),
-            s.parse::<Skill>().is_ok(),
-            "skill {s:?}"
-        );
-        let symbol = schema(&spec, "Symbol");
-        assert_eq!(
-            accepts_string(&spec, symbol, s),
-            s.parse::<Symbol>().is_ok(),
-            "symbol {s:?}"
-        );
+        for (name, parses) in parsers {
+            assert_eq!(
+                accepts_string(&spec, schema(&spec, name), s),
+                parses(s),
+                "{name} {s:?}"
+            );
+        }
     }
     // Skills: at most 20 as sent, duplicates or not.
     let skills = schema(&spec, "Skills");

@@ -146,19 +146,48 @@ async fn apps() -> Apps {
     }
 }
 
-/// Calls `handler` with `method path` (the spec's `route`), checks the response in `run`.
-macro_rules! call {
-    ($run:ident, $handler:expr, $method:expr, $route:expr, $path:expr, $body:expr, $headers:expr) => {{
-        let path: String = $path;
-        let resp = $handler(request(&event($method, &path, $body, $headers))).await;
-        $run.check($method, $route, &resp)
-    }};
-    ($run:ident, $handler:expr, $method:expr, $route:expr, $path:expr) => {
-        call!($run, $handler, $method, $route, $path, None, &[])
-    };
-}
+/// One request of a run and the status it must answer:
+/// `(route, "METHOD path", body, headers, status)`: the spec's route the request is one of, the
+/// path raw (percent-encoded, with its query), the body JSON text, the headers extra to the
+/// trader's.
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a [(&'a str, &'a str)],
+    u16,
+);
 
 impl Run {
+    /// Sends `line` (`"METHOD path"`) with `body` and `headers` ([`event`]) to `handler`, checks
+    /// the response against `METHOD route` of the spec ([`Run::check`]) and returns its status
+    /// and body.
+    async fn call<F: Future<Output = Response<Body>>>(
+        &mut self,
+        handler: &impl Fn(lambda_http::Request) -> F,
+        route: &str,
+        line: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let (method, path) = line.split_once(' ').expect("a line is `METHOD path`");
+        let resp = handler(request(&event(method, path, body, headers))).await;
+        self.check(method, route, &resp)
+    }
+
+    /// Sends the `rows` to `handler` in order ([`Run::call`]); fails the test at the first that
+    /// does not answer its status.
+    async fn expect<F: Future<Output = Response<Body>>>(
+        &mut self,
+        handler: &impl Fn(lambda_http::Request) -> F,
+        rows: &[Row<'_>],
+    ) {
+        for &(route, line, body, headers, status) in rows {
+            let (got, answer) = self.call(handler, route, line, body, headers).await;
+            assert_eq!(got, status, "{line}: {answer}");
+        }
+    }
+
     /// Fails the test with every response that broke the spec; `at_least` responses seen.
     fn assert_valid(&self, at_least: usize) {
         assert!(
@@ -173,230 +202,94 @@ impl Run {
 /// Agents: register, apply, AVAILABLE, list, match (200, then 409 for lack of capacity), every refusal.
 #[tokio::test]
 async fn agent_responses_validate_against_the_spec() {
-    let Apps {
-        env,
-        agents,
-        agents_worker,
-        ledger,
-        ..
-    } = apps().await;
+    let apps = apps().await;
     let mut run = Run::new();
-    let agents_h = |r| agents_api::handle(&agents, r);
+    let agents_h = |r| agents_api::handle(&apps.agents, r);
+    let ledger_h = |r| ledger_api::handle(&apps.ledger, r);
+    let drain = || {
+        apps.env.drain("AgentsCommandQueue", |e| {
+            agents_worker::handle(&apps.agents_worker, e)
+        })
+    };
     // Agents: register, apply, AVAILABLE, list, match (200, then 409 for lack of capacity).
-    let reg = r#"{"name": "Ada", "skills": ["billing"], "capacity": 1}"#;
-    let route = "/agents/{agentId}";
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "PUT",
-            route,
-            "/agents/ada".to_string(),
-            Some(reg),
-            &[]
-        )
-        .0,
-        202
-    );
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "PUT",
-            route,
-            "/agents/a%20b".to_string(),
-            Some(reg),
-            &[]
-        )
-        .0,
-        422
-    );
+    let reg = Some(r#"{"name": "Ada", "skills": ["billing"], "capacity": 1}"#);
     let too_big = format!(
         r#"{{"name": "{}"}}"#,
         "x".repeat(shared::http::MAX_BODY_BYTES)
     );
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "PUT",
-            route,
-            "/agents/ada".to_string(),
-            Some(&too_big),
-            &[]
-        )
-        .0,
-        413
-    );
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "PUT",
-            route,
-            "/agents/ada".to_string(),
-            Some("{"),
-            &[]
-        )
-        .0,
-        400
-    );
-    let (s, b) = call!(
-        run,
-        agents_h,
-        "PUT",
-        route,
-        "/agents/ada".to_string(),
-        Some(r#"{"name": "A", "capacity": 51}"#),
-        &[]
-    );
+    let agent = "/agents/{agentId}";
+    run.expect(
+        &agents_h,
+        &[
+            (agent, "PUT /agents/ada", reg, &[], 202),
+            (agent, "PUT /agents/a%20b", reg, &[], 422),
+            (agent, "PUT /agents/ada", Some(&too_big), &[], 413),
+            (agent, "PUT /agents/ada", Some("{"), &[], 400),
+        ],
+    )
+    .await;
+    let too_many = r#"{"name": "A", "capacity": 51}"#;
+    let (s, b) = run
+        .call(&agents_h, agent, "PUT /agents/ada", Some(too_many), &[])
+        .await;
     assert_eq!((s, &b["field"]), (422, &json!("capacity")));
-    let (s, _) = call!(
-        run,
-        agents_h,
-        "PUT",
-        route,
-        "/agents/ada".to_string(),
-        Some(reg),
-        &[("content-type", "text/plain")]
-    );
-    assert_eq!(s, 415);
-    env.drain("AgentsCommandQueue", |e| {
-        agents_worker::handle(&agents_worker, e)
-    })
+    let plain = [("content-type", "text/plain")];
+    run.expect(&agents_h, &[(agent, "PUT /agents/ada", reg, &plain, 415)])
+        .await;
+    drain().await;
+    let state = "/agents/{agentId}/state";
+    let key = [("Idempotency-Key", "k1")];
+    let available = Some(r#"{"state": "AVAILABLE"}"#);
+    let away = Some(r#"{"state": "AWAY"}"#);
+    let busy = Some(r#"{"state": "BUSY"}"#);
+    run.expect(
+        &agents_h,
+        &[
+            (state, "POST /agents/ada/state", available, &key, 202),
+            // The same key with another body.
+            (state, "POST /agents/ada/state", away, &key, 422),
+            (state, "POST /agents/nobody/state", away, &[], 404),
+            (state, "POST /agents/ada/state", busy, &[], 422),
+        ],
+    )
     .await;
-    let route = "/agents/{agentId}/state";
-    let (s, _) = call!(
-        run,
-        agents_h,
-        "POST",
-        route,
-        "/agents/ada/state".to_string(),
-        Some(r#"{"state": "AVAILABLE"}"#),
-        &[("Idempotency-Key", "k1")]
-    );
-    assert_eq!(s, 202);
-    let (s, _) = call!(
-        run,
-        agents_h,
-        "POST",
-        route,
-        "/agents/ada/state".to_string(),
-        Some(r#"{"state": "AWAY"}"#),
-        &[("Idempotency-Key", "k1")]
-    );
-    assert_eq!(s, 422, "same key, other body");
-    let (s, _) = call!(
-        run,
-        agents_h,
-        "POST",
-        route,
-        "/agents/nobody/state".to_string(),
-        Some(r#"{"state": "AWAY"}"#),
-        &[]
-    );
-    assert_eq!(s, 404);
-    let (s, _) = call!(
-        run,
-        agents_h,
-        "POST",
-        route,
-        "/agents/ada/state".to_string(),
-        Some(r#"{"state": "BUSY"}"#),
-        &[]
-    );
-    assert_eq!(s, 422);
-    env.drain("AgentsCommandQueue", |e| {
-        agents_worker::handle(&agents_worker, e)
-    })
-    .await;
-    let (s, agent) = call!(run, agents_h, "GET", route, "/agents/ada/state".to_string());
+    drain().await;
+    let (s, agent) = run
+        .call(&agents_h, state, "GET /agents/ada/state", None, &[])
+        .await;
     assert_eq!((s, &agent["state"]), (200, &json!("AVAILABLE")));
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "GET",
-            route,
-            "/agents/nobody/state".to_string()
-        )
-        .0,
-        404
-    );
-    let route = "/agents";
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "GET",
-            route,
-            "/agents?state=AVAILABLE&limit=10".to_string()
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        call!(run, agents_h, "GET", route, "/agents".to_string()).0,
-        200
-    );
-    assert_eq!(
-        call!(run, agents_h, "GET", route, "/agents?limit=0".to_string()).0,
-        422
-    );
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "GET",
-            route,
-            "/agents?cursor=no!".to_string()
-        )
-        .0,
-        422
-    );
+    let list = "/agents";
+    run.expect(
+        &agents_h,
+        &[
+            (state, "GET /agents/nobody/state", None, &[], 404),
+            (list, "GET /agents?state=AVAILABLE&limit=10", None, &[], 200),
+            (list, "GET /agents", None, &[], 200),
+            (list, "GET /agents?limit=0", None, &[], 422),
+            (list, "GET /agents?cursor=no!", None, &[], 422),
+        ],
+    )
+    .await;
     // Cursors the spec admits (base64url) that name no page: `{}`, a foreign key, a non-string
     // value, text that is no base64 of JSON. Not found, never a 5xx.
+    let ledger = "/accounts/{accountId}/ledger";
     for cursor in ["e30", "eyJwayI6IngifQ", "eyJwayI6MX0", "abc"] {
-        let path = format!("/agents?cursor={cursor}");
-        assert_eq!(
-            call!(run, agents_h, "GET", route, path).0,
-            404,
-            "cursor {cursor}"
-        );
-        let path = format!("/accounts/acc-1/ledger?cursor={cursor}");
-        let resp = ledger_api::handle(&ledger, request(&event("GET", &path, None, &[]))).await;
-        assert_eq!(
-            run.check("GET", "/accounts/{accountId}/ledger", &resp).0,
-            404,
-            "{cursor}"
-        );
+        let agents_page = format!("GET /agents?cursor={cursor}");
+        run.expect(&agents_h, &[(list, &agents_page, None, &[], 404)])
+            .await;
+        let ledger_page = format!("GET /accounts/acc-1/ledger?cursor={cursor}");
+        run.expect(&ledger_h, &[(ledger, &ledger_page, None, &[], 404)])
+            .await;
     }
-    let route = "/agents/match";
+    let to_match = "/agents/match";
     let m = r#"{"conversationId": "c1", "skills": ["billing"]}"#;
-    let (s, matched) = call!(
-        run,
-        agents_h,
-        "POST",
-        route,
-        route.to_string(),
-        Some(m),
-        &[]
-    );
+    let (s, matched) = run
+        .call(&agents_h, to_match, "POST /agents/match", Some(m), &[])
+        .await;
     assert_eq!((s, &matched["agentId"]), (200, &json!("ada")));
-    let m2 = r#"{"conversationId": "c2", "skills": ["billing"]}"#;
-    assert_eq!(
-        call!(
-            run,
-            agents_h,
-            "POST",
-            route,
-            route.to_string(),
-            Some(m2),
-            &[]
-        )
-        .0,
-        409
-    );
+    let m2 = Some(r#"{"conversationId": "c2", "skills": ["billing"]}"#);
+    run.expect(&agents_h, &[(to_match, "POST /agents/match", m2, &[], 409)])
+        .await;
 
     run.assert_valid(16);
 }
@@ -404,159 +297,66 @@ async fn agent_responses_validate_against_the_spec() {
 /// Conversations: start, get, send, list, get message, receipt, close.
 #[tokio::test]
 async fn conversation_responses_validate_against_the_spec() {
-    let Apps { conversations, .. } = apps().await;
+    let apps = apps().await;
     let mut run = Run::new();
-    let conv_h = |r| conversations_api::handle(&conversations, r);
+    let conv_h = |r| conversations_api::handle(&apps.conversations, r);
     // Conversations: start, get, send, list, get message, receipt, close.
-    let route = "/conversations";
     let start = r#"{"customerId": "cust-1", "channel": "chat", "skills": ["billing"]}"#;
-    let (s, started) = call!(
-        run,
-        conv_h,
-        "POST",
-        route,
-        route.to_string(),
-        Some(start),
-        &[]
-    );
+    let conversations = "/conversations";
+    let (s, started) = run
+        .call(
+            &conv_h,
+            conversations,
+            "POST /conversations",
+            Some(start),
+            &[],
+        )
+        .await;
     assert_eq!(s, 202);
-    let id = started["conversationId"].as_str().unwrap().to_owned();
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "POST",
-            route,
-            route.to_string(),
-            Some(r#"{"customerId": "c", "channel": "fax"}"#),
-            &[]
-        )
-        .0,
-        422
+    let conv = format!(
+        "/conversations/{}",
+        started["conversationId"].as_str().unwrap()
     );
-    let conv = format!("/conversations/{id}");
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "GET",
-            "/conversations/{conversationId}",
-            conv.clone()
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "GET",
-            "/conversations/{conversationId}",
-            "/conversations/nope".to_string()
-        )
-        .0,
-        404
-    );
-    let route = "/conversations/{conversationId}/messages";
-    let (s, sent) = call!(
-        run,
-        conv_h,
-        "POST",
-        route,
-        format!("{conv}/messages"),
-        Some(r#"{"sender": "customer", "text": "hi"}"#),
-        &[]
-    );
+    let fax = Some(r#"{"customerId": "c", "channel": "fax"}"#);
+    let one = "/conversations/{conversationId}";
+    let messages = "/conversations/{conversationId}/messages";
+    run.expect(
+        &conv_h,
+        &[
+            (conversations, "POST /conversations", fax, &[], 422),
+            (one, &format!("GET {conv}"), None, &[], 200),
+            (one, "GET /conversations/nope", None, &[], 404),
+        ],
+    )
+    .await;
+    let hi = r#"{"sender": "customer", "text": "hi"}"#;
+    let send = format!("POST {conv}/messages");
+    let (s, sent) = run.call(&conv_h, messages, &send, Some(hi), &[]).await;
     assert_eq!(s, 202);
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "POST",
-            route,
-            format!("{conv}/messages"),
-            Some(r#"{"sender": "customer", "text": "  "}"#),
-            &[]
-        )
-        .0,
-        422
-    );
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "POST",
-            route,
-            "/conversations/nope/messages".to_string(),
-            Some(r#"{"sender": "agent", "text": "x"}"#),
-            &[]
-        )
-        .0,
-        404
-    );
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "GET",
-            route,
-            format!("{conv}/messages?limit=5")
-        )
-        .0,
-        200
-    );
     let message = format!("{conv}/messages/{}", sent["messageId"].as_str().unwrap());
-    let route = "/conversations/{conversationId}/messages/{messageId}";
-    assert_eq!(call!(run, conv_h, "GET", route, message.clone()).0, 200);
-    assert_eq!(
-        call!(run, conv_h, "GET", route, format!("{conv}/messages/nope")).0,
-        404
-    );
-    let route = "/conversations/{conversationId}/messages/{messageId}/receipts";
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "POST",
-            route,
-            format!("{message}/receipts"),
-            Some(r#"{"status": "READ"}"#),
-            &[]
-        )
-        .0,
-        202
-    );
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "POST",
-            route,
-            format!("{message}/receipts"),
-            Some(r#"{"status": "SEEN"}"#),
-            &[]
-        )
-        .0,
-        422
-    );
-    let route = "/conversations/{conversationId}/close";
-    assert_eq!(
-        call!(run, conv_h, "POST", route, format!("{conv}/close")).0,
-        202
-    );
-    assert_eq!(
-        call!(
-            run,
-            conv_h,
-            "POST",
-            route,
-            format!("{conv}/close"),
-            Some(r#"{"x": 1}"#),
-            &[]
-        )
-        .0,
-        422
-    );
+    let blank = Some(r#"{"sender": "customer", "text": "  "}"#);
+    let x = Some(r#"{"sender": "agent", "text": "x"}"#);
+    let list = format!("GET {conv}/messages?limit=5");
+    let get = "/conversations/{conversationId}/messages/{messageId}";
+    let receipts = "/conversations/{conversationId}/messages/{messageId}/receipts";
+    let receipt = format!("POST {message}/receipts");
+    let close = "/conversations/{conversationId}/close";
+    let closing = format!("POST {conv}/close");
+    run.expect(
+        &conv_h,
+        &[
+            (messages, &send, blank, &[], 422),
+            (messages, "POST /conversations/nope/messages", x, &[], 404),
+            (messages, &list, None, &[], 200),
+            (get, &format!("GET {message}"), None, &[], 200),
+            (get, &format!("GET {conv}/messages/nope"), None, &[], 404),
+            (receipts, &receipt, Some(r#"{"status": "READ"}"#), &[], 202),
+            (receipts, &receipt, Some(r#"{"status": "SEEN"}"#), &[], 422),
+            (close, &closing, None, &[], 202),
+            (close, &closing, Some(r#"{"x": 1}"#), &[], 422),
+        ],
+    )
+    .await;
 
     run.assert_valid(14);
 }
@@ -564,200 +364,115 @@ async fn conversation_responses_validate_against_the_spec() {
 /// Trades → worker → positions and ledger.
 #[tokio::test]
 async fn trading_responses_validate_against_the_spec() {
-    let Apps {
-        env,
-        trades,
-        trades_worker,
-        positions,
-        positions_worker,
-        ledger,
-        ledger_worker,
-        ..
-    } = apps().await;
+    let apps = apps().await;
+    let env = &apps.env;
     let mut run = Run::new();
-    let trades_h = |r| trades_api::handle(&trades, r);
-    let positions_h = |r| positions_api::handle(&positions, r);
-    let ledger_h = |r| ledger_api::handle(&ledger, r);
+    let trades_h = |r| trades_api::handle(&apps.trades, r);
+    let positions_h = |r| positions_api::handle(&apps.positions, r);
+    let ledger_h = |r| ledger_api::handle(&apps.ledger, r);
     // Trades → worker → positions and ledger.
-    let route = "/trades";
+    let trades = "/trades";
     // The smallest notional first: its ledger balance (1e-16) must still add exactly after.
     let tiny = r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": "0.00000001", "price": 1e-8}"#;
-    assert_eq!(
-        call!(
-            run,
-            trades_h,
-            "POST",
-            route,
-            route.to_string(),
-            Some(tiny),
-            &[]
-        )
-        .0,
-        202
-    );
+    run.expect(&trades_h, &[(trades, "POST /trades", Some(tiny), &[], 202)])
+        .await;
     let buy = r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": 10, "price": "12.5"}"#;
-    let (s, accepted) = call!(
-        run,
-        trades_h,
-        "POST",
-        route,
-        route.to_string(),
-        Some(buy),
-        &[("Idempotency-Key", "t1")]
-    );
+    let key = [("Idempotency-Key", "t1")];
+    let (s, accepted) = run
+        .call(&trades_h, trades, "POST /trades", Some(buy), &key)
+        .await;
     assert_eq!(s, 202);
     let sell = r#"{"accountId": "acc-1", "symbol": "ACME", "side": "SELL", "quantity": "100", "price": 1}"#;
-    assert_eq!(
-        call!(
-            run,
-            trades_h,
-            "POST",
-            route,
-            route.to_string(),
-            Some(sell),
-            &[]
-        )
-        .0,
-        202
-    );
+    run.expect(&trades_h, &[(trades, "POST /trades", Some(sell), &[], 202)])
+        .await;
     let huge =
         r#"{"accountId": "acc-1", "symbol": "ACME", "side": "BUY", "quantity": 1e400, "price": 1}"#;
-    let (s, b) = call!(
-        run,
-        trades_h,
-        "POST",
-        route,
-        route.to_string(),
-        Some(huge),
-        &[]
-    );
-    assert_eq!((s, &b["field"]), (422, &json!("quantity")));
-    let trade = format!("/trades/{}", accepted["tradeId"].as_str().unwrap());
-    let route = "/trades/{tradeId}";
-    assert_eq!(
-        call!(run, trades_h, "GET", route, trade.clone()).0,
-        200,
-        "PENDING"
-    );
-    env.drain("TradesQueue", |e| trades_worker::handle(&trades_worker, e))
+    let (s, b) = run
+        .call(&trades_h, trades, "POST /trades", Some(huge), &[])
         .await;
-    let (s, t) = call!(run, trades_h, "GET", route, trade.clone());
+    assert_eq!((s, &b["field"]), (422, &json!("quantity")));
+    let trade = format!("GET /trades/{}", accepted["tradeId"].as_str().unwrap());
+    let one = "/trades/{tradeId}";
+    // PENDING: not executed yet.
+    run.expect(&trades_h, &[(one, &trade, None, &[], 200)])
+        .await;
+    env.drain("TradesQueue", |e| {
+        trades_worker::handle(&apps.trades_worker, e)
+    })
+    .await;
+    let (s, t) = run.call(&trades_h, one, &trade, None, &[]).await;
     assert_eq!((s, &t["status"]), (200, &json!("EXECUTED")));
-    assert_eq!(
-        call!(
-            run,
-            trades_h,
-            "GET",
-            route,
-            "/trades/not-a-uuid".to_string()
-        )
-        .0,
-        404
-    );
+    run.expect(
+        &trades_h,
+        &[(one, "GET /trades/not-a-uuid", None, &[], 404)],
+    )
+    .await;
     for _ in 0..20 {
         env.drain("PositionsQueue", |e| {
-            positions_worker::handle(&positions_worker, e)
+            positions_worker::handle(&apps.positions_worker, e)
         })
         .await;
-        env.drain("LedgerQueue", |e| ledger_worker::handle(&ledger_worker, e))
-            .await;
-        let resp = ledger_api::handle(
-            &ledger,
-            request(&event("GET", "/accounts/acc-1/ledger", None, &[])),
-        )
+        env.drain("LedgerQueue", |e| {
+            ledger_worker::handle(&apps.ledger_worker, e)
+        })
         .await;
+        let resp = ledger_h(request(&event("GET", "/accounts/acc-1/ledger", None, &[]))).await;
         let body = system_tests::body_json(&resp);
         if body["entries"].as_array().map(Vec::len) == Some(4) {
             break;
         }
     }
-    let route = "/accounts/{accountId}/positions";
-    assert_eq!(
-        call!(
-            run,
-            positions_h,
-            "GET",
-            route,
-            "/accounts/acc-1/positions".to_string()
+    let positions = "/accounts/{accountId}/positions";
+    let position = "/accounts/{accountId}/positions/{symbol}";
+    run.expect(
+        &positions_h,
+        &[
+            (positions, "GET /accounts/acc-1/positions", None, &[], 200),
+            (positions, "GET /accounts/a%23b/positions", None, &[], 422),
+            (
+                position,
+                "GET /accounts/acc-1/positions/ACME",
+                None,
+                &[],
+                200,
+            ),
+            (
+                position,
+                "GET /accounts/acc-1/positions/NONE",
+                None,
+                &[],
+                404,
+            ),
+        ],
+    )
+    .await;
+    let ledger = "/accounts/{accountId}/ledger";
+    let (s, l) = run
+        .call(
+            &ledger_h,
+            ledger,
+            "GET /accounts/acc-1/ledger?limit=1",
+            None,
+            &[],
         )
-        .0,
-        200
-    );
-    assert_eq!(
-        call!(
-            run,
-            positions_h,
-            "GET",
-            route,
-            "/accounts/a%23b/positions".to_string()
-        )
-        .0,
-        422
-    );
-    let route = "/accounts/{accountId}/positions/{symbol}";
-    assert_eq!(
-        call!(
-            run,
-            positions_h,
-            "GET",
-            route,
-            "/accounts/acc-1/positions/ACME".to_string()
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        call!(
-            run,
-            positions_h,
-            "GET",
-            route,
-            "/accounts/acc-1/positions/NONE".to_string()
-        )
-        .0,
-        404
-    );
-    let route = "/accounts/{accountId}/ledger";
-    let (s, l) = call!(
-        run,
-        ledger_h,
-        "GET",
-        route,
-        "/accounts/acc-1/ledger?limit=1".to_string()
-    );
+        .await;
     assert_eq!((s, l["entries"].as_array().map(Vec::len)), (200, Some(1)));
-    assert_eq!(
-        call!(
-            run,
-            ledger_h,
-            "GET",
-            route,
-            "/accounts/acc-1/ledger?limit=101".to_string()
-        )
-        .0,
-        422
-    );
-    let route = "/accounts/{accountId}/balance";
-    let (s, b) = call!(
-        run,
-        ledger_h,
-        "GET",
-        route,
-        "/accounts/acc-1/balance".to_string()
-    );
+    let too_long = "GET /accounts/acc-1/ledger?limit=101";
+    run.expect(&ledger_h, &[(ledger, too_long, None, &[], 422)])
+        .await;
+    let balance = "/accounts/{accountId}/balance";
+    let (s, b) = run
+        .call(&ledger_h, balance, "GET /accounts/acc-1/balance", None, &[])
+        .await;
     assert_eq!((s, &b["total"]), (200, &json!("0")));
     assert_eq!(
         b["balances"],
         json!({"cash": "-125.0000000000000001", "securities:ACME": "125.0000000000000001"}),
         "both trades posted, exactly"
     );
-    let (s, b) = call!(
-        run,
-        ledger_h,
-        "GET",
-        route,
-        "/accounts/acc-2/balance".to_string()
-    );
+    let (s, b) = run
+        .call(&ledger_h, balance, "GET /accounts/acc-2/balance", None, &[])
+        .await;
     assert_eq!(
         (s, &b["type"]),
         (403, &json!("/problems/forbidden")),
@@ -770,89 +485,47 @@ async fn trading_responses_validate_against_the_spec() {
 /// Health, operations, analytics, docs.
 #[tokio::test]
 async fn operation_responses_validate_against_the_spec() {
-    let Apps {
-        health,
-        ops,
-        analytics,
-        docs,
-        ..
-    } = apps().await;
+    let apps = apps().await;
     let mut run = Run::new();
     // Health, operations, docs.
-    let health_h = |r| health_api::handle(&health, r);
-    assert_eq!(
-        call!(run, health_h, "GET", "/health", "/health".to_string()).0,
-        200
-    );
-    let ops_h = |r| ops_api::handle(&ops, r);
-    assert_eq!(
-        call!(run, ops_h, "GET", "/ops/dlq", "/ops/dlq".to_string()).0,
-        200
-    );
-    let route = "/ops/dlq/{queue}/redrive";
-    assert_eq!(
-        call!(
-            run,
-            ops_h,
-            "POST",
-            route,
-            "/ops/dlq/agents/redrive".to_string()
-        )
-        .0,
-        200
-    );
-    assert_eq!(
-        call!(
-            run,
-            ops_h,
-            "POST",
-            route,
-            "/ops/dlq/nope/redrive".to_string()
-        )
-        .0,
-        404
-    );
-    assert_eq!(
-        call!(
-            run,
-            ops_h,
-            "POST",
-            route,
-            "/ops/dlq/agents/redrive?limit=0".to_string()
-        )
-        .0,
-        422
-    );
-    let analytics_h = |r| analytics_api::handle(&analytics, r);
-    let route = "/analytics/summary";
-    assert_eq!(
-        call!(run, analytics_h, "GET", route, route.to_string()).0,
-        200
-    );
-    let route = "/analytics/agents/{agentId}";
-    assert_eq!(
-        call!(
-            run,
-            analytics_h,
-            "GET",
-            route,
-            "/analytics/agents/nobody".to_string()
-        )
-        .0,
-        404
-    );
-    let docs_h = |r| docs_api::handle(&docs, r);
-    assert_eq!(
-        call!(
-            run,
-            docs_h,
-            "GET",
-            "/openapi.json",
-            "/openapi.json".to_string()
-        )
-        .0,
-        200
-    );
+    let health_h = |r| health_api::handle(&apps.health, r);
+    run.expect(&health_h, &[("/health", "GET /health", None, &[], 200)])
+        .await;
+    let ops_h = |r| ops_api::handle(&apps.ops, r);
+    let redrive = "/ops/dlq/{queue}/redrive";
+    run.expect(
+        &ops_h,
+        &[
+            ("/ops/dlq", "GET /ops/dlq", None, &[], 200),
+            (redrive, "POST /ops/dlq/agents/redrive", None, &[], 200),
+            (redrive, "POST /ops/dlq/nope/redrive", None, &[], 404),
+            (
+                redrive,
+                "POST /ops/dlq/agents/redrive?limit=0",
+                None,
+                &[],
+                422,
+            ),
+        ],
+    )
+    .await;
+    let analytics_h = |r| analytics_api::handle(&apps.analytics, r);
+    let summary = "/analytics/summary";
+    let agent = "/analytics/agents/{agentId}";
+    run.expect(
+        &analytics_h,
+        &[
+            (summary, "GET /analytics/summary", None, &[], 200),
+            (agent, "GET /analytics/agents/nobody", None, &[], 404),
+        ],
+    )
+    .await;
+    let docs_h = |r| docs_api::handle(&apps.docs, r);
+    run.expect(
+        &docs_h,
+        &[("/openapi.json", "GET /openapi.json", None, &[], 200)],
+    )
+    .await;
 
     run.assert_valid(8);
 }
