@@ -575,7 +575,7 @@ fn statements(policies: &Value) -> Vec<&Value> {
 /// Every logical id `v` refers to through `Ref`, `Fn::GetAtt` or `Fn::Sub` (`${Id}`,
 /// `${Id.Attribute}`), sorted; parameters and pseudo parameters (`AWS::Region`) included only
 /// as the names they are, which match no node.
-fn refs(v: &Value) -> BTreeSet<String> {
+pub fn refs(v: &Value) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     collect_refs(v, &mut out);
     out

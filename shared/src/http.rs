@@ -198,6 +198,14 @@ pub fn limit(req: &Request) -> Result<i32, Error> {
     }
 }
 
+/// The page a list request asks for: [`limit`] and `cursor` from its query string.
+pub fn page_request(req: &Request) -> Result<crate::store::PageRequest, Error> {
+    Ok(crate::store::PageRequest {
+        limit: limit(req)?,
+        cursor: query::<String>(req, "cursor")?,
+    })
+}
+
 /// The request header a caller names its correlation id in (lower-case, as API Gateway's
 /// payload 2.0 event carries headers).
 pub const CORRELATION_ID_HEADER: &str = "x-correlation-id";

@@ -42,7 +42,7 @@ use shared::{
         ids::{AgentId, ConversationId},
     },
     envelope::{Envelope, Payload},
-    http::{Route, correlation_id, json, limit, parse_command, parse_json, query},
+    http::{Route, correlation_id, json, page_request, parse_command, parse_json, query},
     queue::SqsFifoQueue,
     store::{
         agents::{AgentFilter, AgentStore, DynamoAgentStore, Reservation, Reserve},
@@ -285,9 +285,7 @@ impl<S: AgentStore, C: CommandTransport, B: EventBus, I: Idempotency> App<S, C, 
             state: query(req, "state")?,
             skill: query(req, "skill")?,
         };
-        let limit = limit(req)?;
-        let cursor = query::<String>(req, "cursor")?;
-        let page = self.store.list(&filter, limit, cursor.as_deref()).await?;
+        let page = self.store.list(&filter, &page_request(req)?).await?;
         Ok(json(200, &page))
     }
 
@@ -375,19 +373,21 @@ impl<S: AgentStore, C: CommandTransport, B: EventBus, I: Idempotency> App<S, C, 
     async fn match_agent(&self, req: &Request) -> Result<Response<Body>, Error> {
         let body: MatchBody = parse_json(req)?;
         let correlation = correlation_id(req);
+        // The reservation is tried first and read only when the write finds one: a first
+        // match (the common case) costs no read of it; a repeated one finds it either way.
         for _ in 0..MATCH_ROUNDS {
-            if let Some(existing) = self.store.reservation(&body.conversation_id).await? {
-                return self.matched(existing).await;
-            }
             let candidates = rank_candidates(
                 self.store.available().await?,
                 &body.skills,
                 &body.conversation_id,
             );
             if candidates.is_empty() {
-                return Err(Error::Conflict(
-                    "no AVAILABLE agent has the skills and a free slot".into(),
-                ));
+                return match self.store.reservation(&body.conversation_id).await? {
+                    Some(existing) => self.matched(existing).await,
+                    None => Err(Error::Conflict(
+                        "no AVAILABLE agent has the skills and a free slot".into(),
+                    )),
+                };
             }
             for agent in candidates {
                 let reservation = Reservation {
@@ -400,7 +400,14 @@ impl<S: AgentStore, C: CommandTransport, B: EventBus, I: Idempotency> App<S, C, 
                 };
                 match self.store.reserve(&reservation).await? {
                     Reserve::Reserved => return self.matched(reservation).await,
-                    Reserve::AlreadyReserved => break,
+                    Reserve::AlreadyReserved => {
+                        if let Some(existing) =
+                            self.store.reservation(&body.conversation_id).await?
+                        {
+                            return self.matched(existing).await;
+                        }
+                        break;
+                    }
                     Reserve::AgentUnavailable => continue,
                 }
             }

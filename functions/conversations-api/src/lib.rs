@@ -29,7 +29,7 @@ use shared::{
         ids::{ConversationId, CustomerId, MessageId},
     },
     envelope::Payload,
-    http::{Route, correlation_id, json, limit, parse_command, query},
+    http::{Route, correlation_id, json, page_request, parse_command},
     store::{
         Write,
         conversations::{ConversationStore, DynamoConversationStore},
@@ -245,10 +245,9 @@ impl<S: ConversationStore, B: CommandTransport, I: Idempotency> App<S, B, I> {
     }
 
     async fn list(&self, req: &Request, id: ConversationId) -> Result<Response<Body>, Error> {
-        let limit = limit(req)?;
-        let cursor = query::<String>(req, "cursor")?;
+        let page_request = page_request(req)?;
         self.conversation(&id).await?;
-        let page = self.store.messages(&id, limit, cursor.as_deref()).await?;
+        let page = self.store.messages(&id, &page_request).await?;
         Ok(json(200, &page))
     }
 

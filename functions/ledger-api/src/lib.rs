@@ -8,7 +8,7 @@ use shared::{
     Error,
     auth::Caller,
     domain::{ids::AccountId, money::exact_add},
-    http::{Route, json, limit, query},
+    http::{Route, json, page_request},
     store::ledger::{DynamoLedgerStore, LedgerStore},
 };
 
@@ -30,9 +30,7 @@ async fn route<S: LedgerStore>(app: &S, req: Request) -> Result<Response<Body>, 
     match route.key() {
         "GET /accounts/{accountId}/ledger" => {
             let account = Caller::own_account(&req)?;
-            let limit = limit(&req)?;
-            let cursor = query::<String>(&req, "cursor")?;
-            let page = app.entries(&account, limit, cursor.as_deref()).await?;
+            let page = app.entries(&account, &page_request(&req)?).await?;
             Ok(json(
                 200,
                 &value!({ "entries": page.items, "nextCursor": page.next_cursor }),

@@ -8,7 +8,7 @@ use shared::{
     Error,
     auth::Caller,
     domain::trades::Symbol,
-    http::{Route, json, limit, query},
+    http::{Route, json, page_request},
     store::positions::{DynamoPositionStore, PositionStore},
 };
 
@@ -30,12 +30,7 @@ async fn route<S: PositionStore>(app: &S, req: Request) -> Result<Response<Body>
     match route.key() {
         "GET /accounts/{accountId}/positions" => {
             let account = Caller::own_account(&req)?;
-            let limit = limit(&req)?;
-            let cursor = query::<String>(&req, "cursor")?;
-            Ok(json(
-                200,
-                &app.list(&account, limit, cursor.as_deref()).await?,
-            ))
+            Ok(json(200, &app.list(&account, &page_request(&req)?).await?))
         }
         "GET /accounts/{accountId}/positions/{symbol}" => {
             let account = Caller::own_account(&req)?;

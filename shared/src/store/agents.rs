@@ -15,7 +15,7 @@ use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
 use super::items::{
     build_err, failed, from_item, get_as, query_each, query_page, transact, write_if,
 };
-use super::{Page, Write, decode_cursor, encode_cursor, n, s};
+use super::{Page, PageRequest, Write, decode_cursor, encode_cursor, n, s};
 use crate::domain::agents::{Agent, AgentState, Skill};
 use crate::domain::ids::{AgentId, ConversationId};
 use crate::{Error, aws::classify};
@@ -56,8 +56,7 @@ pub trait AgentStore: Inbox {
     fn list(
         &self,
         filter: &AgentFilter,
-        limit: i32,
-        cursor: Option<&str>,
+        page: &PageRequest,
     ) -> impl Future<Output = Result<Page<Agent>, Error>> + Send;
 
     /// Writes the provisional agent of a registration whose command `command` is being handed
@@ -201,18 +200,18 @@ impl AgentStore for DynamoAgentStore {
         get_as(&self.client, &self.table, key, "GetItem agent").await
     }
 
-    async fn list(
-        &self,
-        filter: &AgentFilter,
-        limit: i32,
-        cursor: Option<&str>,
-    ) -> Result<Page<Agent>, Error> {
-        let start = cursor
+    async fn list(&self, filter: &AgentFilter, page: &PageRequest) -> Result<Page<Agent>, Error> {
+        let start = (page.cursor.as_deref())
             .map(|c| decode_cursor(c, |key| is_list_cursor(key, filter)))
             .transpose()?;
-        let mut page: Page<Agent> = match filter.state {
+        let mut found: Page<Agent> = match filter.state {
             Some(state) => {
-                query_page(self.by_state(state).limit(limit), "Query agents", start).await?
+                query_page(
+                    self.by_state(state).limit(page.limit),
+                    "Query agents",
+                    start,
+                )
+                .await?
             }
             None => {
                 let out = self
@@ -220,7 +219,7 @@ impl AgentStore for DynamoAgentStore {
                     .scan()
                     .table_name(&self.table)
                     .index_name("byState")
-                    .limit(limit)
+                    .limit(page.limit)
                     .set_exclusive_start_key(start)
                     .send()
                     .await
@@ -235,9 +234,9 @@ impl AgentStore for DynamoAgentStore {
         // Filtering after the page is read, as a FilterExpression would: a page may hold fewer
         // than `limit` items while `nextCursor` is still set.
         if let Some(skill) = &filter.skill {
-            page.items.retain(|a| a.skills.iter().any(|s| s == skill));
+            found.items.retain(|a| a.skills.iter().any(|s| s == skill));
         }
-        Ok(page)
+        Ok(found)
     }
 
     async fn save(

@@ -19,7 +19,7 @@ use super::inbox::{DynamoInbox, Inbox, InboxEntry, InboxTable};
 use super::items::{
     Item, failed, from_item, prefix_query, query_each, query_page, start_key, transact, write_if,
 };
-use super::{Page, Write, n, s};
+use super::{Page, PageRequest, Write, n, s};
 use crate::domain::agents::{AgentState, Skills};
 use crate::domain::conversations::{ChatMessage, Conversation, ConversationStatus, MessageStatus};
 use crate::domain::ids::{AgentId, ConversationId, MessageId};
@@ -57,8 +57,7 @@ pub trait ConversationStore: Inbox {
     fn messages(
         &self,
         conversation: &ConversationId,
-        limit: i32,
-        cursor: Option<&str>,
+        page: &PageRequest,
     ) -> impl Future<Output = Result<Page<ChatMessage>, Error>> + Send;
 
     /// Writes `next` if the stored version is still `expected` (absent when `None`), with the
@@ -268,14 +267,13 @@ impl ConversationStore for DynamoConversationStore {
     async fn messages(
         &self,
         conversation: &ConversationId,
-        limit: i32,
-        cursor: Option<&str>,
+        page: &PageRequest,
     ) -> Result<Page<ChatMessage>, Error> {
         let pk = format!("CONV#{conversation}");
-        let start = start_key(cursor, &pk, MESSAGE_PREFIX)?;
+        let start = start_key(page.cursor.as_deref(), &pk, MESSAGE_PREFIX)?;
         let query = prefix_query(&self.client, &self.table, pk, MESSAGE_PREFIX)
             .consistent_read(true)
-            .limit(limit);
+            .limit(page.limit);
         query_page(query, "Query messages", start).await
     }
 

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Page, cancellation_codes, encode_cursor, s};
+use super::{Page, PageRequest, cancellation_codes, encode_cursor, s};
 use crate::{Error, aws::classify, retry::Backoff};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -211,17 +211,16 @@ pub(crate) fn prefix_query(
         .expression_attribute_values(":prefix", s(prefix))
 }
 
-/// A page of at most `limit` of partition `pk`'s items under `prefix`, from `cursor` (checked
-/// by [`start_key`]: a foreign cursor is a `400`), decoded as `T`.
+/// The `page` of partition `pk`'s items under `prefix` (its cursor checked by [`start_key`]: a
+/// foreign cursor is a `400`), decoded as `T`.
 pub(crate) async fn prefix_page<T: DeserializeOwned>(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     (pk, prefix): (String, &str),
-    limit: i32,
-    cursor: Option<&str>,
+    page: &PageRequest,
 ) -> Result<Page<T>, Error> {
-    let start = start_key(cursor, &pk, prefix)?;
-    let query = prefix_query(client, table, pk, prefix).limit(limit);
+    let start = start_key(page.cursor.as_deref(), &pk, prefix)?;
+    let query = prefix_query(client, table, pk, prefix).limit(page.limit);
     query_page(query, "Query", start).await
 }
 

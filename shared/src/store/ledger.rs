@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
 use super::items::{build_err, prefix_page, prefix_query, query_each, to_item, transact};
-use super::{Page, Write, account_pk, n, s};
+use super::{Page, PageRequest, Write, account_pk, n, s};
 use crate::Error;
 use crate::domain::ids::AccountId;
 use crate::domain::ledger::Entry;
@@ -28,8 +28,7 @@ pub trait LedgerStore: Send + Sync {
     fn entries(
         &self,
         account: &AccountId,
-        limit: i32,
-        cursor: Option<&str>,
+        page: &PageRequest,
     ) -> impl Future<Output = Result<Page<Entry>, Error>> + Send;
 
     /// Every ledger account's balance (absent: never posted to).
@@ -90,14 +89,9 @@ impl LedgerStore for DynamoLedgerStore {
         })
     }
 
-    async fn entries(
-        &self,
-        account: &AccountId,
-        limit: i32,
-        cursor: Option<&str>,
-    ) -> Result<Page<Entry>, Error> {
+    async fn entries(&self, account: &AccountId, page: &PageRequest) -> Result<Page<Entry>, Error> {
         let key = (account_pk(account), ENTRY);
-        prefix_page(&self.client, &self.table, key, limit, cursor).await
+        prefix_page(&self.client, &self.table, key, page).await
     }
 
     async fn balances(&self, account: &AccountId) -> Result<BTreeMap<String, Amount>, Error> {

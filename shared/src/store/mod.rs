@@ -108,6 +108,15 @@ pub async fn read_decide_write<T>(
     )))
 }
 
+/// Which page of a list to read: at most `limit` items (1..=100), from `cursor` (the
+/// `nextCursor` of the page before; `None`: the first page). A request's is
+/// `crate::http::page_request`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: i32,
+    pub cursor: Option<String>,
+}
+
 /// One page of a list: `nextCursor` is absent on the last page.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -8,7 +8,7 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
 use super::items::{build_err, from_item, get, prefix_page, to_item, transact};
-use super::{Page, Write, account_pk, n, s};
+use super::{Page, PageRequest, Write, account_pk, n, s};
 use crate::Error;
 use crate::domain::ids::AccountId;
 use crate::domain::positions::Position;
@@ -24,8 +24,7 @@ pub trait PositionStore: Send + Sync {
     fn list(
         &self,
         account: &AccountId,
-        limit: i32,
-        cursor: Option<&str>,
+        page: &PageRequest,
     ) -> impl Future<Output = Result<Page<Position>, Error>> + Send;
 
     /// The sequence number of the account's last applied trade (0: none yet).
@@ -69,14 +68,9 @@ impl PositionStore for DynamoPositionStore {
         .transpose()
     }
 
-    async fn list(
-        &self,
-        account: &AccountId,
-        limit: i32,
-        cursor: Option<&str>,
-    ) -> Result<Page<Position>, Error> {
+    async fn list(&self, account: &AccountId, page: &PageRequest) -> Result<Page<Position>, Error> {
         let key = (account_pk(account), POSITION);
-        prefix_page(&self.client, &self.table, key, limit, cursor).await
+        prefix_page(&self.client, &self.table, key, page).await
     }
 
     async fn last_applied(&self, account: &AccountId) -> Result<u64, Error> {

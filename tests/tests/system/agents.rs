@@ -358,6 +358,28 @@ async fn match_reserves_once_per_conversation_and_conflicts_when_nobody_fits() {
     assert_eq!(matched[0]["id"], matched[1]["id"]);
 }
 
+/// A repeated match while its agent still has room: the reservation is found by the write that
+/// would create it (the match reads no reservation first), so the answer is the first match's
+/// and no second slot is taken.
+#[tokio::test]
+async fn a_repeated_match_while_its_agent_has_room_takes_no_second_slot() {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    available_agents(&env, &app, &worker, &[("duo", &["billing"], 2)]).await;
+
+    let (s, first, _) = call(&app, match_event("conv-a", &["billing"])).await;
+    assert_eq!(s, 200, "{first}");
+    let (s, again, _) = call(&app, match_event("conv-a", &["billing"])).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(first, again, "a repeated match returns the first match");
+    assert_eq!(get_agent(&app, "duo").await.1["activeConversations"], 1);
+
+    let (s, other, _) = call(&app, match_event("conv-b", &["billing"])).await;
+    assert_eq!(s, 200, "{other}");
+    assert_eq!(other["agentId"], "duo");
+    assert_eq!(get_agent(&app, "duo").await.1["activeConversations"], 2);
+}
+
 #[tokio::test]
 async fn concurrent_matches_never_exceed_capacity() {
     let env = Env::new().await;

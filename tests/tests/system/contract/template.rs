@@ -6,41 +6,14 @@ use super::*;
 // ------------------------------------------------------------------ least privilege
 
 /// Logical ids an expression refers to (`Ref`, `Fn::GetAtt`, `${Name}` / `${Name.Attr}` in
-/// `Fn::Sub`), anywhere inside it.
+/// `Fn::Sub`), anywhere inside it: the runner's own reading (`local::diagram::refs`), without
+/// pseudo parameters (`AWS::Region`), which name no resource.
 fn references(v: &Value, out: &mut BTreeSet<String>) {
-    match v {
-        Value::Object(o) => {
-            for (k, arg) in o {
-                match (k.as_str(), arg) {
-                    ("Ref", Value::String(id)) => {
-                        out.insert(id.clone());
-                    }
-                    ("Fn::GetAtt", Value::Array(a)) => {
-                        if let Some(id) = a.first().and_then(Value::as_str) {
-                            out.insert(id.to_owned());
-                        }
-                    }
-                    ("Fn::Sub", s) => {
-                        let text = s
-                            .as_str()
-                            .or_else(|| s.get(0).and_then(Value::as_str))
-                            .unwrap_or_default();
-                        for part in text.split("${").skip(1) {
-                            let name = part.split('}').next().unwrap_or_default();
-                            let id = name.split('.').next().unwrap_or_default();
-                            if !id.starts_with("AWS::") {
-                                out.insert(id.to_owned());
-                            }
-                        }
-                        references(s, out);
-                    }
-                    _ => references(arg, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| references(x, out)),
-        _ => {}
-    }
+    out.extend(
+        local::diagram::refs(v)
+            .into_iter()
+            .filter(|id| !id.starts_with("AWS::")),
+    );
 }
 
 fn as_list(v: &Value) -> Vec<&Value> {
