@@ -93,6 +93,14 @@ async fn get_agent(app: &Api, id: &str) -> (u16, Value) {
     (status, body)
 }
 
+/// A fresh stack (its tables, the API and the worker) with `agents` registered and AVAILABLE.
+async fn with_available_agents(agents: &[(&str, &[&str], u32)]) -> (Env, Api, Worker) {
+    let env = Env::new().await;
+    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
+    available_agents(&env, &app, &worker, agents).await;
+    (env, app, worker)
+}
+
 /// Registers agents and makes them AVAILABLE through the whole command path.
 async fn available_agents(env: &Env, app: &Api, worker: &Worker, agents: &[(&str, &[&str], u32)]) {
     for (id, skills, cap) in agents {
@@ -325,9 +333,7 @@ async fn idempotency_key_replays_the_same_response_and_rejects_another_body() {
 
 #[tokio::test]
 async fn match_reserves_once_per_conversation_and_conflicts_when_nobody_fits() {
-    let env = Env::new().await;
-    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
-    available_agents(&env, &app, &worker, &[("solo", &["billing"], 1)]).await;
+    let (env, app, _worker) = with_available_agents(&[("solo", &["billing"], 1)]).await;
     env.published().await;
 
     let (s, m1, _) = call(&app, match_event("conv-1", &["billing"])).await;
@@ -363,9 +369,7 @@ async fn match_reserves_once_per_conversation_and_conflicts_when_nobody_fits() {
 /// and no second slot is taken.
 #[tokio::test]
 async fn a_repeated_match_while_its_agent_has_room_takes_no_second_slot() {
-    let env = Env::new().await;
-    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
-    available_agents(&env, &app, &worker, &[("duo", &["billing"], 2)]).await;
+    let (_env, app, _worker) = with_available_agents(&[("duo", &["billing"], 2)]).await;
 
     let (s, first, _) = call(&app, match_event("conv-a", &["billing"])).await;
     assert_eq!(s, 200, "{first}");
@@ -382,14 +386,12 @@ async fn a_repeated_match_while_its_agent_has_room_takes_no_second_slot() {
 
 #[tokio::test]
 async fn concurrent_matches_never_exceed_capacity() {
-    let env = Env::new().await;
-    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
     let agents: [(&str, &[&str], u32); 3] = [
         ("c1", &["chat"], 2),
         ("c2", &["chat"], 3),
         ("c3", &["chat"], 1),
     ];
-    available_agents(&env, &app, &worker, &agents).await;
+    let (_env, app, _worker) = with_available_agents(&agents).await;
     let total_capacity = 6;
     let requests = 24;
 
@@ -424,9 +426,7 @@ async fn concurrent_matches_never_exceed_capacity() {
 
 #[tokio::test]
 async fn conversation_closed_frees_the_slot_once_and_fixture_commands_apply_once() {
-    let env = Env::new().await;
-    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
-    available_agents(&env, &app, &worker, &[("agent-1", &["billing"], 1)]).await;
+    let (_env, app, worker) = with_available_agents(&[("agent-1", &["billing"], 1)]).await;
     let (s, _, _) = call(&app, match_event("conv-1", &["billing"])).await;
     assert_eq!(s, 200);
     assert_eq!(call(&app, match_event("conv-2", &["billing"])).await.0, 409);
@@ -1115,9 +1115,7 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
 /// they are a `503` with `Retry-After` (a failed message in a worker), never a `500`.
 #[tokio::test]
 async fn contended_writes_are_retried_then_answer_503_never_500() {
-    let env = Env::new().await;
-    let (app, worker) = (api_app(&env), worker_app(&env, &env.bus()));
-    available_agents(&env, &app, &worker, &[("busy", &["billing"], 5)]).await;
+    let (env, app, _worker) = with_available_agents(&[("busy", &["billing"], 5)]).await;
     let (api, faulty_worker, faults) = faulty_apps(&env).await;
 
     // A match whose reservation transaction loses twice to contention: retried, reserved.
