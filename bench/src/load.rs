@@ -55,20 +55,21 @@ pub struct Load {
     pub match_burst: Option<CpuUse>,
 }
 
-/// CPU spent by the whole stack (`local dev`, the emulator and the functions' instances) over
-/// a stretch of wall time.
+/// CPU spent over a stretch of wall time by every process of the run: the load generator
+/// (this process), `local dev`, the functions' instances and the emulator's processes.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuUse {
     pub wall: Duration,
-    /// Every process of the stack.
+    /// Every process of the run.
     pub stack: Duration,
     /// The emulator's processes (`scripts/emulator.py`) alone.
     pub emulator: Duration,
 }
 
 impl CpuUse {
-    /// Measures `work`, counting the process tree under `root`.
-    async fn of<T>(root: u32, work: impl std::future::Future<Output = T>) -> (T, CpuUse) {
+    /// Measures `work`, counting this process's tree.
+    async fn of<T>(work: impl std::future::Future<Output = T>) -> (T, CpuUse) {
+        let root = std::process::id();
         let before = crate::proc::tree_cpu_time(root, "emulator.py");
         let started = Instant::now();
         let out = work.await;
@@ -217,7 +218,7 @@ async fn matches(dev: &LocalDev, run: &str, load: &mut Load) -> Result<(), Strin
         load.match_alone.push(latency);
     }
     let burst = futures::future::join_all((0..40).map(|i| one(format!("{run}-together-{i}"))));
-    let (together, used) = CpuUse::of(dev.pid(), burst).await;
+    let (together, used) = CpuUse::of(burst).await;
     load.match_burst = Some(used);
     for (status, latency) in together {
         *load.match_statuses.entry(status).or_default() += 1;
@@ -310,8 +311,8 @@ fn table(load: &Load) -> String {
     if let Some(used) = load.match_burst {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         md += &format!(
-            "The 40 matches at once: {:.0} ms from the first sent to the last answered, the \
-             stack's processes used {:.0} ms of CPU ({:.0} ms of it the emulator's), {:.2} of \
+            "The 40 matches at once: {:.0} ms from the first sent to the last answered; the \
+             run's processes used {:.0} ms of CPU ({:.0} ms of it the emulator's), {:.2} of \
              the machine's {cores} cores on average, {:.1} ms of CPU per match.\n",
             ms(used.wall),
             ms(used.stack),

@@ -214,12 +214,6 @@ impl LocalDev {
         })
     }
 
-    /// The process id of `local dev` (the root of the stack's processes: the emulator and the
-    /// functions' instances run below it).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Closes `local dev`'s stdin, so it shuts down in order (its last lines, such as the
     /// `[chaos] injected …` summary, reach the log), and waits up to `within` for it to exit;
     /// true when it did (otherwise it is killed on drop).

@@ -675,6 +675,73 @@ mod tests {
         );
     }
 
+    /// What a receive costs the emulator does not grow with the queue's depth (moto alone: every
+    /// message it hands out recomputes the queue's attributes, each a pass over all its messages).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receive_costs_the_same_from_a_deep_queue() {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        let emulator = spawn_on_free_port().expect("moto starts");
+        let pid = emulator.guard.pid().expect("started here");
+        let sqs = aws_sdk_sqs::Client::new(&sdk_config(&emulator.endpoint).await);
+        let queue = sqs
+            .create_queue()
+            .queue_name("deep")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let fill = |messages: usize| {
+            let (sqs, queue) = (sqs.clone(), queue.clone());
+            async move {
+                for batch in 0..messages / 10 {
+                    let entries = (0..10)
+                        .map(|i| {
+                            SendMessageBatchRequestEntry::builder()
+                                .id(format!("m{i}"))
+                                .message_body(format!("{batch}-{i}"))
+                                .build()
+                                .unwrap()
+                        })
+                        .collect();
+                    let sent = sqs
+                        .send_message_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries));
+                    sent.send().await.unwrap();
+                }
+            }
+        };
+        // Twenty receives of ten messages each, made visible again at once (timeout 0).
+        let receives = || {
+            let (sqs, queue) = (sqs.clone(), queue.clone());
+            async move {
+                let before = cpu_seconds(pid);
+                for _ in 0..20 {
+                    let out = sqs
+                        .receive_message()
+                        .queue_url(&queue)
+                        .max_number_of_messages(10)
+                        .visibility_timeout(0)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(out.messages().len(), 10);
+                }
+                cpu_seconds(pid) - before
+            }
+        };
+        fill(20).await;
+        let shallow = receives().await;
+        fill(2_000).await;
+        let deep = receives().await;
+        assert!(
+            deep < shallow * 2.0 + 0.1,
+            "20 receives of 10 messages cost {shallow:.2} s of emulator CPU from a queue of 20 \
+             messages and {deep:.2} s from one of 2,020"
+        );
+    }
+
     /// A FIFO group whose in-flight messages become visible again (a failed batch, retried)
     /// hands them out in order again: moto alone hands out the second first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
