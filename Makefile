@@ -22,10 +22,11 @@ test: tools lint
 fuzz: tools
 	bash scripts/fuzz-api.sh
 
-## Tools the tests and the local stack use, installed when missing: moto server and cfn-lint (PyPI),
+## Tools the tests and the local stack use, installed when missing: moto server, waitress (the
+## emulator's HTTP server) and cfn-lint (PyPI),
 ## Debian's chromium and chromedriver (the dashboard's browser test; apt-get, as root or through sudo).
 tools:
-	@python3 -c 'import moto.server, flask, jsonpath_ng' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
+	@python3 -c 'import moto.server, flask, jsonpath_ng, waitress' 2>/dev/null || python3 -m pip install --quiet 'moto[server]' waitress
 	@command -v cfn-lint >/dev/null 2>&1 || python3 -m pip install --quiet cfn-lint
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || bash scripts/apt-install.sh chromium chromium-driver
 

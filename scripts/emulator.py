@@ -52,13 +52,23 @@
    retention period alone, and the list of deliverable messages a receive starts from is made
    with one reading of the clock instead of two per message.
 
-Usage: python3 scripts/emulator.py [-H HOST] [-p PORT]   (same flags as `python3 -m moto.server`)
+10. moto's server (werkzeug's development server) closes every connection after its response
+   and starts a thread per connection: every AWS call paid a TCP connection and a thread start,
+   and a third of the emulator's time under a burst went to accepting connections, starting
+   threads and parsing headers with the email package. Here moto's application is served by
+   waitress, a production WSGI server: connections are kept alive as AWS endpoints keep them
+   (idle ones for longer than the SDKs keep theirs), requests run on a fixed pool of threads
+   sized for the long polls that hold one each.
+
+Usage: python3 scripts/emulator.py [-H HOST] [-p PORT]   (as `python3 -m moto.server`)
 """
 
+import argparse
 import copy
 import functools
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -67,16 +77,17 @@ try:
     import decimal
 
     import jsonpath_ng.ext
-    from moto import backends, server
+    from moto import backends
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
     from moto.dynamodb.responses import DynamoResult
     from moto.dynamodb.models.dynamo_type import DynamoType
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    import waitress
     from moto.sqs.exceptions import ReceiptHandleIsInvalid, SQSException
     from moto.sqs.models import Queue, SQSBackend
 except ImportError:
-    sys.stderr.write("moto is not installed: pip install 'moto[server]'\n")
+    sys.stderr.write("moto or waitress is not installed: pip install 'moto[server]' waitress\n")
     sys.exit(3)
 
 jsonpath_ng.ext.parse = functools.lru_cache(maxsize=1024)(jsonpath_ng.ext.parse)
@@ -288,10 +299,37 @@ def _json_result(self, context):
 
 DynamoResult.execute_result = _json_result
 
+# Every long poll holds a thread for up to 20 s (one per polled queue and consumer), so the
+# pool is sized for them and the requests beside them; idle connections are kept longer than
+# the AWS SDKs keep theirs (90 s), so the client always closes first.
+_THREADS = 128
+_CONNECTIONS = 1000
+_IDLE_SECONDS = 120
+
 _moto_modules = tuple(backends.list_of_moto_modules())
 backends.list_of_moto_modules = lambda: _moto_modules
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+logging.getLogger("waitress").setLevel(logging.WARNING)
+
+
+def _serve(argv):
+    parser = argparse.ArgumentParser(description="moto server with the fixes above, on waitress")
+    parser.add_argument("-H", "--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("-p", "--port", type=int, default=5000, help="port to listen on")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    app = DomainDispatcherApplication(create_backend_app)
+    waitress.serve(
+        app,
+        host=args.host,
+        port=args.port,
+        threads=_THREADS,
+        connection_limit=_CONNECTIONS,
+        channel_timeout=_IDLE_SECONDS,
+        ident=None,
+        _quiet=True,
+    )
 
 
 if __name__ == "__main__":
-    server.main(sys.argv[1:])
+    _serve(sys.argv[1:])

@@ -46,7 +46,9 @@ pub enum EmulatorError {
     NoScript(PathBuf),
     #[error("cannot run python3: {0}")]
     Python(std::io::Error),
-    #[error("moto is not installed and `python3 -m pip install 'moto[server]'` failed: {0}")]
+    #[error(
+        "moto is not installed and `python3 -m pip install 'moto[server]' waitress` failed: {0}"
+    )]
     Install(String),
     #[error("the emulator exited before answering at {endpoint} ({status}): {stderr}")]
     Exited {
@@ -218,11 +220,12 @@ fn start(endpoint: &str, addr: SocketAddr) -> Result<EmulatorGuard, EmulatorErro
     }
 }
 
-/// Installs moto when python cannot import it (once per process: pip is slow even when idle).
+/// Installs moto and waitress (the HTTP server `scripts/emulator.py` runs it on) when python
+/// cannot import them (once per process: pip is slow even when idle).
 fn ensure_moto() -> Result<(), EmulatorError> {
     let importable = || {
         Command::new("python3")
-            .args(["-c", "import moto.server, jsonpath_ng"])
+            .args(["-c", "import moto.server, jsonpath_ng, waitress"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -232,12 +235,19 @@ fn ensure_moto() -> Result<(), EmulatorError> {
     if importable()? {
         return Ok(());
     }
-    tracing::info!("moto is not installed; running python3 -m pip install 'moto[server]'");
+    tracing::info!("moto is not installed; running python3 -m pip install 'moto[server]' waitress");
     let mut last = String::new();
     // Debian's python refuses plain pip installs (PEP 668); the second form is what works there.
     for extra in [&[][..], &["--break-system-packages"][..]] {
         let out = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "moto[server]",
+                "waitress",
+            ])
             .args(extra)
             .output()
             .map_err(EmulatorError::Python)?;
@@ -673,6 +683,51 @@ mod tests {
             "100 transactions, 100 partition queries and 20 index queries cost {small:.2} s of \
              emulator CPU beside 200 items and {large:.2} s beside 3,200"
         );
+    }
+
+    /// The emulator answers several requests on one connection, as AWS endpoints do (moto's own
+    /// server closes every connection: a TCP connection and a server thread per AWS call).
+    #[test]
+    fn the_emulator_keeps_a_connection_for_the_next_request() {
+        let emulator = spawn_on_free_port().expect("moto starts");
+        let addr = emulator.endpoint.trim_start_matches("http://").to_owned();
+        let conn = TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut writer = conn;
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: DynamoDB_20120810.ListTables\r\n\
+             Content-Type: application/x-amz-json-1.0\r\nAuthorization: AWS4-HMAC-SHA256 \
+             Credential=test/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, \
+             Signature=x\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        for attempt in 1..=3 {
+            writer.write_all(request.as_bytes()).unwrap();
+            let mut status = String::new();
+            reader.read_line(&mut status).unwrap();
+            assert!(
+                status.starts_with("HTTP/1.1 200"),
+                "request {attempt}: {status:?}"
+            );
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let header = line.trim_end().to_ascii_lowercase();
+                if header.is_empty() {
+                    break;
+                }
+                assert_ne!(header, "connection: close", "request {attempt}");
+                if let Some(v) = header.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let body = String::from_utf8(body).unwrap();
+            assert!(body.contains("TableNames"), "request {attempt}: {body}");
+        }
     }
 
     /// What a receive costs the emulator does not grow with the queue's depth (moto alone: every

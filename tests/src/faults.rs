@@ -3,10 +3,12 @@
 //! real DynamoDB does when another transaction holds an item: moto serializes everything, so
 //! it never does), and a "crash" can be triggered right after the emulator committed the n-th
 //! transaction, which the test turns into the death of the worker by dropping its future there
-//! (as a killed process, it never answers SQS).
+//! (as a killed process, it never answers SQS). From the crash point until the test has seen
+//! it, nothing more reaches the emulator: the dying invocation cannot slip out one more request
+//! (over a kept-alive connection it would be written at once) before its future is dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -34,6 +36,9 @@ pub struct Faults {
     /// Fire [`Faults::crashed`] once this operation has succeeded this many times in all.
     crash_point: Mutex<Option<(String, usize)>>,
     crashed: watch::Sender<bool>,
+    /// Set at the crash point, cleared when [`Faults::crashed`] has seen it: requests made in
+    /// between (by the dying invocation) never leave.
+    dead: AtomicBool,
     /// Operations answered as if their resource (bus, queue) had been deleted.
     missing: Mutex<Vec<String>>,
     /// The DynamoDB operation (e.g. `TransactWriteItems`) whose next requests lose to
@@ -66,6 +71,7 @@ impl Faults {
     pub fn crash_after(&self, operation: &str, n: usize) {
         let at = self.succeeded(operation) + n;
         *self.crash_point.lock().expect("faults lock") = Some((operation.to_owned(), at));
+        self.dead.store(false, Ordering::SeqCst);
         self.crashed.send_replace(false);
     }
 
@@ -104,10 +110,12 @@ impl Faults {
         response
     }
 
-    /// Completes when the armed crash point is reached.
+    /// Completes when the armed crash point is reached; from then on requests leave again (the
+    /// test drops the dying invocation's future as this completes).
     pub async fn crashed(&self) {
         let mut rx = self.crashed.subscribe();
         let _ = rx.wait_for(|c| *c).await;
+        self.dead.store(false, Ordering::SeqCst);
     }
 
     /// Answers the next `n` DynamoDB `operation` requests (`usize::MAX`: all, until told
@@ -194,6 +202,7 @@ pub async fn faulty_sdk(endpoint: &str) -> (SdkConfig, Arc<Faults>) {
         succeeded: Mutex::new(HashMap::new()),
         crash_point: Mutex::new(None),
         crashed: watch::channel(false).0,
+        dead: AtomicBool::new(false),
         missing: Mutex::new(Vec::new()),
         contend: Mutex::new((String::new(), 0)),
         contended: AtomicUsize::new(0),
@@ -250,6 +259,9 @@ impl HttpConnector for FaultyConnector {
             .unwrap_or_default()
             .to_owned();
         let faults = Arc::clone(&self.faults);
+        if faults.dead.load(Ordering::SeqCst) {
+            return HttpConnectorFuture::new(std::future::pending());
+        }
         // `DynamoDB_20120810.PutItem`, `AWSEvents.PutEvents`, `AmazonSQS.SendMessage`.
         let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
         if faults
@@ -289,6 +301,7 @@ impl HttpConnector for FaultyConnector {
                 };
                 let crash_point = faults.crash_point.lock().expect("faults lock").clone();
                 if crash_point == Some((operation.clone(), done)) {
+                    faults.dead.store(true, Ordering::SeqCst);
                     faults.crashed.send_replace(true);
                 }
                 if faults.losing(&operation) {
