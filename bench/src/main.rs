@@ -240,8 +240,9 @@ fn known_miss(what: &str) -> Option<&'static str> {
              relocation (bench/NOTES.md)",
         ),
         "warm query" => Some(
-            "at the line in full runs: the gateway and Runtime API hops of `local dev` add a \
-             fixed ≈ 1.5 ms to the emulator's GetItem (bench/NOTES.md)",
+            "missed in full runs too: the gateway and Runtime API hops of `local dev` add a \
+             fixed ≈ 0.7 ms to the emulator's GetItem, ≈ 1.9 ms now that it keeps connections \
+             alive (bench/NOTES.md)",
         ),
         _ => None,
     }
