@@ -351,16 +351,9 @@ mod tests {
 
     /// CPU seconds (user + system) the process `pid` has used, from `/proc/<pid>/stat`.
     fn cpu_seconds(pid: u32) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
+        crate::runtime::cpu_time(pid)
+            .expect("proc stat")
+            .as_secs_f64()
     }
 
     /// A FIFO queue `name` (content-based deduplication) holding `bodies` in one group, in order.

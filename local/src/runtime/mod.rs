@@ -746,6 +746,35 @@ impl Runtime {
     }
 }
 
+/// utime + stime of process `pid` (`/proc/<pid>/stat`, every thread), at the kernel's clock
+/// tick resolution (`_SC_CLK_TCK`, usually 10 ms).
+///
+/// # Errors
+/// The process is gone (or its stat unreadable or malformed), or the tick rate is unknown.
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command (which may hold spaces and parentheses) start at the state
+    // (field 3); utime and stime are fields 14 and 15.
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or("no command in stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat: no field {n}"))
+    };
+    let ticks = field(14)? + field(15)?;
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return Err("sysconf(_SC_CLK_TCK) failed".into());
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
 /// Peak resident set size (`VmHWM` of `/proc/<pid>/status`) of process `pid`, in KiB; `None`
 /// once the process is gone or when its status has no such line. What a `REPORT` line's
 /// `Max Memory Used` and the benchmarks' peak RSS are read from.
