@@ -27,7 +27,6 @@ export AWS_REGION="${AWS_REGION:-us-east-1}" AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY
     AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
 
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install --quiet 'schemathesis>=4.32,<5'
-python3 -c 'import moto.server, flask, jsonpath_ng, waitress' 2>/dev/null || python3 -m pip install --quiet 'moto[server]' waitress
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port="$(free_port)"
