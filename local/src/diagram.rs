@@ -718,64 +718,7 @@ mod tests {
         assert_eq!(fingerprint(&dot[body_start..dot.len() - 2]), hash);
     }
 
-    const SMALL: &str = r#"
-Resources:
-  Api:
-    Type: AWS::Serverless::HttpApi
-  Bus:
-    Type: AWS::Events::EventBus
-  Table:
-    Type: AWS::DynamoDB::Table
-  Queue:
-    Type: AWS::SQS::Queue
-    Properties:
-      RedrivePolicy: {deadLetterTargetArn: !GetAtt Dlq.Arn, maxReceiveCount: 5}
-  Dlq:
-    Type: AWS::SQS::Queue
-  Fifo:
-    Type: AWS::SQS::Queue
-    Properties: {FifoQueue: true}
-  DlqAlarm:
-    Type: AWS::CloudWatch::Alarm
-    Properties:
-      MetricName: ApproximateNumberOfMessagesVisible
-      ComparisonOperator: GreaterThanThreshold
-      Threshold: 0
-      Dimensions: [{Name: QueueName, Value: !GetAtt Dlq.QueueName}]
-      AlarmActions: [!Ref Table]
-  Rule:
-    Type: AWS::Events::Rule
-    Properties:
-      EventBusName: !Ref Bus
-      EventPattern: {detail-type: [A, B, C, "D \"quoted\""]}
-      Targets: [{Id: q, Arn: !GetAtt Queue.Arn}]
-  Nightly:
-    Type: AWS::Events::Rule
-    Properties: {ScheduleExpression: rate(1 day)}
-  ApiFunction:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: api}}
-    Properties:
-      Environment: {Variables: {TABLE_NAME: !Ref Table, QUEUE_URL: !Ref Fifo}}
-      Policies:
-        - Statement:
-            - {Effect: Allow, Action: events:PutEvents, Resource: !GetAtt Bus.Arn}
-      Events:
-        Get: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: get, Path: /things}}
-  Worker:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: worker}}
-    Properties:
-      Policies:
-        - Statement:
-            - Effect: Allow
-              Action: execute-api:Invoke
-              Resource: !Sub "arn:aws:execute-api:r:a:${Api}/$default/GET/things"
-      Events:
-        Q: {Type: SQS, Properties: {Queue: !GetAtt Queue.Arn}}
-        F: {Type: SQS, Properties: {Queue: !GetAtt Fifo.Arn}}
-        Tick: {Type: ScheduleV2, Properties: {ScheduleExpression: rate(5 minutes)}}
-"#;
+    const SMALL: &str = include_str!("../tests/stacks/small.yaml");
 
     #[test]
     fn draws_the_wiring_of_a_small_template() {

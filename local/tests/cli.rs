@@ -12,47 +12,7 @@ use std::time::{Duration, Instant};
 use common::{BIN, Dev, failure, free_port, get, local, queue_url, request, workspace};
 use shared::dlq::{Depth, depth};
 
-const TEMPLATE: &str = r#"
-Globals:
-  Function:
-    Timeout: 5
-    Environment:
-      Variables:
-        QUEUE_URL: !Ref Jobs
-Resources:
-  Api:
-    Type: AWS::Serverless::HttpApi
-  Jobs:
-    Type: AWS::SQS::Queue
-    Properties:
-      VisibilityTimeout: 30
-      RedrivePolicy:
-        deadLetterTargetArn: !GetAtt JobsDLQ.Arn
-        maxReceiveCount: 2
-  JobsDLQ:
-    Type: AWS::SQS::Queue
-  Fn:
-    Type: AWS::Serverless::Function
-    Metadata:
-      BuildProperties:
-        Binary: fake-fn
-    Properties:
-      Environment:
-        Variables:
-          API_URL: !Sub "https://${Api}.execute-api.${AWS::Region}.${AWS::URLSuffix}"
-      Events:
-        Echo:
-          Type: HttpApi
-          Properties: {Method: GET, Path: "/echo/{id}"}
-        Health:
-          Type: HttpApi
-          Properties: {Method: GET, Path: /health}
-        Queue:
-          Type: SQS
-          Properties:
-            Queue: !GetAtt Jobs.Arn
-            FunctionResponseTypes: [ReportBatchItemFailures]
-"#;
+const TEMPLATE: &str = include_str!("stacks/jobs.yaml");
 
 #[test]
 fn malformed_template_is_a_clear_error() {
@@ -256,32 +216,7 @@ async fn dev_serves_routes_polls_queues_and_stops_cleanly() {
     let _ = std::fs::remove_dir_all(&dev.dir);
 }
 
-const SCHEDULED: &str = r#"
-Resources:
-  Fn:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      Environment:
-        Variables: {FAKE_PRINT_EVENTS: "1"}
-      Events:
-        Tick:
-          Type: Schedule
-          Properties: {Schedule: rate(1 minute)}
-        Report:
-          Type: Schedule
-          Properties:
-            Schedule: rate(2 minutes)
-            Input: '{"job": "report"}'
-        Timed:
-          Type: ScheduleV2
-          Properties:
-            ScheduleExpression: cron(* * * * ? *)
-            Input: '{"at": "<aws.scheduler.scheduled-time>"}'
-        Off:
-          Type: Schedule
-          Properties: {Schedule: cron(0/1 * * * ? *), Enabled: false}
-"#;
+const SCHEDULED: &str = include_str!("stacks/scheduled.yaml");
 
 /// `Schedule` and `ScheduleV2` events fire on their schedule, 60 times faster with
 /// `LOCAL_SCHEDULE_SPEEDUP=60` (a minute a second), with the payloads AWS sends; a disabled one
@@ -372,45 +307,7 @@ async fn dev_fires_scheduled_events_with_their_payloads() {
 // timeouts, failed inits, overlapping requests. Each scenario has its own function, so the
 // scenarios can run in parallel without sharing instances.
 
-const SCENARIOS: &str = r#"
-Globals:
-  Function:
-    Timeout: 5
-Resources:
-  Api:
-    Type: AWS::Serverless::HttpApi
-  Echo:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      Events:
-        Echo: {Type: HttpApi, Properties: {Method: POST, Path: /echo}}
-  Slow:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      Timeout: 2
-      Events:
-        Slow: {Type: HttpApi, Properties: {Method: POST, Path: /slow}}
-  InitError:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      Environment:
-        Variables:
-          FAKE_INIT_ERROR: "cannot read config: TABLE_NAME is not set"
-      Events:
-        Get: {Type: HttpApi, Properties: {Method: GET, Path: /init-error}}
-  ExitAtInit:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      Environment:
-        Variables:
-          FAKE_EXIT_AT_INIT: "1"
-      Events:
-        Get: {Type: HttpApi, Properties: {Method: GET, Path: /exit-at-init}}
-"#;
+const SCENARIOS: &str = include_str!("stacks/scenarios.yaml");
 
 /// The `local dev` process shared by the scenario tests. It is never dropped (a static): it
 /// shuts down, emulator included, when this test process exits and its stdin pipe closes.
@@ -545,19 +442,7 @@ fn overlapping_requests_run_on_several_instances() {
     );
 }
 
-const LIMITED: &str = r#"
-Resources:
-  Api:
-    Type: AWS::Serverless::HttpApi
-  Mem:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      MemorySize: 128
-      Timeout: 10
-      Events:
-        Post: {Type: HttpApi, Properties: {Method: POST, Path: /mem}}
-"#;
+const LIMITED: &str = include_str!("stacks/limited.yaml");
 
 /// `local dev --lambda-limits --tls`: the function gets the HTTPS front as its endpoint and
 /// the front's CA as `AWS_CA_BUNDLE` (a TLS request verified with that CA alone reaches the

@@ -20,78 +20,7 @@ use serde_json::{Value, json};
 
 const CORRELATION: &str = "corr-7f3a9c";
 
-const TEMPLATE: &str = r#"
-Globals:
-  Function:
-    Timeout: 10
-    MemorySize: 256
-Resources:
-  Api:
-    Type: AWS::Serverless::HttpApi
-    Properties:
-      Auth:
-        DefaultAuthorizer: Jwt
-        Authorizers:
-          Jwt:
-            IdentitySource: $request.header.Authorization
-            JwtConfiguration: {issuer: https://issuer.local, audience: [cqrs-local]}
-  AgentsQueue:
-    Type: AWS::SQS::Queue
-    Properties:
-      VisibilityTimeout: 30
-      RedrivePolicy:
-        deadLetterTargetArn: !GetAtt AgentsDLQ.Arn
-        maxReceiveCount: 3
-  AgentsDLQ:
-    Type: AWS::SQS::Queue
-  AgentsApiFunction:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      Events:
-        RegisterAgent:
-          Type: HttpApi
-          Properties:
-            ApiId: !Ref Api
-            Method: PUT
-            Path: /agents/{agentId}
-            Auth: {AuthorizationScopes: [supervisors]}
-        ChangeAgentState:
-          Type: HttpApi
-          Properties:
-            ApiId: !Ref Api
-            Method: PUT
-            Path: /agents/{agentId}/state
-            Auth: {AuthorizationScopes: [agents, supervisors]}
-        GetAgentState:
-          Type: HttpApi
-          Properties:
-            ApiId: !Ref Api
-            Method: GET
-            Path: /agents/{agentId}/state
-            Auth: {AuthorizationScopes: [agents, supervisors]}
-  AgentsWorkerFunction:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      MemorySize: 128
-      Events:
-        Queue:
-          Type: SQS
-          Properties:
-            Queue: !GetAtt AgentsQueue.Arn
-            BatchSize: 10
-            FunctionResponseTypes: [ReportBatchItemFailures]
-  HealthFunction:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: fake-fn}}
-    Properties:
-      MemorySize: 128
-      Events:
-        Health:
-          Type: HttpApi
-          Properties: {ApiId: !Ref Api, Method: GET, Path: /health, Auth: {Authorizer: NONE}}
-"#;
+const TEMPLATE: &str = include_str!("stacks/dashboard.yaml");
 
 /// chromedriver on a free port, killed on drop.
 struct Driver {

@@ -68,34 +68,7 @@ fn main() {
 }
 "##;
 
-const TEMPLATE: &str = r#"
-Resources:
-  Api:
-    Type: AWS::Serverless::HttpApi
-  Jobs:
-    Type: AWS::SQS::Queue
-    Properties:
-      VisibilityTimeout: 20
-  Fn:
-    Type: AWS::Serverless::Function
-    Metadata:
-      BuildProperties:
-        Binary: reload-fn
-    Properties:
-      Timeout: 5
-      Environment:
-        Variables:
-          RELOAD_LOG: LOG_PATH
-      Events:
-        Hello:
-          Type: HttpApi
-          Properties: {Method: GET, Path: /hello}
-        Queue:
-          Type: SQS
-          Properties:
-            Queue: !GetAtt Jobs.Arn
-            BatchSize: 5
-"#;
+const TEMPLATE: &str = include_str!("stacks/reload.yaml");
 
 /// A fresh cargo workspace: `Cargo.toml`, `template.yaml`, the function crate `fn/`.
 fn workspace(name: &str) -> PathBuf {

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::{Value, json};
 
-use super::{Clients, ProvisionError, Stack, TableInfo, aws, invalid, physical_name};
+use super::{Clients, ProvisionError, Stack, TableInfo, aws, created, invalid, physical_name};
 
 /// Creates (or finds) the table, then applies its TTL setting.
 pub(super) async fn create_table(
@@ -81,37 +81,29 @@ pub(super) async fn create_table(
             .map_err(|e| bad(e.to_string()))?;
         req = req.stream_specification(spec);
     }
-    let info = match req.send().await {
-        Ok(out) => {
-            let d = out.table_description();
-            table_info(
-                stack,
-                &name,
-                d.and_then(|d| d.table_arn()),
-                d.and_then(|d| d.latest_stream_arn()),
-            )
-        }
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_in_use_exception()) =>
-        {
-            let out = c
+    let created = created(id, "CreateTable", req.send().await, |e| {
+        e.is_resource_in_use_exception()
+    })?;
+    let existing;
+    let d = match &created {
+        Some(out) => out.table_description(),
+        None => {
+            existing = c
                 .dynamodb
                 .describe_table()
                 .table_name(&name)
                 .send()
                 .await
                 .map_err(|e| aws(id, "DescribeTable", e))?;
-            let d = out.table();
-            table_info(
-                stack,
-                &name,
-                d.and_then(|d| d.table_arn()),
-                d.and_then(|d| d.latest_stream_arn()),
-            )
+            existing.table()
         }
-        Err(e) => return Err(aws(id, "CreateTable", e)),
     };
+    let info = table_info(
+        stack,
+        &name,
+        d.and_then(|d| d.table_arn()),
+        d.and_then(|d| d.latest_stream_arn()),
+    );
     if let Some(ttl) = props.get("TimeToLiveSpecification")
         && ttl.get("Enabled").and_then(Value::as_bool) == Some(true)
     {

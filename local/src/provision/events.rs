@@ -5,7 +5,7 @@ use aws_sdk_eventbridge::types::{
 };
 use serde_json::Value;
 
-use super::{Clients, NamedArn, ProvisionError, Stack, aws, invalid, physical_name};
+use super::{Clients, NamedArn, ProvisionError, Stack, aws, created, invalid, physical_name};
 
 /// Creates the bus, or finds the existing one.
 pub(super) async fn create_bus(
@@ -15,22 +15,20 @@ pub(super) async fn create_bus(
     props: &Value,
 ) -> Result<(), ProvisionError> {
     let name = physical_name(stack, id, props, "Name", "");
-    let arn = match c.events.create_event_bus().name(&name).send().await {
-        Ok(out) => out.event_bus_arn().map(str::to_string),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_already_exists_exception()) =>
-        {
-            c.events
-                .describe_event_bus()
-                .name(&name)
-                .send()
-                .await
-                .map_err(|e| aws(id, "DescribeEventBus", e))?
-                .arn()
-                .map(str::to_string)
-        }
-        Err(e) => return Err(aws(id, "CreateEventBus", e)),
+    let create = c.events.create_event_bus().name(&name).send().await;
+    let arn = match created(id, "CreateEventBus", create, |e| {
+        e.is_resource_already_exists_exception()
+    })? {
+        Some(out) => out.event_bus_arn().map(str::to_string),
+        None => c
+            .events
+            .describe_event_bus()
+            .name(&name)
+            .send()
+            .await
+            .map_err(|e| aws(id, "DescribeEventBus", e))?
+            .arn()
+            .map(str::to_string),
     };
     let arn = arn.unwrap_or_else(|| {
         format!(

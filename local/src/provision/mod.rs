@@ -11,6 +11,7 @@ mod events;
 mod sqs;
 mod stack;
 
+use aws_sdk_dynamodb::error::SdkError;
 use serde_json::Value;
 
 pub use stack::{ACCOUNT_ID, FunctionInfo, NamedArn, QueueInfo, Stack, TableInfo, Unresolved};
@@ -233,6 +234,26 @@ pub(crate) fn physical_name(
     match props.get(key).and_then(Value::as_str) {
         Some(name) => name.to_string(),
         None => format!("{}-{logical_id}{suffix}", stack.name),
+    }
+}
+
+/// A create call's output, or `None` when the emulator says the resource exists already (the
+/// runner provisioning again against an emulator that kept it): the caller then reads the
+/// existing one. Any other failure is `operation`'s [`ProvisionError`].
+pub(crate) fn created<T, E, R>(
+    id: &str,
+    operation: &'static str,
+    result: Result<T, SdkError<E, R>>,
+    exists: impl FnOnce(&E) -> bool,
+) -> Result<Option<T>, ProvisionError>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if e.as_service_error().is_some_and(exists) => Ok(None),
+        Err(e) => Err(aws(id, operation, e)),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::Value;
 
-use super::{Clients, ProvisionError, QueueInfo, Stack, aws, invalid, physical_name};
+use super::{Clients, ProvisionError, QueueInfo, Stack, aws, created, invalid, physical_name};
 
 /// SQS's default visibility timeout.
 const DEFAULT_VISIBILITY_TIMEOUT: u32 = 30;
@@ -26,19 +26,16 @@ pub(super) async fn create_queue(
         if fifo { ".fifo" } else { "" },
     );
     let attributes = attributes(props).map_err(|e| invalid(id, e))?;
-    let url = match c
+    let create = c
         .sqs
         .create_queue()
         .queue_name(&name)
         .set_attributes(Some(attributes.clone()))
         .send()
-        .await
-    {
-        Ok(out) => out.queue_url().unwrap_or_default().to_string(),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_queue_name_exists()) =>
-        {
+        .await;
+    let url = match created(id, "CreateQueue", create, |e| e.is_queue_name_exists())? {
+        Some(out) => out.queue_url().unwrap_or_default().to_string(),
+        None => {
             let url = c
                 .sqs
                 .get_queue_url()
@@ -61,7 +58,6 @@ pub(super) async fn create_queue(
                 .map_err(|e| aws(id, "SetQueueAttributes", e))?;
             url
         }
-        Err(e) => return Err(aws(id, "CreateQueue", e)),
     };
     if url.is_empty() {
         return Err(invalid(id, "the emulator returned no queue URL"));

@@ -218,34 +218,7 @@ fn payloads_are_what_aws_sends() {
     assert_eq!(sent["run"].as_str().unwrap().len(), 16);
 }
 
-const TEMPLATE: &str = r#"
-Parameters:
-  Every: {Type: String, Default: rate(2 hours)}
-Resources:
-  Fn:
-    Type: AWS::Serverless::Function
-    Metadata: {BuildProperties: {Binary: f}}
-    Properties:
-      Events:
-        Tick:
-          Type: Schedule
-          Properties: {Schedule: rate(1 minute)}
-        Report:
-          Type: Schedule
-          Properties:
-            Schedule: cron(0 8 ? * MON *)
-            Input: '{"report": "weekly"}'
-            Name: !Sub "${AWS::StackName}-weekly"
-        Off:
-          Type: Schedule
-          Properties: {Schedule: !Ref Every, Enabled: false}
-        Later:
-          Type: ScheduleV2
-          Properties:
-            ScheduleExpression: cron(0 12 * * ? *)
-            ScheduleExpressionTimezone: Europe/Paris
-            State: DISABLED
-"#;
+const TEMPLATE: &str = include_str!("../../tests/stacks/schedules.yaml");
 
 #[test]
 fn schedules_resolve_names_arns_and_inputs_against_the_stack() {
