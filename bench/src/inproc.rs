@@ -48,13 +48,13 @@ pub fn batch(n: usize) -> SqsEvent {
 /// Alternates batches of one and of ten, `reps` each: (one, ten) durations.
 pub async fn batch_vs_one(app: &AwsApp, reps: usize) -> (Vec<Duration>, Vec<Duration>) {
     // Warm the connection pool (and moto's code paths) first.
-    agents_worker::handle(app, batch(10)).await;
+    shared::worker::handle(app, batch(10)).await;
     let (mut one, mut ten) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         for (n, out) in [(1, &mut one), (10, &mut ten)] {
             let event = batch(n);
             let started = Instant::now();
-            let resp = agents_worker::handle(app, event).await;
+            let resp = shared::worker::handle(app, event).await;
             out.push(started.elapsed());
             if !resp.batch_item_failures.is_empty() {
                 eprintln!("batch of {n}: {} failures", resp.batch_item_failures.len());
@@ -125,11 +125,11 @@ async fn canned_sdk_with(canned: Canned) -> SdkConfig {
 /// (CPU per event, wall per event).
 pub async fn cpu_per_event(batches: usize) -> (Duration, Duration) {
     let app = canned_app(Duration::ZERO).await;
-    agents_worker::handle(&app, batch(10)).await;
+    shared::worker::handle(&app, batch(10)).await;
     let events: Vec<SqsEvent> = (0..batches).map(|_| batch(10)).collect();
     let (cpu0, wall0) = (process_cpu(), Instant::now());
     for event in events {
-        let resp = agents_worker::handle(&app, event).await;
+        let resp = shared::worker::handle(&app, event).await;
         debug_assert!(resp.batch_item_failures.is_empty());
     }
     let n = (batches * 10) as u32;

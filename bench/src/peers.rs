@@ -1140,7 +1140,7 @@ mod tests {
     impl Peer for InProcess {
         async fn worker(&self, event: Value) -> Result<Value, String> {
             let event = serde_json::from_value(event).map_err(|e| e.to_string())?;
-            let response = agents_worker::handle(&self.worker, event).await;
+            let response = shared::worker::handle(&self.worker, event).await;
             serde_json::to_value(response).map_err(|e| e.to_string())
         }
 

@@ -273,7 +273,7 @@ pub fn markdown(r: &Results, plot: &str, notes: &str) -> String {
     // Batch.
     let _ = writeln!(
         s,
-        "\n## Worker batch: 10 independent messages ≤ {BATCH_BUDGET}× one\n\n`agents_worker::handle` \
+        "\n## Worker batch: 10 independent messages ≤ {BATCH_BUDGET}× one\n\nThe agents worker (`shared::worker::handle`) \
          in-process against the emulator, `RegisterAgent` for distinct new agents (each: inbox \
          GetItem, agent GetItem, TransactWriteItems, PutEvents, UpdateItem); batches of 1 and 10 \
          alternate, {} of each.\n",
@@ -348,7 +348,7 @@ pub fn markdown(r: &Results, plot: &str, notes: &str) -> String {
     // CPU per event.
     let _ = writeln!(
         s,
-        "\n## Our own cost per event\n\n`agents_worker::handle` on batches of 10 `RegisterAgent` \
+        "\n## Our own cost per event\n\nThe agents worker (`shared::worker::handle`) on batches of 10 `RegisterAgent` \
          with every AWS call answered at once by an in-memory HTTP client (a custom smithy \
          `HttpClient`): SDK serialization, signing and parsing included, no network, no \
          emulator. No budget in docs/ARCHITECTURE.md; for reference.\n"

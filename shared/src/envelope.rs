@@ -92,9 +92,9 @@ impl Payload {
             Payload::ConversationStarted(e) => e.conversation_id.as_str(),
             Payload::ConversationClosed(e) => e.conversation_id.as_str(),
             Payload::MessageSent(e) => e.conversation_id.as_str(),
-            Payload::SubmitTrade(c) => c.account_id.as_str(),
-            Payload::TradeExecuted(e) => e.account_id.as_str(),
-            Payload::TradeRejected(e) => e.account_id.as_str(),
+            Payload::SubmitTrade(c) => c.order.account_id.as_str(),
+            Payload::TradeExecuted(e) => e.order.account_id.as_str(),
+            Payload::TradeRejected(e) => e.order.account_id.as_str(),
         }
     }
 

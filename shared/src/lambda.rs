@@ -1,7 +1,8 @@
 //! The start of every function: its `main` is one call to [`serve_http`] (API Gateway
 //! functions), [`serve_sqs`] (queue workers) or [`serve_scheduled`] (functions run on a
 //! schedule) with the function's `init` (its app from the template's environment, the same
-//! `init` the system tests call) and its `handle`.
+//! `init` the system tests call) and, but for a worker (whose app is a
+//! [`crate::worker::Worker`]), its `handle`.
 //!
 //! All do the same cold start, in this order: JSON logs ([`crate::telemetry`]), the SDK
 //! configuration with its short timeouts ([`crate::aws::load`]), the app built from the
@@ -16,13 +17,14 @@ use std::future::Future;
 use std::time::{Instant, SystemTime};
 
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::LambdaEvent;
 
 /// What init or the runtime loop can fail with (the runtime's boxed error).
 pub use lambda_runtime::Error;
 
 use crate::config::Vars;
+use crate::worker::Worker;
 
 /// Logs, SDK configuration, then `init`'s app, kept for the life of the process.
 async fn start<A: 'static, E: Into<Error>>(
@@ -63,22 +65,18 @@ where
     .await
 }
 
-/// Runs an SQS worker: every batch goes to `handle`, whose partial batch response names the
-/// messages that failed (`ReportBatchItemFailures`), so the runtime never sees an error.
-pub async fn serve_sqs<A, E, Fut>(
-    init: fn(&SdkConfig, &Vars) -> Result<A, E>,
-    handle: fn(&'static A, SqsEvent) -> Fut,
-) -> Result<(), Error>
+/// Runs an SQS worker: every batch goes to [`crate::worker::handle`] with the app, whose
+/// partial batch response names the messages that failed (`ReportBatchItemFailures`), so the
+/// runtime never sees an error.
+pub async fn serve_sqs<W, E>(init: fn(&SdkConfig, &Vars) -> Result<W, E>) -> Result<(), Error>
 where
-    A: Sync + 'static,
+    W: Worker + Sync + 'static,
     E: Into<Error>,
-    Fut: Future<Output = SqsBatchResponse>,
 {
     let app = start(init).await?;
     lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: LambdaEvent<SqsEvent>| {
-            let response = handle(app, event.payload);
-            async move { Ok::<_, Error>(response.await) }
+        move |event: LambdaEvent<SqsEvent>| async move {
+            Ok::<_, Error>(crate::worker::handle(app, event.payload).await)
         },
     ))
     .await

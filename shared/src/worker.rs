@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::{
     Error,
     bus::EventBus,
-    envelope::Envelope,
+    envelope::{Envelope, Payload},
     metrics::Unit,
     store::inbox::{Inbox, InboxEntry},
 };
@@ -150,6 +150,67 @@ where
         })
         .collect();
     response
+}
+
+/// A queue worker: the message types it applies, which records of a batch must keep their
+/// batch order, and how it applies one message. [`handle`] runs a whole batch through it, so
+/// every worker groups, orders, fails and reports its batch the same way ([`process_batch`]).
+pub trait Worker {
+    /// How refusals name it: `"the agents worker"`.
+    const NAME: &'static str;
+
+    /// The command and event types (`detail-type`s) it applies; [`handle`] refuses any other
+    /// as a poison message ([`Worker::refuse`]). `template.yaml` must deliver exactly these to
+    /// its queue (checked by `every_message_type_reaches_exactly_the_workers_that_handle_it`;
+    /// docs/ARCHITECTURE.md, §Commands and events).
+    const HANDLES: &'static [&'static str];
+
+    /// The key of the records of a standard queue that must apply in batch order (a FIFO
+    /// queue's records are grouped by their `MessageGroupId` instead). By default a handled
+    /// message's aggregate ([`crate::envelope::Payload::aggregate_id`]: its agent,
+    /// conversation or account); a message it does not handle is keyed alone, so its refusal
+    /// holds nothing back.
+    fn order_key(env: &Envelope) -> String {
+        if Self::HANDLES.contains(&env.payload.detail_type()) {
+            env.payload.aggregate_id().to_owned()
+        } else {
+            env.id.to_string()
+        }
+    }
+
+    /// The batch in the order its records are to be processed: as delivered, unless the worker
+    /// must restore an order of its own.
+    fn arrange(batch: SqsEvent) -> SqsEvent {
+        batch
+    }
+
+    /// Applies one message of a type in [`Worker::HANDLES`]; an error fails the message (and
+    /// the rest of its group), so SQS redelivers it.
+    fn apply(&self, env: Envelope) -> impl Future<Output = Result<(), Error>>;
+
+    /// The error for a message of a type it does not handle: invalid, so it is not retried
+    /// in the batch and reaches the DLQ after `maxReceiveCount`.
+    fn refuse(payload: &Payload) -> Error {
+        Error::invalid(
+            "detail-type",
+            format!("{} does not handle {}", Self::NAME, payload.detail_type()),
+        )
+    }
+}
+
+/// Handles one SQS batch with `worker` (the `handle` of every worker function): the records in
+/// [`Worker::arrange`]'s order, grouped by [`Worker::order_key`], a type outside
+/// [`Worker::HANDLES`] refused, the rest [`Worker::apply`]d; the failures are the partial batch
+/// response.
+pub async fn handle<W: Worker>(worker: &W, batch: SqsEvent) -> SqsBatchResponse {
+    process_batch(W::arrange(batch), W::order_key, |env| async move {
+        if W::HANDLES.contains(&env.payload.detail_type()) {
+            worker.apply(env).await
+        } else {
+            Err(W::refuse(&env.payload))
+        }
+    })
+    .await
 }
 
 /// What applying a message did.

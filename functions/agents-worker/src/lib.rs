@@ -4,7 +4,6 @@
 //! resulting events and recording each command's outcome.
 
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
 use shared::config::{MissingVar, Vars};
 use shared::{
@@ -22,14 +21,8 @@ use shared::{
         inbox::{InboxEntry, Outcome},
         read_decide_write,
     },
-    worker::{Applied, exactly_once, exactly_once_after, process_batch},
+    worker::{Applied, Worker, exactly_once, exactly_once_after},
 };
-
-/// The command and event types (`detail-type`s) this worker applies; any other is refused as
-/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
-/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
-/// §Commands and events).
-pub const HANDLES: &[&str] = &["RegisterAgent", "ChangeAgentState", "ConversationClosed"];
 
 pub struct App<S, B> {
     pub store: S,
@@ -45,19 +38,6 @@ pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
         EventBridgeBus::open(sdk, vars)?,
     );
     Ok(App { store, bus })
-}
-
-pub async fn handle<S: AgentStore, B: EventBus>(
-    app: &App<S, B>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
-    process_batch(event, order_key, |env| app.apply(env)).await
-}
-
-/// Records of the event queue that concern one conversation apply in batch order. (Commands
-/// come from the FIFO queue, grouped by its `MessageGroupId`: the agent.)
-fn order_key(env: &Envelope) -> String {
-    env.payload.aggregate_id().to_owned()
 }
 
 /// What a command makes of its agent, decided from the agent as it is (`None`: not
@@ -81,8 +61,14 @@ fn change_state(current: Option<&Agent>, cmd: &ChangeAgentState) -> Decision {
 }
 
 /// Applying a message: an agent command (decided by `register` or `change_state`, written
-/// with its event and outcome at once) or a slot's release.
-impl<S: AgentStore, B: EventBus> App<S, B> {
+/// with its event and outcome at once) or a slot's release. Records of the event queue that
+/// concern one conversation apply in batch order (the default order key: its aggregate);
+/// commands come from the FIFO queue, grouped by its `MessageGroupId`: the agent.
+impl<S: AgentStore, B: EventBus> Worker for App<S, B> {
+    const NAME: &'static str = "the agents worker";
+    const HANDLES: &'static [&'static str] =
+        &["RegisterAgent", "ChangeAgentState", "ConversationClosed"];
+
     async fn apply(&self, env: Envelope) -> Result<(), Error> {
         match &env.payload {
             Payload::RegisterAgent(cmd) => {
@@ -96,13 +82,12 @@ impl<S: AgentStore, B: EventBus> App<S, B> {
             Payload::ConversationClosed(ev) => {
                 exactly_once(&self.store, &self.bus, &env, || self.release(&env, ev)).await
             }
-            other => Err(Error::invalid(
-                "detail-type",
-                format!("the agents worker does not handle {}", other.detail_type()),
-            )),
+            other => Err(Self::refuse(other)),
         }
     }
+}
 
+impl<S: AgentStore, B: EventBus> App<S, B> {
     /// Applies a command to `agent` exactly once, as `decide` says. The agent is read
     /// concurrently with the inbox entry (see `exactly_once_after`).
     async fn command(

@@ -1,4 +1,4 @@
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), shared::lambda::Error> {
-    shared::lambda::serve_sqs(agents_worker::init, agents_worker::handle).await
+    shared::lambda::serve_sqs(agents_worker::init).await
 }

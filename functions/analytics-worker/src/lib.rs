@@ -21,7 +21,6 @@
 //! in either order; whichever comes second adds the conversation's time to its agent's total.
 
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use rust_decimal::Decimal;
 use shared::config::{MissingVar, Vars};
 use shared::{
@@ -37,29 +36,17 @@ use shared::{
         inbox::InboxEntry,
         read_decide_write,
     },
-    worker::{Applied, exactly_once, process_batch},
+    worker::{Applied, Worker, exactly_once},
 };
 
-/// The command and event types (`detail-type`s) this worker applies; any other is refused as
-/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
-/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
-/// §Commands and events).
-pub const HANDLES: &[&str] = &[
-    "ConversationStarted",
-    "AgentMatched",
-    "ConversationClosed",
-    "MessageSent",
-    "AgentRegistered",
-    "TradeExecuted",
-    "TradeRejected",
-];
+/// The analytics worker: its store.
+pub struct App<S>(pub S);
 
-/// The app of this function is its store.
-pub type AwsApp = DynamoAnalyticsStore;
+pub type AwsApp = App<DynamoAnalyticsStore>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`.
 pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
-    shared::store::open(sdk, vars)
+    shared::store::open(sdk, vars).map(App)
 }
 
 /// Analytics is a sink: applying an event never publishes one, so [`exactly_once`] is given a
@@ -75,19 +62,32 @@ impl EventBus for Sink {
     }
 }
 
-pub async fn handle<S: AnalyticsStore>(app: &S, event: SqsEvent) -> SqsBatchResponse {
-    process_batch(event, order_key, |env| apply(app, env)).await
-}
-
 /// Events of one conversation are applied in batch order (they share its timeline); all the
 /// rest concurrently.
-fn order_key(env: &Envelope) -> String {
-    match &env.payload {
-        Payload::ConversationStarted(e) => e.conversation_id.to_string(),
-        Payload::AgentMatched(e) => e.conversation_id.to_string(),
-        Payload::ConversationClosed(e) => e.conversation_id.to_string(),
-        Payload::MessageSent(e) => e.conversation_id.to_string(),
-        _ => env.id.to_string(),
+impl<S: AnalyticsStore> Worker for App<S> {
+    const NAME: &'static str = "the analytics worker";
+    const HANDLES: &'static [&'static str] = &[
+        "ConversationStarted",
+        "AgentMatched",
+        "ConversationClosed",
+        "MessageSent",
+        "AgentRegistered",
+        "TradeExecuted",
+        "TradeRejected",
+    ];
+
+    fn order_key(env: &Envelope) -> String {
+        match &env.payload {
+            Payload::ConversationStarted(e) => e.conversation_id.to_string(),
+            Payload::AgentMatched(e) => e.conversation_id.to_string(),
+            Payload::ConversationClosed(e) => e.conversation_id.to_string(),
+            Payload::MessageSent(e) => e.conversation_id.to_string(),
+            _ => env.id.to_string(),
+        }
+    }
+
+    async fn apply(&self, env: Envelope) -> Result<(), Error> {
+        exactly_once(&self.0, &Sink, &env, || count(&self.0, &env)).await
     }
 }
 
@@ -100,10 +100,6 @@ fn summary(name: &'static str) -> Increment {
         target: Target::Summary,
         deltas: vec![one(name)],
     }
-}
-
-async fn apply<S: AnalyticsStore>(app: &S, env: Envelope) -> Result<(), Error> {
-    exactly_once(app, &Sink, &env, || count(app, &env)).await
 }
 
 async fn count<S: AnalyticsStore>(app: &S, env: &Envelope) -> Result<Applied, Error> {
@@ -145,13 +141,13 @@ async fn count<S: AnalyticsStore>(app: &S, env: &Envelope) -> Result<Applied, Er
             incs
         }
         Payload::TradeExecuted(t) => {
-            let notional = exact_mul(t.quantity.get(), t.price.get())
+            let notional = exact_mul(t.order.quantity.get(), t.order.price.get())
                 .map_err(|e| Error::invalid("price", e.to_string()))?;
             vec![
                 summary("tradesExecuted"),
                 Increment {
-                    target: Target::Volume(t.symbol.clone()),
-                    deltas: vec![("quantity", t.quantity.get()), ("notional", notional)],
+                    target: Target::Volume(t.order.symbol.clone()),
+                    deltas: vec![("quantity", t.order.quantity.get()), ("notional", notional)],
                 },
             ]
         }
@@ -160,15 +156,7 @@ async fn count<S: AnalyticsStore>(app: &S, env: &Envelope) -> Result<Applied, Er
             target: Target::Agent(e.agent_id.clone()),
             deltas: vec![("conversationsHandled", Decimal::ZERO)],
         }],
-        other => {
-            return Err(Error::invalid(
-                "detail-type",
-                format!(
-                    "the analytics worker does not count {}",
-                    other.detail_type()
-                ),
-            ));
-        }
+        other => return Err(App::<S>::refuse(other)),
     };
     let record = InboxEntry::new(env.id, Vec::new());
     match app.apply(&record, None, &increments).await? {

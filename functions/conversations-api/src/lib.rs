@@ -32,7 +32,7 @@ use shared::{
     http::{Route, correlation_id, json, page_request, parse_command},
     store::{
         Write,
-        conversations::{ConversationStore, DynamoConversationStore},
+        conversations::{ConversationStore, DynamoConversationStore, Versioned},
         idempotency::{DynamoIdempotency, Idempotency},
     },
 };
@@ -101,8 +101,12 @@ enum ProvisionalItem<'a, S> {
 impl<S: ConversationStore> Provisional for ProvisionalItem<'_, S> {
     async fn write(&self) -> Result<Provisioned, Error> {
         let write = match self {
-            ProvisionalItem::Conversation(store, c) => store.save(None, c, None).await?,
-            ProvisionalItem::ChatMessage(store, m) => store.save_message(None, m, None).await?,
+            ProvisionalItem::Conversation(store, c) => {
+                store.save(None, Versioned::Conversation(c), None).await?
+            }
+            ProvisionalItem::ChatMessage(store, m) => {
+                store.save(None, Versioned::Message(m), None).await?
+            }
         };
         if write == Write::Done {
             return Ok(Provisioned::Written);

@@ -20,7 +20,8 @@ use shared::{
 };
 
 use crate::agents_client::MatchOutcome;
-use crate::{App, Change, Item, release};
+use crate::{App, Change, release};
+use shared::store::conversations::Versioned;
 
 impl<S: ConversationStore, B: EventBus> App<S, B> {
     /// Creates the conversation (unless the API's PENDING record is there) and matches it.
@@ -71,13 +72,15 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
                     // Visible as QUEUED (and matchable by agent events) while SQS redelivers
                     // this.
                     if let Some(queued) = current.queue() {
-                        self.store.save(expected, &queued, None).await?;
+                        self.store
+                            .save(expected, Versioned::Conversation(&queued), None)
+                            .await?;
                     }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
             };
-            let next = Item::Conversation(&next);
+            let next = Versioned::Conversation(&next);
             self.save(env, expected, next, vec![started.clone()]).await
         })
         .await
@@ -129,7 +132,7 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
                     }
                 }
             };
-            self.save(env, expected, Item::Message(&next), events).await
+            self.save(env, expected, Versioned::Message(&next), events).await
         })
         .await
     }
@@ -151,7 +154,7 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
             let Some(next) = current.receipt(cmd.status, Utc::now()) else {
                 return self.decided(env, Vec::new()).await;
             };
-            let next = Item::Message(&next);
+            let next = Versioned::Message(&next);
             self.save(env, Some(current.version), next, Vec::new())
                 .await
         })

@@ -23,39 +23,24 @@ pub mod resilience;
 pub mod sweeper;
 
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
     bus::{EventBridgeBus, EventBus},
     domain::{
-        conversations::{ChatMessage, Conversation, ConversationClosed},
+        conversations::{Conversation, ConversationClosed},
         ids::ConversationId,
     },
     envelope::{Envelope, Payload},
     store::{
-        conversations::{ConversationStore, DynamoConversationStore},
+        conversations::{ConversationStore, DynamoConversationStore, Versioned},
         inbox::InboxEntry,
         read_decide_write,
     },
-    worker::{Applied, exactly_once, process_batch},
+    worker::{Applied, Worker, exactly_once},
 };
 
 use agents_client::{AgentsClient, Policy, Signer};
-
-/// The command and event types (`detail-type`s) this worker applies; any other is refused as
-/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
-/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
-/// §Commands and events).
-pub const HANDLES: &[&str] = &[
-    "StartConversation",
-    "SendMessage",
-    "RecordReceipt",
-    "CloseConversation",
-    "AgentMatched",
-    "AgentStateChanged",
-    "ConversationClosed",
-];
 
 pub struct App<S, B> {
     pub store: S,
@@ -82,33 +67,32 @@ pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, Error> {
     })
 }
 
-pub async fn handle<S: ConversationStore, B: EventBus>(
-    app: &App<S, B>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
-    process_batch(event, order_key, |env| app.apply(env)).await
-}
+/// Applying a message. Everything about one conversation is applied in batch order (its start
+/// before its messages, a message before its receipts); different conversations and agents
+/// concurrently.
+impl<S: ConversationStore, B: EventBus> Worker for App<S, B> {
+    const NAME: &'static str = "the conversations worker";
+    const HANDLES: &'static [&'static str] = &[
+        "StartConversation",
+        "SendMessage",
+        "RecordReceipt",
+        "CloseConversation",
+        "AgentMatched",
+        "AgentStateChanged",
+        "ConversationClosed",
+    ];
 
-/// Everything about one conversation is applied in batch order (its start before its messages,
-/// a message before its receipts); different conversations and agents concurrently.
-fn order_key(env: &Envelope) -> String {
-    match &env.payload {
-        Payload::StartConversation(c) => c.conversation_id.to_string(),
-        Payload::SendMessage(c) => c.conversation_id.to_string(),
-        Payload::RecordReceipt(c) => c.conversation_id.to_string(),
-        Payload::CloseConversation(c) => c.conversation_id.to_string(),
-        Payload::AgentMatched(e) => e.conversation_id.to_string(),
-        Payload::ConversationClosed(e) => e.conversation_id.to_string(),
-        // `#` cannot occur in ids, so agent keys never collide with conversation keys.
-        Payload::AgentStateChanged(e) => format!("agent#{}", e.agent_id),
-        _ => env.id.to_string(),
+    fn order_key(env: &Envelope) -> String {
+        match &env.payload {
+            // `#` cannot occur in ids, so agent keys never collide with conversation keys.
+            Payload::AgentStateChanged(e) => format!("agent#{}", e.agent_id),
+            handled if Self::HANDLES.contains(&handled.detail_type()) => {
+                handled.aggregate_id().to_owned()
+            }
+            _ => env.id.to_string(),
+        }
     }
-}
 
-/// Applying a message, and the writes that the commands' and the reactions' decisions share
-/// (docs/ARCHITECTURE.md, §Commands and events): each records the message's inbox entry, with
-/// the events it publishes, in the same conditional write as its effect.
-impl<S: ConversationStore, B: EventBus> App<S, B> {
     async fn apply(&self, env: Envelope) -> Result<(), Error> {
         let (store, bus, env) = (&self.store, &self.bus, &env);
         match &env.payload {
@@ -131,16 +115,15 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
             Payload::ConversationClosed(e) => {
                 exactly_once(store, bus, env, || self.slot_freed(env, e)).await
             }
-            other => Err(Error::invalid(
-                "detail-type",
-                format!(
-                    "the conversations worker does not handle {}",
-                    other.detail_type()
-                ),
-            )),
+            other => Err(Self::refuse(other)),
         }
     }
+}
 
+/// The writes that the commands' and the reactions' decisions share
+/// (docs/ARCHITECTURE.md, §Commands and events): each records the message's inbox entry, with
+/// the events it publishes, in the same conditional write as its effect.
+impl<S: ConversationStore, B: EventBus> App<S, B> {
     /// Records a message whose effect is only `events` (possibly none).
     pub(crate) async fn inbox_only(
         &self,
@@ -171,18 +154,11 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
         &self,
         env: &Envelope,
         expected: Option<u64>,
-        next: Item<'_>,
+        next: Versioned<'_>,
         events: Vec<Envelope>,
     ) -> Result<Option<Applied>, Error> {
         let record = Some(InboxEntry::new(env.id, events.clone()));
-        let write = match next {
-            Item::Conversation(c) => self.store.save(expected, c, record.as_ref()).await?,
-            Item::Message(m) => {
-                self.store
-                    .save_message(expected, m, record.as_ref())
-                    .await?
-            }
-        };
+        let write = self.store.save(expected, next, record.as_ref()).await?;
         Ok(write.applied(events))
     }
 
@@ -201,7 +177,7 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
             };
             match decide(&current) {
                 Change::To(next, events) => {
-                    let next = Item::Conversation(&next);
+                    let next = Versioned::Conversation(&next);
                     self.save(env, Some(current.version), next, events).await
                 }
                 Change::Unchanged(events) => self.decided(env, events).await,
@@ -209,12 +185,6 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
         })
         .await
     }
-}
-
-/// What a decision writes.
-pub(crate) enum Item<'a> {
-    Conversation(&'a Conversation),
-    Message(&'a ChatMessage),
 }
 
 /// A decision on an existing conversation, with the events it publishes.

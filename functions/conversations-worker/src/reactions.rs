@@ -23,6 +23,7 @@ use shared::{
 
 use crate::agents_client::MatchOutcome;
 use crate::{App, Change, release, release_in};
+use shared::store::conversations::Versioned;
 
 /// After a slot frees, the agents service frees it from its own copy of the same event: a `409`
 /// right away may only mean it has not yet. Waits before asking again, then gives up (the
@@ -221,7 +222,10 @@ impl<S: ConversationStore, B: EventBus> App<S, B> {
             };
             Ok(match current.assign(m) {
                 Assignment::Assign(next) => {
-                    let write = self.store.save(Some(current.version), &next, None).await?;
+                    let write = self
+                        .store
+                        .save(Some(current.version), Versioned::Conversation(&next), None)
+                        .await?;
                     (write != Write::Conflict).then_some(None)
                 }
                 Assignment::Unchanged => Some(None),

@@ -10,7 +10,7 @@
 //! published, and even a republished copy with a new envelope id is recognised.
 
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsEvent;
 use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
@@ -22,25 +22,35 @@ use shared::{
         positions::{DynamoPositionStore, PositionStore},
         read_decide_write,
     },
-    worker::{decode, process_batch},
+    worker::{Worker, decode},
 };
 
-/// The command and event types (`detail-type`s) this worker applies; any other is refused as
-/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
-/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
-/// §Commands and events).
-pub const HANDLES: &[&str] = &["TradeExecuted"];
+/// The positions worker: its store.
+pub struct App<S>(pub S);
 
-/// The app of this function is its store.
-pub type AwsApp = DynamoPositionStore;
+pub type AwsApp = App<DynamoPositionStore>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`.
 pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
-    shared::store::open(sdk, vars)
+    shared::store::open(sdk, vars).map(App)
 }
 
-pub async fn handle<S: PositionStore>(app: &S, event: SqsEvent) -> SqsBatchResponse {
-    process_batch(in_trade_order(event), order_key, |env| apply(app, env)).await
+/// One account's trades apply in trade order (the default order key: the account; the batch
+/// sorted by `in_trade_order` first); accounts concurrently.
+impl<S: PositionStore> Worker for App<S> {
+    const NAME: &'static str = "the positions worker";
+    const HANDLES: &'static [&'static str] = &["TradeExecuted"];
+
+    fn arrange(batch: SqsEvent) -> SqsEvent {
+        in_trade_order(batch)
+    }
+
+    async fn apply(&self, env: Envelope) -> Result<(), Error> {
+        match &env.payload {
+            Payload::TradeExecuted(trade) => apply_trade(&self.0, trade).await,
+            other => Err(Self::refuse(other)),
+        }
+    }
 }
 
 /// Sorts a batch by account and trade sequence (undecodable records last), so a batch holding
@@ -49,52 +59,32 @@ fn in_trade_order(mut event: SqsEvent) -> SqsEvent {
     event
         .records
         .sort_by_cached_key(|r| match decode(r).map(|e| e.payload) {
-            Ok(Payload::TradeExecuted(t)) => (false, t.account_id.to_string(), t.sequence),
+            Ok(Payload::TradeExecuted(t)) => (false, t.order.account_id.to_string(), t.sequence),
             _ => (true, String::new(), 0),
         });
     event
 }
 
-fn order_key(env: &Envelope) -> String {
-    match &env.payload {
-        Payload::TradeExecuted(t) => t.account_id.to_string(),
-        _ => env.id.to_string(),
-    }
-}
-
-async fn apply<S: PositionStore>(app: &S, env: Envelope) -> Result<(), Error> {
-    match &env.payload {
-        Payload::TradeExecuted(trade) => apply_trade(app, trade).await,
-        other => Err(Error::invalid(
-            "detail-type",
-            format!(
-                "the positions worker does not handle {}",
-                other.detail_type()
-            ),
-        )),
-    }
-}
-
 async fn apply_trade<S: PositionStore>(app: &S, trade: &TradeExecuted) -> Result<(), Error> {
     read_decide_write("the account's positions", async || {
-        let last = app.last_applied(&trade.account_id).await?;
+        let last = app.last_applied(&trade.order.account_id).await?;
         match cursor(last, trade.sequence) {
             Cursor::Next => {}
             Cursor::Old => {
-                tracing::info!(trade_id = %trade.trade_id, sequence = trade.sequence, "trade applied before; ignored");
+                tracing::info!(trade_id = %trade.order.trade_id, sequence = trade.sequence, "trade applied before; ignored");
                 return Ok(Some(()));
             }
             Cursor::Early { expected } => {
                 return Err(Error::Unavailable(format!(
                     "trade {} of account {} waits for trade {expected}",
-                    trade.sequence, trade.account_id
+                    trade.sequence, trade.order.account_id
                 )));
             }
         }
         let current = app
-            .get(&trade.account_id, &trade.symbol)
+            .get(&trade.order.account_id, &trade.order.symbol)
             .await?
-            .unwrap_or_else(|| Position::flat(trade.account_id.clone(), trade.symbol.clone()));
+            .unwrap_or_else(|| Position::flat(trade.order.account_id.clone(), trade.order.symbol.clone()));
         // A trade that cannot apply (a sale beyond the position) is a bug upstream: poison.
         let next = current
             .apply(trade)

@@ -42,9 +42,11 @@ impl<S: TradeStore> Provisional for ProvisionalTrade<'_, S> {
     }
 
     async fn undo(&self) -> Result<Compensated, Error> {
-        Ok(match self.store.withdraw(self.trade.trade_id).await? {
-            Withdrawn::Withdrawn => Compensated::Undone,
-            Withdrawn::Decided => Compensated::Applied,
-        })
+        Ok(
+            match self.store.withdraw(self.trade.order.trade_id).await? {
+                Withdrawn::Withdrawn => Compensated::Undone,
+                Withdrawn::Decided => Compensated::Applied,
+            },
+        )
     }
 }

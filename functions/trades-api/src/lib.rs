@@ -20,7 +20,7 @@ use shared::{
     domain::{
         ids::AccountId,
         money::{Literal, Price, Quantity},
-        trades::{Side, SubmitTrade, Symbol, Trade, TradeStatus},
+        trades::{Order, Side, SubmitTrade, Symbol, Trade, TradeStatus},
     },
     envelope::Payload,
     http::{Route, correlation_id, json, parse_exact},
@@ -97,7 +97,7 @@ impl<S: TradeStore, Q: CommandTransport, I: Idempotency> App<S, Q, I> {
     async fn get_trade(&self, caller: &Caller, trade_id: Uuid) -> Result<Response<Body>, Error> {
         let not_found = || Error::NotFound(format!("no trade {trade_id}"));
         match self.store.get(trade_id).await? {
-            Some(trade) if caller.owns(&trade.account_id) => Ok(json(200, &trade)),
+            Some(trade) if caller.owns(&trade.order.account_id) => Ok(json(200, &trade)),
             _ => Err(not_found()),
         }
     }
@@ -120,15 +120,17 @@ impl<S: TradeStore, Q: CommandTransport, I: Idempotency> App<S, Q, I> {
         });
         command::accept(&self.idempotency, &self.queue, req, &order, |ids| {
             let cmd = SubmitTrade {
-                trade_id: ids.created,
-                account_id: body.account_id,
-                symbol: body.symbol,
-                side: body.side,
-                quantity,
-                price,
+                order: Order {
+                    trade_id: ids.created,
+                    account_id: body.account_id,
+                    symbol: body.symbol,
+                    side: body.side,
+                    quantity,
+                    price,
+                },
                 submitted_at: ids.at,
             };
-            let trade_id = cmd.trade_id;
+            let trade_id = cmd.order.trade_id;
             let provisional = ProvisionalTrade {
                 store: &self.store,
                 trade: Trade::pending(&cmd),

@@ -4,13 +4,12 @@
 //!
 //! Order: commands arrive from the trades FIFO queue, one message group per account, so SQS
 //! hands over an account's trades in order and never the next before the previous one is
-//! done; within a batch, [`process_batch`] keeps an account's trades in order and fails the
+//! done; within a batch, [`shared::worker::handle`] keeps an account's trades in order and fails the
 //! rest of the account's trades after a failure (so none overtakes one that will be retried).
 //! Once: the decision, the holding, the account's execution count and the inbox entry (with
 //! the events to publish) are one transaction, conditional on the count read before deciding.
 
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
 use shared::config::{MissingVar, Vars};
 use shared::{
@@ -23,14 +22,8 @@ use shared::{
         read_decide_write,
         trades::{DynamoTradeStore, TradeStore},
     },
-    worker::{Applied, exactly_once, process_batch},
+    worker::{Applied, Worker, exactly_once},
 };
-
-/// The command and event types (`detail-type`s) this worker applies; any other is refused as
-/// a poison message. `template.yaml` must deliver exactly these to its queue (checked by
-/// `every_message_type_reaches_exactly_the_workers_that_handle_it`; docs/ARCHITECTURE.md,
-/// §Commands and events).
-pub const HANDLES: &[&str] = &["SubmitTrade"];
 
 pub struct App<S, B> {
     pub store: S,
@@ -48,37 +41,26 @@ pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
     })
 }
 
-pub async fn handle<S: TradeStore, B: EventBus>(
-    app: &App<S, B>,
-    event: SqsEvent,
-) -> SqsBatchResponse {
-    process_batch(event, order_key, |env| app.apply(env)).await
-}
+/// Trades of one account apply in batch (= submission) order (the default order key: the
+/// account); accounts concurrently.
+impl<S: TradeStore, B: EventBus> Worker for App<S, B> {
+    const NAME: &'static str = "the trades worker";
+    const HANDLES: &'static [&'static str] = &["SubmitTrade"];
 
-/// Trades of one account in batch (= submission) order; accounts concurrently.
-fn order_key(env: &Envelope) -> String {
-    match &env.payload {
-        Payload::SubmitTrade(cmd) => cmd.account_id.to_string(),
-        _ => env.id.to_string(),
-    }
-}
-
-impl<S: TradeStore, B: EventBus> App<S, B> {
     async fn apply(&self, env: Envelope) -> Result<(), Error> {
         match &env.payload {
             Payload::SubmitTrade(cmd) => {
                 exactly_once(&self.store, &self.bus, &env, || self.execute(&env, cmd)).await
             }
-            other => Err(Error::invalid(
-                "detail-type",
-                format!("the trades worker does not handle {}", other.detail_type()),
-            )),
+            other => Err(Self::refuse(other)),
         }
     }
+}
 
+impl<S: TradeStore, B: EventBus> App<S, B> {
     async fn execute(&self, env: &Envelope, cmd: &SubmitTrade) -> Result<Applied, Error> {
         read_decide_write("the account's book", async || {
-            let book = self.store.book(&cmd.account_id, &cmd.symbol).await?;
+            let book = self.store.book(&cmd.order.account_id, &cmd.order.symbol).await?;
             let decision = decide(cmd, book.holding, book.executed);
             let (trade, outcome) = decision.outcome(cmd, Utc::now());
             let holding = match &decision {
@@ -88,7 +70,7 @@ impl<S: TradeStore, B: EventBus> App<S, B> {
             let message = match outcome {
                 Outcome::Executed(e) => Payload::TradeExecuted(e),
                 Outcome::Rejected(e) => {
-                    tracing::info!(trade_id = %cmd.trade_id, reason = %e.reason, "trade rejected");
+                    tracing::info!(trade_id = %cmd.order.trade_id, reason = %e.reason, "trade rejected");
                     Payload::TradeRejected(e)
                 }
             };

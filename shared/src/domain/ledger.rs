@@ -44,15 +44,15 @@ pub struct Entry {
 
 /// The two lines an executed trade posts, debit first.
 pub fn journal(trade: &TradeExecuted) -> Result<[Entry; 2], Inexact> {
-    let notional = exact_mul(trade.quantity.get(), trade.price.get())?;
-    let (debit, credit) = match trade.side {
-        Side::Buy => (securities(&trade.symbol), CASH.to_owned()),
-        Side::Sell => (CASH.to_owned(), securities(&trade.symbol)),
+    let notional = exact_mul(trade.order.quantity.get(), trade.order.price.get())?;
+    let (debit, credit) = match trade.order.side {
+        Side::Buy => (securities(&trade.order.symbol), CASH.to_owned()),
+        Side::Sell => (CASH.to_owned(), securities(&trade.order.symbol)),
     };
     let line = |n: u8, account: String, amount| Entry {
-        entry_id: format!("{}-{n}", trade.trade_id),
-        trade_id: trade.trade_id,
-        account_id: trade.account_id.clone(),
+        entry_id: format!("{}-{n}", trade.order.trade_id),
+        trade_id: trade.order.trade_id,
+        account_id: trade.order.account_id.clone(),
         sequence: trade.sequence,
         account,
         amount: Amount::new(amount),
@@ -83,7 +83,7 @@ mod tests {
             (credit.account.as_str(), credit.amount.to_string()),
             ("cash", "-1234.5".to_owned())
         );
-        assert_eq!(debit.entry_id, format!("{}-1", t.trade_id));
+        assert_eq!(debit.entry_id, format!("{}-1", t.order.trade_id));
         let [debit, _] = journal(&trade(Side::Sell, 1, 1, 2)).unwrap();
         assert_eq!(debit.account, CASH);
         assert_eq!(debit.amount.to_string(), "0.0000000000000001");

@@ -99,14 +99,14 @@ impl Position {
     /// The position after `trade` (which must be for this account and symbol).
     pub fn apply(&self, trade: &TradeExecuted) -> Result<Position, PositionError> {
         let (open, cost) = (self.quantity.get(), self.book_cost.get());
-        let (qty, price) = (trade.quantity.get(), trade.price.get());
+        let (qty, price) = (trade.order.quantity.get(), trade.order.price.get());
         let notional = exact_mul(qty, price)?;
         let mut next = Position {
             last_sequence: trade.sequence,
             updated_at: trade.executed_at,
             ..self.clone()
         };
-        match trade.side {
+        match trade.order.side {
             Side::Buy => {
                 next.quantity = exact_add(open, qty)?.into();
                 next.book_cost = exact_add(cost, notional)?.into();
@@ -114,7 +114,7 @@ impl Position {
             Side::Sell => {
                 if qty > open {
                     return Err(PositionError::Oversold {
-                        sold: trade.quantity.get().into(),
+                        sold: trade.order.quantity.get().into(),
                         open: self.quantity,
                     });
                 }
@@ -138,8 +138,8 @@ impl Position {
 pub(crate) mod tests {
     use super::*;
     use crate::domain::money::{Price, Quantity};
+    use crate::domain::trades::tests::order;
     use rust_decimal::Decimal;
-    use uuid::Uuid;
 
     /// SplitMix64: a tiny seeded generator, so failures reproduce from the printed seed.
     pub(crate) struct Rng(pub u64);
@@ -176,12 +176,11 @@ pub(crate) mod tests {
 
     pub(crate) fn trade(side: Side, qty: i128, price: i128, sequence: u64) -> TradeExecuted {
         TradeExecuted {
-            trade_id: Uuid::new_v4(),
-            account_id: "acc".parse().unwrap(),
-            symbol: "ACME".parse().unwrap(),
-            side,
-            quantity: Quantity::try_from(dec(qty, 8)).unwrap(),
-            price: Price::try_from(dec(price, 8)).unwrap(),
+            order: order(
+                side,
+                Quantity::try_from(dec(qty, 8)).unwrap(),
+                Price::try_from(dec(price, 8)).unwrap(),
+            ),
             sequence,
             executed_at: Utc::now(),
         }
@@ -324,7 +323,7 @@ pub(crate) mod tests {
                     .apply(&t)
                     .unwrap_or_else(|e| panic!("seed {seed} trade {seq}: {e}"));
                 reference.apply(side, qty, price);
-                let notional = t.quantity.get() * t.price.get();
+                let notional = t.order.quantity.get() * t.order.price.get();
                 match side {
                     Side::Buy => buys += notional,
                     Side::Sell => sells += notional,

@@ -90,17 +90,28 @@ impl TradeStatus {
 /// bounds every quantity the positions service computes with.
 pub const MAX_HOLDING: Decimal = Decimal::from_parts(0xD4A5_1000, 0xE8, 0, false, 0);
 
-/// The command `POST /trades` accepts. Its envelope id is the trade id, so every copy of the
-/// command (a retried send, an SQS redelivery) is deduplicated by the worker's inbox.
+/// What a trade orders, as the client submitted it: carried unchanged by the command, both
+/// outcome events and the stored trade, each of which flattens it (their JSON is one flat
+/// object: `tradeId`, `accountId`, `symbol`, `side`, `quantity`, `price`, then their own
+/// fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SubmitTrade {
+pub struct Order {
     pub trade_id: Uuid,
     pub account_id: AccountId,
     pub symbol: Symbol,
     pub side: Side,
     pub quantity: Quantity,
     pub price: Price,
+}
+
+/// The command `POST /trades` accepts. Its envelope id is the trade id, so every copy of the
+/// command (a retried send, an SQS redelivery) is deduplicated by the worker's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmitTrade {
+    #[serde(flatten)]
+    pub order: Order,
     pub submitted_at: DateTime<Utc>,
 }
 
@@ -109,12 +120,8 @@ pub struct SubmitTrade {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TradeExecuted {
-    pub trade_id: Uuid,
-    pub account_id: AccountId,
-    pub symbol: Symbol,
-    pub side: Side,
-    pub quantity: Quantity,
-    pub price: Price,
+    #[serde(flatten)]
+    pub order: Order,
     pub sequence: u64,
     pub executed_at: DateTime<Utc>,
 }
@@ -122,12 +129,8 @@ pub struct TradeExecuted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TradeRejected {
-    pub trade_id: Uuid,
-    pub account_id: AccountId,
-    pub symbol: Symbol,
-    pub side: Side,
-    pub quantity: Quantity,
-    pub price: Price,
+    #[serde(flatten)]
+    pub order: Order,
     pub reason: String,
     pub rejected_at: DateTime<Utc>,
 }
@@ -136,12 +139,8 @@ pub struct TradeRejected {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Trade {
-    pub trade_id: Uuid,
-    pub account_id: AccountId,
-    pub symbol: Symbol,
-    pub side: Side,
-    pub quantity: Quantity,
-    pub price: Price,
+    #[serde(flatten)]
+    pub order: Order,
     pub status: TradeStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -156,12 +155,7 @@ pub struct Trade {
 impl Trade {
     pub fn pending(cmd: &SubmitTrade) -> Trade {
         Trade {
-            trade_id: cmd.trade_id,
-            account_id: cmd.account_id.clone(),
-            symbol: cmd.symbol.clone(),
-            side: cmd.side,
-            quantity: cmd.quantity,
-            price: cmd.price,
+            order: cmd.order.clone(),
             status: TradeStatus::Pending,
             reason: None,
             sequence: None,
@@ -188,14 +182,15 @@ pub enum Decision {
 /// trades it has executed so far. Trades of one account are decided one at a time, in
 /// submission order, so `holding` is exactly what the earlier trades left.
 pub fn decide(cmd: &SubmitTrade, holding: Amount, executed: u64) -> Decision {
-    let (held, qty) = (holding.get(), cmd.quantity.get());
-    let next = match cmd.side {
+    let (order, held) = (&cmd.order, holding.get());
+    let qty = order.quantity.get();
+    let next = match order.side {
         Side::Sell if qty > held => {
             return Decision::Reject {
                 reason: format!(
                     "insufficient holdings: the account holds {held} {} and cannot sell {qty} \
                      (no short selling)",
-                    cmd.symbol
+                    order.symbol
                 ),
             };
         }
@@ -210,7 +205,7 @@ pub fn decide(cmd: &SubmitTrade, holding: Amount, executed: u64) -> Decision {
         _ => Decision::Reject {
             reason: format!(
                 "holding limit: an account may hold at most {MAX_HOLDING} {}",
-                cmd.symbol
+                order.symbol
             ),
         },
     }
@@ -226,12 +221,7 @@ impl Decision {
                 trade.status = TradeStatus::Executed;
                 trade.sequence = Some(*sequence);
                 let event = TradeExecuted {
-                    trade_id: cmd.trade_id,
-                    account_id: cmd.account_id.clone(),
-                    symbol: cmd.symbol.clone(),
-                    side: cmd.side,
-                    quantity: cmd.quantity,
-                    price: cmd.price,
+                    order: cmd.order.clone(),
                     sequence: *sequence,
                     executed_at: now,
                 };
@@ -241,12 +231,7 @@ impl Decision {
                 trade.status = TradeStatus::Rejected;
                 trade.reason = Some(reason.clone());
                 let event = TradeRejected {
-                    trade_id: cmd.trade_id,
-                    account_id: cmd.account_id.clone(),
-                    symbol: cmd.symbol.clone(),
-                    side: cmd.side,
-                    quantity: cmd.quantity,
-                    price: cmd.price,
+                    order: cmd.order.clone(),
                     reason: reason.clone(),
                     rejected_at: now,
                 };
@@ -264,17 +249,24 @@ pub enum Outcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An order of account `acc` for `ACME` (the domain's unit tests).
+    pub(crate) fn order(side: Side, quantity: Quantity, price: Price) -> Order {
+        Order {
+            trade_id: Uuid::new_v4(),
+            account_id: "acc".parse().unwrap(),
+            symbol: "ACME".parse().unwrap(),
+            side,
+            quantity,
+            price,
+        }
+    }
 
     fn cmd(side: Side, qty: &str) -> SubmitTrade {
         SubmitTrade {
-            trade_id: Uuid::new_v4(),
-            account_id: "acc-1".parse().unwrap(),
-            symbol: "acme".parse().unwrap(),
-            side,
-            quantity: qty.parse().unwrap(),
-            price: "10".parse().unwrap(),
+            order: order(side, qty.parse().unwrap(), "10".parse().unwrap()),
             submitted_at: Utc::now(),
         }
     }

@@ -41,6 +41,13 @@ const PROVISIONAL_SECS: i64 = 24 * 3600;
 /// Upper bound on queued conversations examined to find those an agent can take.
 const MAX_QUEUED_SCAN: usize = 500;
 
+/// A versioned item of the conversations table that [`ConversationStore::save`] writes.
+#[derive(Debug, Clone, Copy)]
+pub enum Versioned<'a> {
+    Conversation(&'a Conversation),
+    Message(&'a ChatMessage),
+}
+
 pub trait ConversationStore: Inbox {
     fn get(
         &self,
@@ -60,20 +67,12 @@ pub trait ConversationStore: Inbox {
         page: &PageRequest,
     ) -> impl Future<Output = Result<Page<ChatMessage>, Error>> + Send;
 
-    /// Writes `next` if the stored version is still `expected` (absent when `None`), with the
+    /// Writes `next` if its stored version is still `expected` (absent when `None`), with the
     /// inbox entry when given (without one, the write is a step a redelivery may repeat).
     fn save(
         &self,
         expected: Option<u64>,
-        next: &Conversation,
-        record: Option<&InboxEntry>,
-    ) -> impl Future<Output = Result<Write, Error>> + Send;
-
-    /// Like [`ConversationStore::save`], for a message.
-    fn save_message(
-        &self,
-        expected: Option<u64>,
-        next: &ChatMessage,
+        next: Versioned<'_>,
         record: Option<&InboxEntry>,
     ) -> impl Future<Output = Result<Write, Error>> + Send;
 
@@ -280,20 +279,14 @@ impl ConversationStore for DynamoConversationStore {
     async fn save(
         &self,
         expected: Option<u64>,
-        next: &Conversation,
+        next: Versioned<'_>,
         record: Option<&InboxEntry>,
     ) -> Result<Write, Error> {
-        let put = self.put(conversation_item(next)?, expected)?;
-        self.write(put, record).await
-    }
-
-    async fn save_message(
-        &self,
-        expected: Option<u64>,
-        next: &ChatMessage,
-        record: Option<&InboxEntry>,
-    ) -> Result<Write, Error> {
-        let put = self.put(message_item(next)?, expected)?;
+        let item = match next {
+            Versioned::Conversation(c) => conversation_item(c)?,
+            Versioned::Message(m) => message_item(m)?,
+        };
+        let put = self.put(item, expected)?;
         self.write(put, record).await
     }
 

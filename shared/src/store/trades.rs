@@ -97,7 +97,7 @@ impl super::Table for DynamoTradeStore {
 
 impl DynamoTradeStore {
     fn trade_item(&self, trade: &Trade) -> Result<super::items::Item, Error> {
-        to_item(trade, trade_pk(trade.trade_id), "TRADE".into())
+        to_item(trade, trade_pk(trade.order.trade_id), "TRADE".into())
     }
 }
 
@@ -137,7 +137,7 @@ impl TradeStore for DynamoTradeStore {
                 else {
                     return Err(classify("PutItem trade", e));
                 };
-                let existing = self.get(trade.trade_id).await?.ok_or_else(|| {
+                let existing = self.get(trade.order.trade_id).await?.ok_or_else(|| {
                     Error::Unavailable("trade being withdrawn concurrently; retry".into())
                 })?;
                 Ok(Created::Exists(Box::new(existing)))
@@ -209,7 +209,7 @@ impl TradeStore for DynamoTradeStore {
         holding: Option<Amount>,
         record: &InboxEntry,
     ) -> Result<Write, Error> {
-        let pk = account_pk(&trade.account_id);
+        let pk = account_pk(&trade.order.account_id);
         let unchanged = if executed == 0 {
             "attribute_not_exists(executed)"
         } else {
@@ -264,7 +264,7 @@ impl TradeStore for DynamoTradeStore {
             let put = Put::builder()
                 .table_name(&self.table)
                 .item("pk", s(&pk))
-                .item("sk", s(holding_sk(&trade.symbol)))
+                .item("sk", s(holding_sk(&trade.order.symbol)))
                 .item("quantity", s(h.to_string()))
                 .build()
                 .map_err(build_err)?;

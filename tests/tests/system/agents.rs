@@ -45,11 +45,11 @@ async fn call(app: &Api, ev: Value) -> (u16, Value, lambda_http::http::HeaderMap
 async fn drain(env: &Env, worker: &Worker) -> Vec<String> {
     let mut failed = env
         .drain("AgentsCommandQueue", |event| {
-            agents_worker::handle(worker, event)
+            shared::worker::handle(worker, event)
         })
         .await;
     failed.extend(
-        env.drain("AgentsQueue", |event| agents_worker::handle(worker, event))
+        env.drain("AgentsQueue", |event| shared::worker::handle(worker, event))
             .await,
     );
     failed
@@ -437,7 +437,7 @@ async fn conversation_closed_frees_the_slot_once_and_fixture_commands_apply_once
         serde_json::from_value(fixture(path)).unwrap()
     };
     for _ in 0..2 {
-        let resp = agents_worker::handle(&worker, sqs("agents-worker/sqs-events.json")).await;
+        let resp = shared::worker::handle(&worker, sqs("agents-worker/sqs-events.json")).await;
         assert!(resp.batch_item_failures.is_empty());
     }
     let (_, agent) = get_agent(&app, "agent-1").await;
@@ -452,7 +452,7 @@ async fn conversation_closed_frees_the_slot_once_and_fixture_commands_apply_once
     // The command fixture (a profile update and a state change of agent-1, in one message
     // group), delivered twice: applied once, in order.
     for _ in 0..2 {
-        let resp = agents_worker::handle(&worker, sqs("agents-worker/sqs-batch.json")).await;
+        let resp = shared::worker::handle(&worker, sqs("agents-worker/sqs-batch.json")).await;
         assert!(resp.batch_item_failures.is_empty());
     }
     let (_, agent) = get_agent(&app, "agent-1").await;
@@ -588,7 +588,7 @@ async fn concurrent_changes_apply_in_the_order_the_server_accepted_them() {
         } else {
             "AVAILABLE"
         };
-        let resp = agents_worker::handle(&worker, system_tests::sqs_event(&queued)).await;
+        let resp = shared::worker::handle(&worker, system_tests::sqs_event(&queued)).await;
         assert!(resp.batch_item_failures.is_empty());
         env.delete(&url, &queued).await;
         let (_, agent) = get_agent(&app, "con").await;
@@ -966,7 +966,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     tokio::select! {
         biased;
         () = faults.crashed() => {}
-        resp = agents_worker::handle(&dying, system_tests::sqs_event(&batch)) => {
+        resp = shared::worker::handle(&dying, system_tests::sqs_event(&batch)) => {
             panic!("the worker finished the batch instead of dying: {resp:?}")
         }
     }
@@ -991,9 +991,9 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_applies_nothing_twice() {
     let worker = worker_app(&env, &env.bus());
     let again = env.receive(&url, 60).await;
     assert_eq!(again.len(), 10, "nothing lost: all ten redelivered");
-    let resp = agents_worker::handle(&worker, system_tests::sqs_event(&again)).await;
+    let resp = shared::worker::handle(&worker, system_tests::sqs_event(&again)).await;
     assert!(resp.batch_item_failures.is_empty());
-    let resp = agents_worker::handle(&worker, system_tests::sqs_event(&again)).await;
+    let resp = shared::worker::handle(&worker, system_tests::sqs_event(&again)).await;
     assert!(
         resp.batch_item_failures.is_empty(),
         "a duplicate changes nothing"
@@ -1027,7 +1027,7 @@ async fn a_burst_of_duplicate_deliveries_applies_once() {
     let workers: Vec<Worker> = (0..8).map(|_| worker_app(&env, &env.bus())).collect();
     let body = original[0].body().unwrap().to_owned();
     let results = futures::future::join_all(workers.iter().map(|w| {
-        agents_worker::handle(w, sqs_bodies(&[body.clone(), body.clone(), body.clone()]))
+        shared::worker::handle(w, sqs_bodies(&[body.clone(), body.clone(), body.clone()]))
     }))
     .await;
     for resp in results {
@@ -1059,7 +1059,7 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
     call(&app, register_event("t1", "Tom", &[], 1)).await;
     faults.throttle(1);
     let failed = env
-        .drain("AgentsCommandQueue", |e| agents_worker::handle(&worker, e))
+        .drain("AgentsCommandQueue", |e| shared::worker::handle(&worker, e))
         .await;
     assert!(failed.is_empty(), "retried within the invocation");
     assert_eq!(faults.throttled(), 1);
@@ -1075,7 +1075,7 @@ async fn throttled_dynamodb_is_retried_with_backoff_then_the_message_goes_to_the
         .drain_until_dead_lettered("AgentsCommandQueue", within, async || {
             let before = faults.throttled();
             let failed = env
-                .drain("AgentsCommandQueue", |e| agents_worker::handle(&worker, e))
+                .drain("AgentsCommandQueue", |e| shared::worker::handle(&worker, e))
                 .await;
             if !failed.is_empty() {
                 deliveries += 1;
@@ -1135,7 +1135,7 @@ async fn contended_writes_are_retried_then_answer_503_never_500() {
     assert_eq!(status, 202);
     let failed = env
         .drain("AgentsCommandQueue", |e| {
-            agents_worker::handle(&faulty_worker, e)
+            shared::worker::handle(&faulty_worker, e)
         })
         .await;
     assert_eq!(

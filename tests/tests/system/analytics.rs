@@ -27,7 +27,7 @@ async fn analytics() -> Analytics {
 impl Analytics {
     /// Hands `bodies` to the worker as one batch; returns the failed message ids.
     async fn batch(&self, bodies: &[String]) -> Vec<String> {
-        let resp = analytics_worker::handle(&self.worker, sqs_bodies(bodies)).await;
+        let resp = shared::worker::handle(&self.worker, sqs_bodies(bodies)).await;
         resp.batch_item_failures
             .into_iter()
             .map(|f| f.item_identifier)
@@ -44,7 +44,7 @@ impl Analytics {
             let failed = self
                 .env
                 .drain("AnalyticsQueue", |ev| {
-                    analytics_worker::handle(&self.worker, ev)
+                    shared::worker::handle(&self.worker, ev)
                 })
                 .await;
             assert!(failed.is_empty(), "analytics worker failed {failed:?}");
@@ -406,7 +406,7 @@ async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
     let drain_agents = async || {
         for queue in ["AgentsCommandQueue", "AgentsQueue"] {
             let failed = env
-                .drain(queue, |ev| agents_worker::handle(&agents_worker, ev))
+                .drain(queue, |ev| shared::worker::handle(&agents_worker, ev))
                 .await;
             assert!(failed.is_empty(), "agents worker failed {failed:?}");
         }
@@ -414,7 +414,7 @@ async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
     let drain_conversations = async || {
         let failed = env
             .drain("ConversationsQueue", |ev| {
-                conversations_worker::handle(&conversations_worker, ev)
+                shared::worker::handle(&conversations_worker, ev)
             })
             .await;
         assert!(failed.is_empty(), "conversations worker failed {failed:?}");
@@ -521,7 +521,7 @@ async fn the_summary_matches_the_commands_of_a_run_through_the_real_handlers() {
     for _ in 0..3 {
         let failed = env
             .drain("TradesQueue", |ev| {
-                trades_worker::handle(&trades_worker, ev)
+                shared::worker::handle(&trades_worker, ev)
             })
             .await;
         assert!(failed.is_empty(), "trades worker failed {failed:?}");

@@ -215,7 +215,7 @@ impl System {
     async fn drain(&self) -> Vec<String> {
         self.env
             .drain("ConversationsQueue", |ev| {
-                conversations_worker::handle(&self.worker, ev)
+                shared::worker::handle(&self.worker, ev)
             })
             .await
     }
@@ -227,7 +227,7 @@ impl System {
             let worker = &self.agents_worker;
             failed.extend(
                 self.env
-                    .drain(queue, |ev| agents_worker::handle(worker, ev))
+                    .drain(queue, |ev| shared::worker::handle(worker, ev))
                     .await,
             );
         }
@@ -523,7 +523,7 @@ async fn receipts_out_of_order_and_duplicated_never_move_a_message_back() {
     let msgs = s.env.receive(&url, 30).await;
     assert!(msgs.len() >= 4);
     for _ in 0..2 {
-        let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+        let resp = shared::worker::handle(&s.worker, sqs_event(&msgs)).await;
         assert!(resp.batch_item_failures.is_empty());
     }
     s.env.delete(&url, &msgs).await;
@@ -534,7 +534,7 @@ async fn receipts_out_of_order_and_duplicated_never_move_a_message_back() {
     s.receipt(&id, &m2, "DELIVERED").await;
     let mut msgs = s.env.receive(&url, 30).await;
     msgs.reverse();
-    let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+    let resp = shared::worker::handle(&s.worker, sqs_event(&msgs)).await;
     assert!(resp.batch_item_failures.is_empty());
     s.env.delete(&url, &msgs).await;
     assert_eq!(s.message(&id, &m2).await["status"], "DELIVERED");
@@ -660,7 +660,7 @@ async fn closing_twice_is_harmless_and_messages_to_closed_conversations_are_refu
     let url = s.env.queue_url("ConversationsQueue");
     let mut msgs = s.env.receive(&url, 30).await;
     msgs.reverse();
-    let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+    let resp = shared::worker::handle(&s.worker, sqs_event(&msgs)).await;
     assert!(resp.batch_item_failures.is_empty());
     s.env.delete(&url, &msgs).await;
     let rejected = s.message(&id, &late).await;
@@ -694,7 +694,7 @@ async fn the_fixture_batch_applies_once_whatever_the_redeliveries() {
     let batch = fixture("conversations-worker/sqs-batch.json");
     let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(batch).unwrap();
     for _ in 0..2 {
-        let resp = conversations_worker::handle(&s.worker, event.clone()).await;
+        let resp = shared::worker::handle(&s.worker, event.clone()).await;
         assert!(resp.batch_item_failures.is_empty());
     }
     let c = s.conversation("conv-1").await;
@@ -727,9 +727,9 @@ async fn duplicates_change_nothing_and_a_poison_message_fails_alone_into_the_dlq
     msgs.extend(s.env.receive(&url, 30).await);
     let mut batch = sqs_event(&msgs);
     batch.records.push(batch.records[0].clone());
-    let resp = conversations_worker::handle(&s.worker, batch.clone()).await;
+    let resp = shared::worker::handle(&s.worker, batch.clone()).await;
     assert_eq!(resp.batch_item_failures.len(), 1, "only the poison fails");
-    let resp = conversations_worker::handle(&s.worker, batch).await;
+    let resp = shared::worker::handle(&s.worker, batch).await;
     assert_eq!(resp.batch_item_failures.len(), 1);
     assert_eq!(s.conversation(&id).await["status"], "ASSIGNED");
     assert_eq!(s.agent_load("ann").await, 1);
@@ -757,7 +757,7 @@ async fn duplicates_change_nothing_and_a_poison_message_fails_alone_into_the_dlq
         "occurredAt": "2026-11-25T18:00:00Z", "type": "CloseConversation",
         "data": {"conversationId": id}})
     .to_string();
-    let resp = conversations_worker::handle(&s.worker, sqs_bodies(&[bare.clone(), bare])).await;
+    let resp = shared::worker::handle(&s.worker, sqs_bodies(&[bare.clone(), bare])).await;
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!(s.conversation(&id).await["status"], "CLOSED");
     assert_eq!(count(&s.env.published().await, "ConversationClosed"), 1);
@@ -1304,7 +1304,7 @@ async fn a_retry_of_a_lost_answer_receipt_is_accepted_after_its_message_was_reje
         "message, close, receipt: {kinds:?}"
     );
     msgs.swap(0, 1);
-    let resp = conversations_worker::handle(&s.worker, sqs_event(&msgs)).await;
+    let resp = shared::worker::handle(&s.worker, sqs_event(&msgs)).await;
     assert!(resp.batch_item_failures.is_empty());
     s.env.delete(&url, &msgs).await;
     assert_eq!(s.message(&id, &late).await["status"], "REJECTED");

@@ -158,7 +158,7 @@ async fn redrive_moves_dead_messages_back_and_they_are_applied() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while env.depth(&dlq).await == 0 {
         assert!(Instant::now() < deadline, "never reached the DLQ");
-        env.drain("AgentsCommandQueue", |e| agents_worker::handle(&broken, e))
+        env.drain("AgentsCommandQueue", |e| shared::worker::handle(&broken, e))
             .await;
     }
 
@@ -194,7 +194,7 @@ async fn redrive_moves_dead_messages_back_and_they_are_applied() {
     assert_eq!(report["failed"], 0);
     assert_eq!(report["remaining"], 0);
     assert!(
-        env.drain("AgentsCommandQueue", |e| agents_worker::handle(&worker, e))
+        env.drain("AgentsCommandQueue", |e| shared::worker::handle(&worker, e))
             .await
             .is_empty()
     );

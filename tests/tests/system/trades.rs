@@ -77,18 +77,18 @@ async fn send(a: &Apps, ev: Value) -> Answer {
 /// Drives everything queued through the trades worker and both consumers.
 async fn settle(env: &Env, a: &Apps) {
     let failed = env
-        .drain("TradesQueue", |e| trades_worker::handle(&a.worker, e))
+        .drain("TradesQueue", |e| shared::worker::handle(&a.worker, e))
         .await;
     assert!(failed.is_empty(), "trades worker failed {failed:?}");
     let failed = env
         .drain("PositionsQueue", |e| {
-            positions_worker::handle(&a.positions_worker, e)
+            shared::worker::handle(&a.positions_worker, e)
         })
         .await;
     assert!(failed.is_empty(), "positions worker failed {failed:?}");
     let failed = env
         .drain("LedgerQueue", |e| {
-            ledger_worker::handle(&a.ledger_worker, e)
+            shared::worker::handle(&a.ledger_worker, e)
         })
         .await;
     assert!(failed.is_empty(), "ledger worker failed {failed:?}");
@@ -358,7 +358,7 @@ async fn trade_commands_apply_once_and_republish_after_a_failed_publish() {
     let batch: SqsEvent = serde_json::from_value(fixture("trades-worker/sqs-batch.json")).unwrap();
     // First attempt: decisions written, events not published (no such bus).
     let broken = apps(&env, "no-such-bus");
-    let resp = trades_worker::handle(&broken.worker, batch.clone()).await;
+    let resp = shared::worker::handle(&broken.worker, batch.clone()).await;
     assert_eq!(
         resp.batch_item_failures.len(),
         4,
@@ -367,7 +367,7 @@ async fn trade_commands_apply_once_and_republish_after_a_failed_publish() {
     assert_eq!(env.depth(&env.queue_url("PositionsQueue")).await, 0);
     // Redelivered twice: applied once, published once.
     for _ in 0..2 {
-        let resp = trades_worker::handle(&a.worker, batch.clone()).await;
+        let resp = shared::worker::handle(&a.worker, batch.clone()).await;
         assert!(resp.batch_item_failures.is_empty());
     }
     let statuses: Vec<Value> = futures::future::join_all((0..4).map(|i| {
@@ -405,7 +405,7 @@ async fn the_fifo_queue_holds_an_accounts_next_trade_until_the_previous_one_is_d
     assert!(next[0].body().unwrap().contains("acc-2"));
     env.retry_now(&url, &next).await;
     // The BUY completes; then the SELL is delivered and executes against it.
-    let resp = trades_worker::handle(&a.worker, sqs_event(&in_flight)).await;
+    let resp = shared::worker::handle(&a.worker, sqs_event(&in_flight)).await;
     assert!(resp.batch_item_failures.is_empty());
     env.delete(&url, &in_flight).await;
     settle(&env, &a).await;
@@ -427,12 +427,14 @@ async fn a_poison_message_holds_back_the_later_trades_of_its_message_group() {
         correlation_id: "poison-test".into(),
         occurred_at: chrono::Utc::now(),
         payload: shared::envelope::Payload::SubmitTrade(shared::domain::trades::SubmitTrade {
-            trade_id,
-            account_id: "acc-q1".parse().unwrap(),
-            symbol: "ACME".parse().unwrap(),
-            side: shared::domain::trades::Side::Buy,
-            quantity: "5".parse().unwrap(),
-            price: "10".parse().unwrap(),
+            order: shared::domain::trades::Order {
+                trade_id,
+                account_id: "acc-q1".parse().unwrap(),
+                symbol: "ACME".parse().unwrap(),
+                side: shared::domain::trades::Side::Buy,
+                quantity: "5".parse().unwrap(),
+                price: "10".parse().unwrap(),
+            },
             submitted_at: chrono::Utc::now(),
         }),
     })
@@ -457,7 +459,7 @@ async fn a_poison_message_holds_back_the_later_trades_of_its_message_group() {
         .unwrap();
     let batch = env.receive(&url, 30).await;
     assert_eq!(batch.len(), 2, "one batch of both");
-    let resp = trades_worker::handle(&a.worker, sqs_event(&batch)).await;
+    let resp = shared::worker::handle(&a.worker, sqs_event(&batch)).await;
     let failed: Vec<_> = resp
         .batch_item_failures
         .iter()
@@ -505,7 +507,7 @@ async fn consumers_apply_early_late_and_duplicate_events_in_trade_order_once() {
     let sell = executed_body(3, "acc-1", "SELL", "12", "150", 3);
     let pw = |bodies: Vec<String>| {
         let a = &a;
-        async move { positions_worker::handle(&a.positions_worker, sqs_bodies(&bodies)).await }
+        async move { shared::worker::handle(&a.positions_worker, sqs_bodies(&bodies)).await }
     };
     // Trade 2 arrives first: too early, it fails (SQS redelivers it) and changes nothing.
     let resp = pw(vec![buy2.clone()]).await;
@@ -541,10 +543,10 @@ async fn consumers_apply_early_late_and_duplicate_events_in_trade_order_once() {
         vec![sell.clone(), buy.clone()],
         vec![buy2, buy.clone(), sell],
     ] {
-        let resp = ledger_worker::handle(&a.ledger_worker, sqs_bodies(&batch)).await;
+        let resp = shared::worker::handle(&a.ledger_worker, sqs_bodies(&batch)).await;
         assert!(resp.batch_item_failures.is_empty());
     }
-    let resp = ledger_worker::handle(&a.ledger_worker, sqs_bodies(&[buy])).await;
+    let resp = shared::worker::handle(&a.ledger_worker, sqs_bodies(&[buy])).await;
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!(all_entries(&a, "acc-1", 100).await.len(), 6);
     assert_eq!(
@@ -617,8 +619,8 @@ async fn property_shuffled_and_duplicated_delivery_equals_in_order_application()
         }
         let n = 1 + rng.below(pending.len().min(10) as u64) as usize;
         let batch: Vec<String> = pending.drain(..n).collect();
-        let resp = positions_worker::handle(&a.positions_worker, sqs_bodies(&batch)).await;
-        let lr = ledger_worker::handle(&a.ledger_worker, sqs_bodies(&batch)).await;
+        let resp = shared::worker::handle(&a.positions_worker, sqs_bodies(&batch)).await;
+        let lr = shared::worker::handle(&a.ledger_worker, sqs_bodies(&batch)).await;
         assert!(
             lr.batch_item_failures.is_empty(),
             "the ledger takes any order"
@@ -673,7 +675,7 @@ async fn a_poison_trade_event_reaches_the_dlq_alone() {
     }
     let failed = env
         .drain("PositionsQueue", |e| {
-            positions_worker::handle(&a.positions_worker, e)
+            shared::worker::handle(&a.positions_worker, e)
         })
         .await;
     assert_eq!(failed.len(), 1, "only the poison message fails");
@@ -683,7 +685,7 @@ async fn a_poison_trade_event_reaches_the_dlq_alone() {
     let dlq = env
         .drain_until_dead_lettered("PositionsQueue", within, async || {
             env.drain("PositionsQueue", |e| {
-                positions_worker::handle(&a.positions_worker, e)
+                shared::worker::handle(&a.positions_worker, e)
             })
             .await;
         })

@@ -208,7 +208,7 @@ async fn agent_responses_validate_against_the_spec() {
     let ledger_h = |r| ledger_api::handle(&apps.ledger, r);
     let drain = || {
         apps.env.drain("AgentsCommandQueue", |e| {
-            agents_worker::handle(&apps.agents_worker, e)
+            shared::worker::handle(&apps.agents_worker, e)
         })
     };
     // Agents: register, apply, AVAILABLE, list, match (200, then 409 for lack of capacity).
@@ -397,7 +397,7 @@ async fn trading_responses_validate_against_the_spec() {
     run.expect(&trades_h, &[(one, &trade, None, &[], 200)])
         .await;
     env.drain("TradesQueue", |e| {
-        trades_worker::handle(&apps.trades_worker, e)
+        shared::worker::handle(&apps.trades_worker, e)
     })
     .await;
     let (s, t) = run.call(&trades_h, one, &trade, None, &[]).await;
@@ -409,11 +409,11 @@ async fn trading_responses_validate_against_the_spec() {
     .await;
     for _ in 0..20 {
         env.drain("PositionsQueue", |e| {
-            positions_worker::handle(&apps.positions_worker, e)
+            shared::worker::handle(&apps.positions_worker, e)
         })
         .await;
         env.drain("LedgerQueue", |e| {
-            ledger_worker::handle(&apps.ledger_worker, e)
+            shared::worker::handle(&apps.ledger_worker, e)
         })
         .await;
         let resp = ledger_h(request(&event("GET", "/accounts/acc-1/ledger", None, &[]))).await;

@@ -2,6 +2,7 @@
 
 use super::routes::{IAM, template_scopes};
 use super::*;
+use shared::worker::Worker;
 
 // ------------------------------------------------------------------ least privilege
 
@@ -385,12 +386,15 @@ fn routing_violations(
 
 fn workers() -> BTreeMap<&'static str, &'static [&'static str]> {
     BTreeMap::from([
-        ("AgentsWorkerFunction", agents_worker::HANDLES),
-        ("ConversationsWorkerFunction", conversations_worker::HANDLES),
-        ("TradesWorkerFunction", trades_worker::HANDLES),
-        ("PositionsWorkerFunction", positions_worker::HANDLES),
-        ("LedgerWorkerFunction", ledger_worker::HANDLES),
-        ("AnalyticsWorkerFunction", analytics_worker::HANDLES),
+        ("AgentsWorkerFunction", agents_worker::AwsApp::HANDLES),
+        (
+            "ConversationsWorkerFunction",
+            conversations_worker::AwsApp::HANDLES,
+        ),
+        ("TradesWorkerFunction", trades_worker::AwsApp::HANDLES),
+        ("PositionsWorkerFunction", positions_worker::AwsApp::HANDLES),
+        ("LedgerWorkerFunction", ledger_worker::AwsApp::HANDLES),
+        ("AnalyticsWorkerFunction", analytics_worker::AwsApp::HANDLES),
     ])
 }
 
