@@ -401,4 +401,72 @@ mod tests {
         assert_eq!(failed, ["m0", "m2"]);
         assert_eq!(applied, ["a2"]);
     }
+
+    /// A worker that applies `ChangeAgentState` only, failing agent `fail`'s.
+    struct AgentStates {
+        fail: &'static str,
+        applied: Mutex<Vec<String>>,
+    }
+
+    impl Worker for AgentStates {
+        const NAME: &'static str = "the test worker";
+        const HANDLES: &'static [&'static str] = &["ChangeAgentState"];
+
+        async fn apply(&self, env: Envelope) -> Result<(), Error> {
+            let Payload::ChangeAgentState(c) = &env.payload else {
+                panic!("apply was given a {}", env.payload.detail_type());
+            };
+            if c.agent_id.as_str() == self.fail {
+                return Err(Error::Unavailable("injected".into()));
+            }
+            self.applied.lock().unwrap().push(c.agent_id.to_string());
+            Ok(())
+        }
+    }
+
+    /// Runs `records` through [`handle`]: (failed ids, applied agents).
+    async fn handled(records: &[&str], fail: &'static str) -> (Vec<String>, Vec<String>) {
+        let worker = AgentStates {
+            fail,
+            applied: Mutex::new(Vec::new()),
+        };
+        let event = batch(&records.iter().map(|r| (*r, None)).collect::<Vec<_>>());
+        let failed = handle(&worker, event)
+            .await
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        (failed, worker.applied.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_type_the_worker_does_not_handle_is_refused_alone_without_reaching_apply() {
+        // A conversation command whose aggregate id equals agent a1's: keyed by its aggregate,
+        // its refusal would hold back the a1 change after it.
+        let close = Payload::CloseConversation(crate::domain::conversations::CloseConversation {
+            conversation_id: "a1".parse().unwrap(),
+        });
+        let refusal = AgentStates::refuse(&close).to_string();
+        let close = serde_json::to_string(&Envelope::new("c", close)).unwrap();
+        let (failed, applied) =
+            handled(&[&change("a1"), &close, &change("a1"), &change("a2")], "").await;
+        assert_eq!(failed, ["m1"]);
+        assert_eq!(applied, ["a1", "a1", "a2"]);
+        assert!(
+            refusal.contains("the test worker does not handle CloseConversation"),
+            "{refusal}"
+        );
+    }
+
+    #[tokio::test]
+    async fn by_default_one_aggregate_applies_in_batch_order() {
+        let (failed, applied) = handled(&[&change("a1"), &change("a2"), &change("a1")], "a1").await;
+        assert_eq!(
+            failed,
+            ["m0", "m2"],
+            "a1's second change waits for its first"
+        );
+        assert_eq!(applied, ["a2"]);
+    }
 }
