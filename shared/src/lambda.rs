@@ -1,8 +1,9 @@
 //! The start of every function: its `main` is one call to [`serve_http`] (API Gateway
 //! functions), [`serve_sqs`] (queue workers) or [`serve_scheduled`] (functions run on a
 //! schedule) with the function's `init` (its app from the template's environment, the same
-//! `init` the system tests call) and, but for a worker (whose app is a
-//! [`crate::worker::Worker`]), its `handle`.
+//! `init` the system tests call). [`serve_http`] and [`serve_scheduled`] also take the
+//! function's `handle`; [`serve_sqs`] takes only `init`, the app being a
+//! [`crate::worker::Worker`].
 //!
 //! All do the same cold start, in this order: JSON logs ([`crate::telemetry`]), the SDK
 //! configuration with its short timeouts ([`crate::aws::load`]), the app built from the

@@ -61,7 +61,7 @@ type Item = (String, Result<Envelope, Error>);
 
 /// Processes a batch: `key` groups the records of a standard queue that must stay in order
 /// (FIFO records are grouped by their `MessageGroupId`), `handle` applies one.
-pub async fn process_batch<K, H, F>(event: SqsEvent, key: K, handle: H) -> SqsBatchResponse
+async fn process_batch<K, H, F>(event: SqsEvent, key: K, handle: H) -> SqsBatchResponse
 where
     K: Fn(&Envelope) -> String,
     H: Fn(Envelope) -> F,
@@ -154,7 +154,7 @@ where
 
 /// A queue worker: the message types it applies, which records of a batch must keep their
 /// batch order, and how it applies one message. [`handle`] runs a whole batch through it, so
-/// every worker groups, orders, fails and reports its batch the same way ([`process_batch`]).
+/// every worker groups, orders, fails and reports its batch the same way (the module docs).
 pub trait Worker {
     /// How refusals name it: `"the agents worker"`.
     const NAME: &'static str;
@@ -295,7 +295,6 @@ mod tests {
 
     use super::*;
     use crate::domain::agents::{AgentState, ChangeAgentState};
-    use crate::envelope::Payload;
 
     fn change(agent: &str) -> String {
         let env = Envelope::new(

@@ -24,11 +24,13 @@ use shared::{
     worker::{Applied, Worker, exactly_once, exactly_once_after},
 };
 
+/// The agents worker: its store (the agents table, with the inbox) and the bus it publishes to.
 pub struct App<S, B> {
     pub store: S,
     pub bus: B,
 }
 
+/// The app as deployed: DynamoDB and EventBridge.
 pub type AwsApp = App<DynamoAgentStore, EventBridgeBus>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`.

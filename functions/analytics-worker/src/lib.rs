@@ -42,6 +42,7 @@ use shared::{
 /// The analytics worker: its store.
 pub struct App<S>(pub S);
 
+/// The app as deployed: its DynamoDB store.
 pub type AwsApp = App<DynamoAnalyticsStore>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`.

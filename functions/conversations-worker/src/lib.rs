@@ -42,12 +42,15 @@ use shared::{
 
 use agents_client::{AgentsClient, Policy, Signer};
 
+/// The conversations worker: its store (the conversations table, with the inbox), the bus it
+/// publishes to, and the agents API's client (matches, releases).
 pub struct App<S, B> {
     pub store: S,
     pub bus: B,
     pub agents: AgentsClient,
 }
 
+/// The app as deployed: DynamoDB and EventBridge.
 pub type AwsApp = App<DynamoConversationStore, EventBridgeBus>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`, `AGENTS_API_URL`, and the agents client's policy (`AGENTS_TIMEOUT_MS`, ... : [`Policy::from_vars`]).

@@ -22,6 +22,7 @@ use shared::{
 /// The ledger worker: its store.
 pub struct App<S>(pub S);
 
+/// The app as deployed: its DynamoDB store.
 pub type AwsApp = App<DynamoLedgerStore>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`.

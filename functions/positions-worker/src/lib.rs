@@ -28,6 +28,7 @@ use shared::{
 /// The positions worker: its store.
 pub struct App<S>(pub S);
 
+/// The app as deployed: its DynamoDB store.
 pub type AwsApp = App<DynamoPositionStore>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`.
@@ -71,7 +72,8 @@ async fn apply_trade<S: PositionStore>(app: &S, trade: &TradeExecuted) -> Result
         match cursor(last, trade.sequence) {
             Cursor::Next => {}
             Cursor::Old => {
-                tracing::info!(trade_id = %trade.order.trade_id, sequence = trade.sequence, "trade applied before; ignored");
+                let (trade_id, sequence) = (trade.order.trade_id, trade.sequence);
+                tracing::info!(%trade_id, sequence, "trade applied before; ignored");
                 return Ok(Some(()));
             }
             Cursor::Early { expected } => {
@@ -81,10 +83,11 @@ async fn apply_trade<S: PositionStore>(app: &S, trade: &TradeExecuted) -> Result
                 )));
             }
         }
+        let (account, symbol) = (&trade.order.account_id, &trade.order.symbol);
         let current = app
-            .get(&trade.order.account_id, &trade.order.symbol)
+            .get(account, symbol)
             .await?
-            .unwrap_or_else(|| Position::flat(trade.order.account_id.clone(), trade.order.symbol.clone()));
+            .unwrap_or_else(|| Position::flat(account.clone(), symbol.clone()));
         // A trade that cannot apply (a sale beyond the position) is a bug upstream: poison.
         let next = current
             .apply(trade)

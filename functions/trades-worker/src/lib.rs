@@ -4,8 +4,9 @@
 //!
 //! Order: commands arrive from the trades FIFO queue, one message group per account, so SQS
 //! hands over an account's trades in order and never the next before the previous one is
-//! done; within a batch, [`shared::worker::handle`] keeps an account's trades in order and fails the
-//! rest of the account's trades after a failure (so none overtakes one that will be retried).
+//! done; within a batch, [`shared::worker::handle`] keeps an account's trades in order and
+//! fails the rest of the account's trades after a failure (so none overtakes one that will be
+//! retried).
 //! Once: the decision, the holding, the account's execution count and the inbox entry (with
 //! the events to publish) are one transaction, conditional on the count read before deciding.
 
@@ -25,11 +26,13 @@ use shared::{
     worker::{Applied, Worker, exactly_once},
 };
 
+/// The trades worker: its store (the trades table, with the inbox) and the bus it publishes to.
 pub struct App<S, B> {
     pub store: S,
     pub bus: B,
 }
 
+/// The app as deployed: DynamoDB and EventBridge.
 pub type AwsApp = App<DynamoTradeStore, EventBridgeBus>;
 
 /// Builds the function from the template's environment: `TABLE_NAME`, `EVENT_BUS_NAME`.
@@ -60,7 +63,10 @@ impl<S: TradeStore, B: EventBus> Worker for App<S, B> {
 impl<S: TradeStore, B: EventBus> App<S, B> {
     async fn execute(&self, env: &Envelope, cmd: &SubmitTrade) -> Result<Applied, Error> {
         read_decide_write("the account's book", async || {
-            let book = self.store.book(&cmd.order.account_id, &cmd.order.symbol).await?;
+            let book = self
+                .store
+                .book(&cmd.order.account_id, &cmd.order.symbol)
+                .await?;
             let decision = decide(cmd, book.holding, book.executed);
             let (trade, outcome) = decision.outcome(cmd, Utc::now());
             let holding = match &decision {
@@ -70,7 +76,8 @@ impl<S: TradeStore, B: EventBus> App<S, B> {
             let message = match outcome {
                 Outcome::Executed(e) => Payload::TradeExecuted(e),
                 Outcome::Rejected(e) => {
-                    tracing::info!(trade_id = %cmd.order.trade_id, reason = %e.reason, "trade rejected");
+                    let trade_id = cmd.order.trade_id;
+                    tracing::info!(%trade_id, reason = %e.reason, "trade rejected");
                     Payload::TradeRejected(e)
                 }
             };

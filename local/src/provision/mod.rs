@@ -11,7 +11,7 @@ mod events;
 mod sqs;
 mod stack;
 
-use aws_sdk_dynamodb::error::SdkError;
+use aws_smithy_runtime_api::client::result::SdkError;
 use serde_json::Value;
 
 pub use stack::{ACCOUNT_ID, FunctionInfo, NamedArn, QueueInfo, Stack, TableInfo, Unresolved};

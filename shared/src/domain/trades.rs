@@ -348,4 +348,60 @@ pub(crate) mod tests {
             assert!(bad.parse::<Symbol>().is_err(), "{bad}");
         }
     }
+
+    /// The top-level keys of `v`'s JSON, sorted.
+    fn keys<T: Serialize>(v: &T) -> Vec<String> {
+        let json = serde_json::to_value(v).unwrap();
+        let mut keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_order_is_flat_in_every_message_and_the_stored_trade() {
+        let c = cmd(Side::Buy, "1.5");
+        let (trade, executed) = Decision::Execute {
+            holding: amount("1.5"),
+            sequence: 1,
+        }
+        .outcome(&c, Utc::now());
+        let (_, rejected) = Decision::Reject {
+            reason: "no".into(),
+        }
+        .outcome(&c, Utc::now());
+        let (Outcome::Executed(executed), Outcome::Rejected(rejected)) = (executed, rejected)
+        else {
+            panic!("outcomes swapped");
+        };
+        let order = [
+            "accountId",
+            "price",
+            "quantity",
+            "side",
+            "symbol",
+            "tradeId",
+        ];
+        let with = |own: &[&str]| {
+            let mut all: Vec<String> = order.iter().chain(own).map(|k| k.to_string()).collect();
+            all.sort();
+            all
+        };
+        assert_eq!(keys(&c), with(&["submittedAt"]));
+        assert_eq!(keys(&executed), with(&["executedAt", "sequence"]));
+        assert_eq!(keys(&rejected), with(&["reason", "rejectedAt"]));
+        assert_eq!(
+            keys(&trade),
+            with(&["decidedAt", "sequence", "status", "submittedAt"])
+        );
+        // Each reads back from its flat JSON as it was.
+        let json = serde_json::to_string(&executed).unwrap();
+        assert_eq!(
+            serde_json::from_str::<TradeExecuted>(&json).unwrap(),
+            executed
+        );
+        let json = serde_json::to_string(&trade).unwrap();
+        assert_eq!(serde_json::from_str::<Trade>(&json).unwrap(), trade);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<SubmitTrade>(&json).unwrap(), c);
+    }
 }

@@ -44,7 +44,9 @@ const MAX_QUEUED_SCAN: usize = 500;
 /// A versioned item of the conversations table that [`ConversationStore::save`] writes.
 #[derive(Debug, Clone, Copy)]
 pub enum Versioned<'a> {
+    /// A conversation (`pk` `CONV#{id}`, `sk` `CONVERSATION`), written at its `version`.
     Conversation(&'a Conversation),
+    /// A chat message of a conversation (same `pk`, `sk` `MSG#{id}`), written at its `version`.
     Message(&'a ChatMessage),
 }
 

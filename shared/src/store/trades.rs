@@ -277,3 +277,32 @@ impl TradeStore for DynamoTradeStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::trades::{Order, Side, SubmitTrade};
+
+    /// A stored trade reads back as written: its flattened order, numbers (`sequence`) and
+    /// optional fields, with the item's own attributes (`pk`, `sk`) beside them.
+    #[test]
+    fn a_trade_item_reads_back_as_the_trade() {
+        let cmd = SubmitTrade {
+            order: Order {
+                trade_id: Uuid::new_v4(),
+                account_id: "acc-1".parse().unwrap(),
+                symbol: "ACME".parse().unwrap(),
+                side: Side::Sell,
+                quantity: "0.00000001".parse().unwrap(),
+                price: "999999.99999999".parse().unwrap(),
+            },
+            submitted_at: chrono::Utc::now(),
+        };
+        let mut trade = Trade::pending(&cmd);
+        trade.status = TradeStatus::Executed;
+        trade.sequence = Some(7);
+        let item = to_item(&trade, "TRADE#1".into(), "TRADE".into()).unwrap();
+        assert!(item.contains_key("tradeId") && !item.contains_key("order"));
+        assert_eq!(from_item::<Trade>(item).unwrap(), trade);
+    }
+}
