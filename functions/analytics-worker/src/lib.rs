@@ -79,10 +79,11 @@ impl<S: AnalyticsStore> Worker for App<S> {
 
     fn order_key(env: &Envelope) -> String {
         match &env.payload {
-            Payload::ConversationStarted(e) => e.conversation_id.to_string(),
-            Payload::AgentMatched(e) => e.conversation_id.to_string(),
-            Payload::ConversationClosed(e) => e.conversation_id.to_string(),
-            Payload::MessageSent(e) => e.conversation_id.to_string(),
+            // Their aggregate is the conversation.
+            Payload::ConversationStarted(_)
+            | Payload::AgentMatched(_)
+            | Payload::ConversationClosed(_)
+            | Payload::MessageSent(_) => env.payload.aggregate_id().to_owned(),
             _ => env.id.to_string(),
         }
     }
