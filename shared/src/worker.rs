@@ -60,10 +60,17 @@ const MESSAGE_GROUP_ID: &str = "MessageGroupId";
 type Item = (String, Result<Envelope, Error>);
 
 /// Processes a batch: `key` groups the records of a standard queue that must stay in order
-/// (FIFO records are grouped by their `MessageGroupId`), `handle` applies one.
-async fn process_batch<K, H, F>(event: SqsEvent, key: K, handle: H) -> SqsBatchResponse
+/// (FIFO records are grouped by their `MessageGroupId`), `sequence` orders a standard-queue
+/// group when its messages carry one ([`Worker::sequence`]), `handle` applies one.
+async fn process_batch<K, Q, H, F>(
+    event: SqsEvent,
+    key: K,
+    sequence: Q,
+    handle: H,
+) -> SqsBatchResponse
 where
     K: Fn(&Envelope) -> String,
+    Q: Fn(&Envelope) -> Option<u64>,
     H: Fn(Envelope) -> F,
     F: Future<Output = Result<(), Error>>,
 {
@@ -81,6 +88,15 @@ where
         match groups.iter_mut().find(|(g, _)| *g == group) {
             Some((_, items)) => items.push((id, decoded)),
             None => groups.push((group, vec![(id, decoded)])),
+        }
+    }
+    for (group, items) in &mut groups {
+        if !group.starts_with("fifo#") {
+            // Stable: records without a sequence keep their batch order, after the others.
+            items.sort_by_key(|(_, decoded)| {
+                let n = decoded.as_ref().ok().and_then(&sequence);
+                (n.is_none(), n)
+            });
         }
     }
     let started = std::time::Instant::now();
@@ -178,10 +194,14 @@ pub trait Worker {
         }
     }
 
-    /// The batch in the order its records are to be processed: as delivered, unless the worker
-    /// must restore an order of its own.
-    fn arrange(batch: SqsEvent) -> SqsEvent {
-        batch
+    /// The position of a message in its aggregate's own numbering, when it carries one (the
+    /// positions worker: a trade's execution sequence). The records of one standard-queue
+    /// group are then applied in that order rather than the batch's, so a batch holding 2 and
+    /// 1 applies 1 then 2 instead of failing 2 and what follows it; records without one go
+    /// last, in batch order. FIFO groups always keep the queue's order. None by default.
+    fn sequence(env: &Envelope) -> Option<u64> {
+        let _ = env;
+        None
     }
 
     /// Applies one message of a type in [`Worker::HANDLES`]; an error fails the message (and
@@ -199,11 +219,11 @@ pub trait Worker {
 }
 
 /// Handles one SQS batch with `worker` (the `handle` of every worker function): the records in
-/// [`Worker::arrange`]'s order, grouped by [`Worker::order_key`], a type outside
+/// groups of [`Worker::order_key`] (each in [`Worker::sequence`] order), a type outside
 /// [`Worker::HANDLES`] refused, the rest [`Worker::apply`]d; the failures are the partial batch
 /// response.
 pub async fn handle<W: Worker>(worker: &W, batch: SqsEvent) -> SqsBatchResponse {
-    process_batch(W::arrange(batch), W::order_key, |env| async move {
+    process_batch(batch, W::order_key, W::sequence, |env| async move {
         if W::HANDLES.contains(&env.payload.detail_type()) {
             worker.apply(env).await
         } else {
@@ -334,16 +354,21 @@ mod tests {
             Payload::ChangeAgentState(c) => c.agent_id.to_string(),
             _ => unreachable!(),
         };
-        let resp = process_batch(event, agent, |env| {
-            let a = agent(&env);
-            let result = if a == fail {
-                Err(Error::Unavailable("injected".into()))
-            } else {
-                applied.lock().unwrap().push(a);
-                Ok(())
-            };
-            async move { result }
-        })
+        let resp = process_batch(
+            event,
+            agent,
+            |_| None,
+            |env| {
+                let a = agent(&env);
+                let result = if a == fail {
+                    Err(Error::Unavailable("injected".into()))
+                } else {
+                    applied.lock().unwrap().push(a);
+                    Ok(())
+                };
+                async move { result }
+            },
+        )
         .await;
         let failed = resp
             .batch_item_failures
@@ -467,5 +492,66 @@ mod tests {
             "a1's second change waits for its first"
         );
         assert_eq!(applied, ["a2"]);
+    }
+
+    /// Applies `ChangeAgentState` in the order of its `expectedVersion`, recording
+    /// `agent@version`.
+    struct Versions(Mutex<Vec<String>>);
+
+    impl Worker for Versions {
+        const NAME: &'static str = "the versions worker";
+        const HANDLES: &'static [&'static str] = &["ChangeAgentState"];
+
+        fn sequence(env: &Envelope) -> Option<u64> {
+            match &env.payload {
+                Payload::ChangeAgentState(c) => c.expected_version,
+                _ => None,
+            }
+        }
+
+        async fn apply(&self, env: Envelope) -> Result<(), Error> {
+            if let Payload::ChangeAgentState(c) = &env.payload {
+                let v = c.expected_version.unwrap_or(0);
+                self.0.lock().unwrap().push(format!("{}@{v}", c.agent_id));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_applies_in_its_sequence_on_a_standard_queue_and_in_queue_order_on_fifo() {
+        let versioned = |agent: &str, v: u64| {
+            serde_json::to_string(&Envelope::new(
+                "c",
+                Payload::ChangeAgentState(ChangeAgentState {
+                    agent_id: agent.parse().unwrap(),
+                    state: AgentState::Away,
+                    expected_version: Some(v),
+                }),
+            ))
+            .unwrap()
+        };
+        let (a3, a1, b2, a2) = (
+            versioned("a", 3),
+            versioned("a", 1),
+            versioned("b", 2),
+            versioned("a", 2),
+        );
+        let worker = Versions(Mutex::new(Vec::new()));
+        let standard = batch(&[(&a3, None), (&a1, None), (&b2, None), (&a2, None)]);
+        assert!(
+            handle(&worker, standard)
+                .await
+                .batch_item_failures
+                .is_empty()
+        );
+        let applied = worker.0.lock().unwrap().clone();
+        let of_a: Vec<&String> = applied.iter().filter(|r| r.starts_with("a@")).collect();
+        assert_eq!(of_a, ["a@1", "a@2", "a@3"]);
+        assert!(applied.contains(&"b@2".to_owned()));
+        let worker = Versions(Mutex::new(Vec::new()));
+        let fifo = batch(&[(&a3, Some("g")), (&a1, Some("g"))]);
+        assert!(handle(&worker, fifo).await.batch_item_failures.is_empty());
+        assert_eq!(*worker.0.lock().unwrap(), ["a@3", "a@1"]);
     }
 }

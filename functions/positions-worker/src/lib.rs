@@ -10,7 +10,6 @@
 //! published, and even a republished copy with a new envelope id is recognised.
 
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::SqsEvent;
 use shared::config::{MissingVar, Vars};
 use shared::{
     Error,
@@ -22,7 +21,7 @@ use shared::{
         positions::{DynamoPositionStore, PositionStore},
         read_decide_write,
     },
-    worker::{Worker, decode},
+    worker::Worker,
 };
 
 /// The positions worker: its store.
@@ -36,14 +35,17 @@ pub fn init(sdk: &SdkConfig, vars: &Vars) -> Result<AwsApp, MissingVar> {
     shared::store::open(sdk, vars).map(App)
 }
 
-/// One account's trades apply in trade order (the default order key: the account; the batch
-/// sorted by `in_trade_order` first); accounts concurrently.
+/// One account's trades apply in trade order (the default order key: the account; within a
+/// batch, by their execution sequence); accounts concurrently.
 impl<S: PositionStore> Worker for App<S> {
     const NAME: &'static str = "the positions worker";
     const HANDLES: &'static [&'static str] = &["TradeExecuted"];
 
-    fn arrange(batch: SqsEvent) -> SqsEvent {
-        in_trade_order(batch)
+    fn sequence(env: &Envelope) -> Option<u64> {
+        match &env.payload {
+            Payload::TradeExecuted(t) => Some(t.sequence),
+            _ => None,
+        }
     }
 
     async fn apply(&self, env: Envelope) -> Result<(), Error> {
@@ -52,18 +54,6 @@ impl<S: PositionStore> Worker for App<S> {
             other => Err(Self::refuse(other)),
         }
     }
-}
-
-/// Sorts a batch by account and trade sequence (undecodable records last), so a batch holding
-/// trades 2 and 1 applies 1 then 2 instead of failing 2 and everything after it.
-fn in_trade_order(mut event: SqsEvent) -> SqsEvent {
-    event
-        .records
-        .sort_by_cached_key(|r| match decode(r).map(|e| e.payload) {
-            Ok(Payload::TradeExecuted(t)) => (false, t.order.account_id.to_string(), t.sequence),
-            _ => (true, String::new(), 0),
-        });
-    event
 }
 
 async fn apply_trade<S: PositionStore>(app: &S, trade: &TradeExecuted) -> Result<(), Error> {
